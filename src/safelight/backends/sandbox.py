@@ -1,0 +1,98 @@
+"""The sandbox backend: instant, deterministic, clearly labelled preview images.
+
+It is what a fresh install runs until the operator configures weights or provider keys, and what
+client developers test against. Each image shows the word SANDBOX, the model, the prompt, the
+size and the seed, with thumbnails of the reference images so input fetching is visibly exercised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import textwrap
+
+from PIL import Image, ImageDraw, ImageFont
+
+from safelight.catalog import nearest_bucket
+
+from .base import Backend, GeneratedImage, Job
+
+
+class SandboxBackend(Backend):
+    kind = "sandbox"
+
+    def __init__(self, name: str = "sandbox", *, concurrency: int = 4, max_batch: int = 1) -> None:
+        super().__init__(name, concurrency=concurrency, max_batch=max_batch)
+
+    async def generate(self, job: Job) -> list[GeneratedImage]:
+        width, height = output_size(job)
+        images = []
+        for index, seed in enumerate(job.seeds):
+            data = await asyncio.to_thread(draw_preview, job, width, height, seed)
+            images.append(GeneratedImage(data=data, seed=seed))
+            job.report_progress(int(100 * (index + 1) / len(job.seeds)))
+        return images
+
+
+def output_size(job: Job) -> tuple[int, int]:
+    params = job.params
+    if params.width and params.height:
+        return params.width, params.height
+    if job.references:  # "auto": follow the first reference
+        first = job.references[0]
+        return nearest_bucket(first.width, first.height, params.resolution)
+    return nearest_bucket(1, 1, params.resolution)
+
+
+def _colour(seed: int) -> tuple[int, int, int]:
+    digest = hashlib.sha256(str(seed).encode()).digest()
+    # Dark, saturated backgrounds keep the white label readable.
+    return (40 + digest[0] % 90, 40 + digest[1] % 90, 40 + digest[2] % 90)
+
+
+def draw_preview(job: Job, width: int, height: int, seed: int) -> bytes:
+    params = job.params
+    image = Image.new("RGB", (width, height), _colour(seed))
+    draw = ImageDraw.Draw(image)
+    unit = max(10, min(width, height) // 24)
+    big, small = ImageFont.load_default(size=unit * 2), ImageFont.load_default(size=unit)
+    margin = unit
+    # Diagonal stripes make it unmistakable that this is not a real generation.
+    stripe = (255, 255, 255, 28)
+    overlay = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    overlay_draw = ImageDraw.Draw(overlay)
+    for offset in range(-height, width, unit * 3):
+        overlay_draw.line([(offset, height), (offset + height, 0)], fill=stripe, width=unit)
+    image.paste(overlay, (0, 0), overlay)
+
+    y = margin
+    draw.text((margin, y), "SANDBOX", font=big, fill=(255, 220, 80))
+    y += unit * 3
+    for line in (f"model: {params.model}", f"size: {width}x{height}", f"seed: {seed}"):
+        draw.text((margin, y), line, font=small, fill=(255, 255, 255))
+        y += int(unit * 1.4)
+    y += unit // 2
+    chars_per_line = max(16, int((width - 2 * margin) / (unit * 0.55)))
+    max_lines = max(1, (height - y - margin - (unit * 6 if job.references else 0)) // int(unit * 1.3))
+    lines = textwrap.wrap(params.prompt, chars_per_line) or [""]
+    if len(lines) > max_lines:
+        lines = lines[: max_lines - 1] + [lines[max_lines - 1][: chars_per_line - 3] + "..."]
+    for line in lines:
+        draw.text((margin, y), line, font=small, fill=(230, 230, 230))
+        y += int(unit * 1.3)
+
+    if job.references:
+        thumb_size = unit * 5
+        x = margin
+        for ref in job.references:
+            thumb = ref.convert("RGB")
+            thumb.thumbnail((thumb_size, thumb_size))
+            image.paste(thumb, (x, height - margin - thumb.height))
+            x += thumb_size + unit // 2
+            if x + thumb_size > width:
+                break
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()

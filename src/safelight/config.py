@@ -1,0 +1,71 @@
+"""Settings: every knob is a SAFELIGHT_* environment variable (or a CLI flag that sets one).
+
+The routing file (which backend serves which model) arrives with the upstream-providers work;
+until then every model runs on the sandbox backend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SAFELIGHT_", extra="ignore")
+
+    # Where the embedded store and local result files live.
+    data_dir: Path = Path(".safelight")
+    # Empty means the embedded SQLite file under data_dir.
+    database_url: str = ""
+    # Base URL clients reach this server on; result and upload URLs are built from it.
+    public_url: str = "http://127.0.0.1:8000"
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Worker
+    run_worker: bool = True
+    worker_concurrency: int = Field(4, ge=1, description="tasks in flight per backend")
+    lease_seconds: float = Field(60.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+
+    # Results
+    result_url_ttl_seconds: int = 24 * 3600
+    download_url_ttl_seconds: int = 20 * 60
+
+    # Inputs fetched by the worker (reference images).
+    input_max_bytes: int = 10 * 1024 * 1024
+    input_timeout_seconds: float = 30.0
+    input_max_pixels: int = 50_000_000
+
+    # Request limits; 0 disables the per-key rate limit (kie allows 20 creates / 10 s).
+    rate_limit_per_key: int = 0
+    rate_limit_window_seconds: float = 10.0
+    max_body_bytes: int = 1024 * 1024
+
+    # Prices in credits per image, overriding the catalog's defaults: {"z-image": 1}.
+    prices: dict[str, int] = Field(default_factory=dict)
+
+    # Demo key printed on the first start of an empty embedded server.
+    bootstrap_demo_key: bool = True
+    demo_credits: int = 1000
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'safelight.db').resolve()}"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")

@@ -1,0 +1,66 @@
+"""Shared server facts in the store, so every replica and the CLI see the same values."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .db import Database
+from .tables import ServerState
+
+server_state = ServerState.__table__
+
+
+class StateStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def get(self, key: str) -> str | None:
+        async with self.db.read() as conn:
+            return (await conn.execute(select(server_state.c.value).where(server_state.c.key == key))
+                    ).scalar_one_or_none()
+
+    async def set(self, key: str, value: str) -> None:
+        async with self.db.write() as conn:
+            await _upsert(conn, key, value)
+
+    async def secret_key(self) -> str:
+        """The URL-signing secret, created once and shared by all replicas through the store."""
+        existing = await self.get("secret_key")
+        if existing:
+            return existing
+        try:
+            async with self.db.write() as conn:
+                await conn.execute(server_state.insert().values(key="secret_key", value=secrets.token_hex(32)))
+        except IntegrityError:
+            pass  # another replica created it first; use theirs
+        return await self.get("secret_key") or ""
+
+    async def maintenance(self) -> bool:
+        return await self.get("maintenance") == "on"
+
+    async def set_maintenance(self, on: bool) -> None:
+        await self.set("maintenance", "on" if on else "off")
+
+    async def disabled_models(self) -> set[str]:
+        return set(json.loads(await self.get("disabled_models") or "[]"))
+
+    async def set_model_enabled(self, model_id: str, enabled: bool) -> set[str]:
+        async with self.db.write() as conn:
+            current = (await conn.execute(select(server_state.c.value)
+                                          .where(server_state.c.key == "disabled_models"))).scalar_one_or_none()
+            disabled = set(json.loads(current or "[]"))
+            (disabled.discard if enabled else disabled.add)(model_id)
+            await _upsert(conn, "disabled_models", json.dumps(sorted(disabled)))
+        return disabled
+
+
+async def _upsert(conn: AsyncConnection, key: str, value: str) -> None:
+    # Portable upsert: the row count tells whether the key existed.
+    result = await conn.execute(server_state.update().where(server_state.c.key == key).values(value=value))
+    if result.rowcount == 0:
+        await conn.execute(server_state.insert().values(key=key, value=value))

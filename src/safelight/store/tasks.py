@@ -1,0 +1,165 @@
+"""Tasks: creation with a credit reservation, leased claims, and the terminal transitions."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .accounts import InsufficientCredits, accounts, add_ledger_entry
+from .db import Database, now_ms
+from .notify import Wakeup
+from .tables import Task
+
+tasks = Task.__table__
+
+ACTIVE_STATES = ("queuing", "generating")
+TERMINAL_STATES = ("success", "fail")
+
+
+@dataclass(frozen=True)
+class RequeueReport:
+    requeued: list[str]
+    failed: list[str]
+
+
+class TaskStore:
+    def __init__(self, db: Database, wakeup: Wakeup) -> None:
+        self.db = db
+        self.wakeup = wakeup
+
+    async def create(self, *, account_id: int, model: str, param: str, callback_url: str | None,
+                     num_images: int, cost: int) -> str:
+        """Insert a waiting task and reserve its credits, atomically. Raises InsufficientCredits."""
+        task_id = uuid.uuid4().hex
+        at = now_ms()
+        async with self.db.write() as conn:
+            if cost > 0:
+                balance = await add_ledger_entry(conn, account_id, -cost, "reserve", task_id=task_id, at=at,
+                                                 note=f"{model} x{num_images}", require_funds=True)
+                if balance is None:
+                    current = (await conn.execute(select(accounts.c.balance).where(accounts.c.id == account_id))
+                               ).scalar_one()
+                    raise InsufficientCredits(cost, current)
+            await conn.execute(tasks.insert().values(
+                id=task_id, account_id=account_id, model=model, state="waiting", param=param,
+                callback_url=callback_url, num_images=num_images, credits_reserved=cost, credits_consumed=0,
+                fail_code="", fail_msg="", attempts=0, create_time=at, update_time=at, files_deleted=False))
+            await self.wakeup.notify_in_transaction(conn, model)
+        self.wakeup.poke()
+        return task_id
+
+    async def get(self, task_id: str, account_id: int | None = None) -> RowMapping | None:
+        condition = tasks.c.id == task_id
+        if account_id is not None:
+            condition = and_(condition, tasks.c.account_id == account_id)
+        async with self.db.read() as conn:
+            return (await conn.execute(select(tasks).where(condition))).mappings().first()
+
+    async def claim(self, models: Sequence[str], limit: int, worker_id: str, lease_ms: int) -> list[RowMapping]:
+        """Move up to `limit` oldest waiting tasks of `models` to queuing, leased to this worker."""
+        if limit <= 0 or not models:
+            return []
+        at = now_ms()
+        oldest = (select(tasks.c.id)
+                  .where(tasks.c.state == "waiting", tasks.c.model.in_(list(models)))
+                  .order_by(tasks.c.create_time).limit(limit)
+                  .with_for_update(skip_locked=True))  # PostgreSQL; SQLite serializes writers anyway
+        async with self.db.write() as conn:
+            rows = (await conn.execute(
+                update(tasks).where(tasks.c.id.in_(oldest.scalar_subquery()))
+                .values(state="queuing", lease_owner=worker_id, lease_expires_at=at + lease_ms,
+                        attempts=tasks.c.attempts + 1, update_time=at,
+                        start_time=func.coalesce(tasks.c.start_time, at))
+                .returning(*tasks.c))).mappings().all()
+        return sorted(rows, key=lambda row: row["create_time"])
+
+    async def mark_generating(self, task_id: str, worker_id: str, backend: str) -> bool:
+        return await self._owned_update(task_id, worker_id, state="generating", backend=backend, progress=0)
+
+    async def set_progress(self, task_id: str, worker_id: str, progress: int) -> bool:
+        return await self._owned_update(task_id, worker_id, progress=max(0, min(100, progress)))
+
+    async def extend_leases(self, task_ids: Sequence[str], worker_id: str, lease_ms: int) -> None:
+        if not task_ids:
+            return
+        at = now_ms()
+        async with self.db.write() as conn:
+            await conn.execute(update(tasks).where(tasks.c.id.in_(list(task_ids)), tasks.c.lease_owner == worker_id,
+                                                   tasks.c.state.in_(ACTIVE_STATES))
+                               .values(lease_expires_at=at + lease_ms))
+
+    async def succeed(self, task_id: str, worker_id: str, *, files: list[str], seeds: list[int | None],
+                      extra: dict[str, Any] | None = None) -> bool:
+        """success, charging the reservation. False if this worker no longer holds the task."""
+        at = now_ms()
+        result = json.dumps({"files": files, "seeds": seeds, **(extra or {})})
+        async with self.db.write() as conn:
+            updated = await conn.execute(
+                update(tasks).where(tasks.c.id == task_id, tasks.c.lease_owner == worker_id,
+                                    tasks.c.state.in_(ACTIVE_STATES))
+                .values(state="success", result=result, credits_consumed=tasks.c.credits_reserved, progress=100,
+                        complete_time=at, update_time=at, lease_owner=None, lease_expires_at=None))
+            return updated.rowcount == 1
+
+    async def fail(self, task_id: str, fail_code: str, fail_msg: str, *, worker_id: str | None = None) -> bool:
+        """fail, refunding the reservation. With worker_id, only if that worker still holds the task."""
+        async with self.db.write() as conn:
+            return await self._fail_in(conn, task_id, fail_code, fail_msg, worker_id=worker_id)
+
+    async def requeue_expired(self, max_attempts: int) -> RequeueReport:
+        """Tasks whose worker died mid-task go back to waiting, or fail (refunded) after max_attempts."""
+        at = now_ms()
+        expired = and_(tasks.c.state.in_(ACTIVE_STATES), tasks.c.lease_expires_at < at)
+        requeued: list[str] = []
+        failed: list[str] = []
+        async with self.db.write() as conn:
+            rows = (await conn.execute(select(tasks.c.id, tasks.c.attempts).where(expired))).all()
+            for task_id, attempts in rows:
+                if attempts < max_attempts:
+                    await conn.execute(update(tasks).where(tasks.c.id == task_id, expired)
+                                       .values(state="waiting", lease_owner=None, lease_expires_at=None,
+                                               progress=None, update_time=at))
+                    requeued.append(task_id)
+                else:
+                    msg = f"the task was interrupted {attempts} times (worker lost); credits refunded"
+                    if await self._fail_in(conn, task_id, "500", msg):
+                        failed.append(task_id)
+        return RequeueReport(requeued, failed)
+
+    async def count_by_state(self) -> dict[str, int]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(select(tasks.c.state, func.count()).group_by(tasks.c.state))
+            return {state: count for state, count in rows}
+
+    async def _owned_update(self, task_id: str, worker_id: str, **values: Any) -> bool:
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                update(tasks).where(tasks.c.id == task_id, tasks.c.lease_owner == worker_id,
+                                    tasks.c.state.in_(ACTIVE_STATES))
+                .values(update_time=now_ms(), **values))
+            return result.rowcount == 1
+
+    async def _fail_in(self, conn: AsyncConnection, task_id: str, fail_code: str, fail_msg: str, *,
+                       worker_id: str | None = None) -> bool:
+        at = now_ms()
+        condition = and_(tasks.c.id == task_id, tasks.c.state.not_in(TERMINAL_STATES))
+        if worker_id is not None:
+            condition = and_(condition, tasks.c.lease_owner == worker_id)
+        row = (await conn.execute(
+            update(tasks).where(condition)
+            .values(state="fail", fail_code=fail_code, fail_msg=fail_msg[:2000], credits_consumed=0,
+                    complete_time=at, update_time=at, lease_owner=None, lease_expires_at=None)
+            .returning(tasks.c.account_id, tasks.c.credits_reserved))).first()
+        if row is None:
+            return False
+        if row.credits_reserved:
+            await add_ledger_entry(conn, row.account_id, row.credits_reserved, "refund", task_id=task_id, at=at,
+                                   note=f"refund: {fail_code}")
+        return True
