@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(4, ge=1, description="tasks in flight per backend")
     lease_seconds: float = Field(60.0, gt=0)
     max_attempts: int = Field(3, ge=1)
+    task_timeout_seconds: float = Field(600.0, gt=0)
 
     # Results
     result_url_ttl_seconds: int = 24 * 3600
@@ -38,6 +39,9 @@ class Settings(BaseSettings):
     input_max_bytes: int = 10 * 1024 * 1024
     input_timeout_seconds: float = 30.0
     input_max_pixels: int = 50_000_000
+    # Private targets allowed for outbound requests (callbacks, input URLs): CIDRs and host names,
+    # comma-separated, e.g. "127.0.0.1/32,::1/128". Empty: only public addresses.
+    outbound_allow: str = ""
 
     # Request limits; 0 disables the per-key rate limit (kie allows 20 creates / 10 s).
     rate_limit_per_key: int = 0

@@ -107,13 +107,16 @@ class ModelSpec:
     # Sibling ids that share this entry are not listed separately.
     kind: ClassVar[str] = "image"
 
-    def price_per_image(self, model_input: Any, overrides: Mapping[str, int] | None = None) -> int:
-        tier = self.price_tier(model_input)
+    def price_for_tier(self, tier: str, overrides: Mapping[str, int] | None = None) -> int:
+        """Credits per image; an operator override "model:tier" beats "model" beats the default."""
         overrides = overrides or {}
         for key in (f"{self.id}:{tier}", self.id):
             if key in overrides:
                 return int(overrides[key])
         return int(self.prices[tier])
+
+    def price_per_image(self, model_input: Any, overrides: Mapping[str, int] | None = None) -> int:
+        return self.price_for_tier(self.price_tier(model_input), overrides)
 
     def image_count(self, model_input: Any) -> int:
         return int(getattr(model_input, "num_images", None) or 1)

@@ -6,7 +6,16 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
-from .base import IMAGE_SIZE_PRESETS, GenerationParams, HttpUrl, ModelInput, ModelSpec, NumImages, Prompt, Seed
+from .base import (
+    IMAGE_SIZE_PRESETS,
+    GenerationParams,
+    HttpUrl,
+    ModelInput,
+    ModelSpec,
+    NumImages,
+    Prompt,
+    Seed,
+)
 
 ImageSize = Literal["square", "square_hd", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"]
 

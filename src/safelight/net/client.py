@@ -134,10 +134,11 @@ async def _request(
     hdrs.setdefault("Accept-Encoding", "identity")
 
     parsed = parse_url(url)
+    # Vet before building a client: a refused URL must not get as far as a socket.
+    addresses = await vet(parsed, policy, resolver)
     redirects = 0
     async with make_client(policy) as client:
         while True:
-            addresses = await vet(parsed, policy, resolver)
             try:
                 response = await _send_pinned(client, parsed, addresses, method, hdrs, content)
             except httpx.TimeoutException as exc:
@@ -160,26 +161,28 @@ async def _request(
                     if not _same_origin(parsed, nxt):
                         for name in _CREDENTIAL_HEADERS:
                             hdrs.pop(name, None)
-                    parsed = nxt
-                    continue
-                if raise_for_status and not 200 <= response.status_code < 300:
-                    raise BadStatus(parsed.url, response.status_code)
-                try:
-                    body, was_truncated = await _read_body(response, parsed.url, max_bytes, truncate)
-                except httpx.TimeoutException:
-                    raise FetchTimeout(parsed.url, f"{parsed.url} stopped sending the body") from None
-                except httpx.HTTPError as exc:
-                    raise FetchError(parsed.url, f"reading {parsed.url} failed: {exc}") from None
-                return FetchResult(
-                    url=parsed.url,
-                    status=response.status_code,
-                    headers=response.headers,
-                    content=body,
-                    elapsed_ms=(time.perf_counter() - started) * 1000,
-                    truncated=was_truncated,
-                )
+                else:
+                    if raise_for_status and not 200 <= response.status_code < 300:
+                        raise BadStatus(parsed.url, response.status_code)
+                    try:
+                        body, was_truncated = await _read_body(response, parsed.url, max_bytes, truncate)
+                    except httpx.TimeoutException:
+                        raise FetchTimeout(parsed.url, f"{parsed.url} stopped sending the body") from None
+                    except httpx.HTTPError as exc:
+                        raise FetchError(parsed.url, f"reading {parsed.url} failed: {exc}") from None
+                    return FetchResult(
+                        url=parsed.url,
+                        status=response.status_code,
+                        headers=response.headers,
+                        content=body,
+                        elapsed_ms=(time.perf_counter() - started) * 1000,
+                        truncated=was_truncated,
+                    )
             finally:
                 await response.aclose()
+            # Every hop is resolved and vetted afresh: a redirect is just another user-supplied URL.
+            addresses = await vet(nxt, policy, resolver)
+            parsed = nxt
 
 
 async def _with_deadline(coro: Coroutine[Any, Any, FetchResult], url: str, timeout: float | None) -> FetchResult:

@@ -95,6 +95,15 @@ class TaskStore:
                                                    tasks.c.state.in_(ACTIVE_STATES))
                                .values(lease_expires_at=at + lease_ms))
 
+    async def release(self, task_ids: Sequence[str], worker_id: str) -> None:
+        """Hand unfinished tasks back to the queue (graceful shutdown); the attempt does not count."""
+        async with self.db.write() as conn:
+            await conn.execute(update(tasks).where(tasks.c.id.in_(list(task_ids)), tasks.c.lease_owner == worker_id,
+                                                   tasks.c.state.in_(ACTIVE_STATES))
+                               .values(state="waiting", lease_owner=None, lease_expires_at=None, progress=None,
+                                       attempts=tasks.c.attempts - 1, update_time=now_ms()))
+        self.wakeup.poke()
+
     async def succeed(self, task_id: str, worker_id: str, *, files: list[str], seeds: list[int | None],
                       extra: dict[str, Any] | None = None) -> bool:
         """success, charging the reservation. False if this worker no longer holds the task."""

@@ -1,0 +1,30 @@
+"""Serving stored files at signed, expiring URLs."""
+
+from __future__ import annotations
+
+import mimetypes
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse
+
+from safelight.storage import StorageKeyError
+
+from .auth import runtime_of
+from .envelope import envelope
+
+router = APIRouter(tags=["files"])
+
+
+@router.get("/files/{key:path}", include_in_schema=False)
+async def get_file(request: Request, key: str, expires: str = "", signature: str = ""):
+    runtime = runtime_of(request)
+    if not runtime.signer.verify(key, expires, signature):
+        return envelope(None, 403, "this link has expired or its signature is not valid", http_status=403)
+    try:
+        path = runtime.storage.path(key)
+    except StorageKeyError:
+        return envelope(None, 403, "invalid file path", http_status=403)
+    if not path.is_file():
+        return envelope(None, 404, "file not found (it may have expired)", http_status=404)
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})

@@ -1,0 +1,139 @@
+"""The kie Market job routes: createTask and recordInfo."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from sqlalchemy.engine import RowMapping
+
+from safelight.catalog import MODELS, InputError, get_model, validate_input
+from safelight.store import InsufficientCredits
+
+from .auth import bearer_key, require_account, runtime_of
+from .envelope import KieError, envelope
+from .runtime import Runtime
+
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+
+MAX_URL_LENGTH = 2048
+
+
+@router.post("/createTask", summary="Create a generation task")
+async def create_task(request: Request, account_id: int = Depends(require_account)):
+    runtime = runtime_of(request)
+    settings = runtime.settings
+    if runtime.rate_limiter is not None and not runtime.rate_limiter.allow(bearer_key(request) or ""):
+        raise KieError(429, f"Rate limit exceeded: at most {settings.rate_limit_per_key} requests per "
+                            f"{settings.rate_limit_window_seconds:g} s for this key")
+    if await runtime.maintenance():
+        raise KieError(455)
+
+    body = await _json_body(request, settings.max_body_bytes)
+    model_id = body.get("model")
+    if model_id is None:
+        raise KieError(422, "model is required")
+    if not isinstance(model_id, str):
+        raise KieError(422, "model must be a string")
+    spec = get_model(model_id)
+    if spec is None:
+        raise KieError(422, f"model {model_id[:100]!r} is not supported; available: {', '.join(MODELS)}")
+    if model_id in await runtime.disabled_models():
+        raise KieError(505, f"model {model_id} is disabled on this server")
+
+    callback_url = body.get("callBackUrl")
+    if callback_url is not None and callback_url != "":
+        if not isinstance(callback_url, str):
+            raise KieError(422, "callBackUrl must be a string")
+        if len(callback_url) > MAX_URL_LENGTH or not callback_url.lower().startswith(("http://", "https://")):
+            raise KieError(422, f"callBackUrl must be an http or https URL of at most {MAX_URL_LENGTH} characters")
+    else:
+        callback_url = None
+
+    if "input" not in body:
+        raise KieError(422, "input is required")
+    try:
+        model_input = validate_input(spec, body["input"])
+    except InputError as exc:
+        raise KieError(422, str(exc)) from None
+
+    num_images = spec.image_count(model_input)
+    cost = spec.price_per_image(model_input, settings.prices) * num_images
+    param = _param_string(model_id, callback_url, body["input"])
+    try:
+        task_id = await runtime.store.tasks.create(account_id=account_id, model=model_id, param=param,
+                                                   callback_url=callback_url, num_images=num_images, cost=cost)
+    except InsufficientCredits as exc:
+        raise KieError(402, f"Credits insufficient: this task costs {exc.needed} credits, "
+                            f"the balance is {exc.balance}") from None
+    return envelope({"taskId": task_id})
+
+
+@router.get("/recordInfo", summary="Get a task's state and result")
+async def record_info(request: Request, taskId: str = "", account_id: int = Depends(require_account)):  # noqa: N803
+    if not taskId:
+        raise KieError(422, "taskId is required")
+    runtime = runtime_of(request)
+    row = await runtime.store.tasks.get(taskId[:64], account_id)
+    if row is None:
+        # Unknown and other accounts' tasks look the same, as on kie.
+        return envelope(None, 422, "recordInfo is null")
+    return envelope(task_record(runtime, row))
+
+
+def task_record(runtime: Runtime, row: RowMapping) -> dict[str, Any]:
+    """The recordInfo `data` object (also the callback's `data`)."""
+    state = row["state"]
+    result_json = None
+    if state == "success" and row["result"]:
+        result = json.loads(row["result"])
+        urls = [] if row["files_deleted"] else [
+            runtime.signer.url(key, runtime.settings.result_url_ttl_seconds) for key in result["files"]]
+        result_json = json.dumps({"resultUrls": urls, "seeds": result.get("seeds", [])}, separators=(",", ":"))
+    complete = row["complete_time"]
+    started = row["start_time"] or row["create_time"]
+    return {
+        "taskId": row["id"],
+        "model": row["model"],
+        "state": state,
+        "param": row["param"],
+        "resultJson": result_json,
+        "failCode": row["fail_code"],
+        "failMsg": row["fail_msg"],
+        "costTime": (complete - started) if complete else None,
+        "completeTime": complete,
+        "createTime": row["create_time"],
+        "updateTime": row["update_time"],
+        "progress": row["progress"] if row["progress"] is not None else (100 if state == "success" else 0),
+        "creditsConsumed": row["credits_consumed"],
+    }
+
+
+async def _json_body(request: Request, max_bytes: int) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise KieError(422, f"request body is larger than {max_bytes} bytes")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > max_bytes:
+            raise KieError(422, f"request body is larger than {max_bytes} bytes")
+    if not raw:
+        raise KieError(422, "request body is empty; send a JSON object {model, callBackUrl, input}")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise KieError(422, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise KieError(422, "request body must be a JSON object {model, callBackUrl, input}")
+    return body
+
+
+def _param_string(model: str, callback_url: str | None, model_input: Any) -> str:
+    """`param` as kie returns it: the whole createTask request, as a JSON string."""
+    request: dict[str, Any] = {"model": model}
+    if callback_url:
+        request["callBackUrl"] = callback_url
+    request["input"] = model_input
+    return json.dumps(request, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,103 @@
+"""Everything a running server holds: store, storage, signer, worker, and small hot-path caches."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from safelight.backends import SandboxBackend
+from safelight.catalog import MODELS
+from safelight.config import Settings
+from safelight.net import OutboundPolicy
+from safelight.storage import LocalStorage, UrlSigner
+from safelight.store import Store
+from safelight.worker import InputLoader, Worker
+
+from .ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TtlCache:
+    """A tiny time-bounded cache for facts read on every request (key lookups, maintenance flag)."""
+
+    ttl: float
+    _items: dict = field(default_factory=dict)
+
+    def get(self, key):
+        hit = self._items.get(key)
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
+
+    def put(self, key, value) -> None:
+        if len(self._items) > 10_000:
+            self._items.clear()
+        self._items[key] = (value, time.monotonic() + self.ttl)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Store(settings.effective_database_url)
+        self.storage = LocalStorage(settings.files_dir)
+        self.policy = OutboundPolicy.from_string(settings.outbound_allow)
+        self.signer: UrlSigner | None = None
+        self.worker: Worker | None = None
+        # Revoking a key or flipping maintenance takes effect within this many seconds.
+        self.auth_cache = TtlCache(ttl=2.0)
+        self.flags_cache = TtlCache(ttl=1.0)
+        self.rate_limiter = (RateLimiter(settings.rate_limit_per_key, settings.rate_limit_window_seconds)
+                             if settings.rate_limit_per_key > 0 else None)
+
+    async def start(self, *, migrate: bool = True) -> None:
+        if migrate:
+            await self.store.migrate()
+        self.signer = UrlSigner(await self.store.state.secret_key(), self.settings.public_url)
+        if self.settings.run_worker:
+            self.worker = self.build_worker()
+            await self.worker.start()
+
+    def build_worker(self) -> Worker:
+        settings = self.settings
+        assert self.signer is not None
+        loader = InputLoader(storage=self.storage, signer=self.signer, policy=self.policy,
+                             max_bytes=settings.input_max_bytes, max_pixels=settings.input_max_pixels)
+        sandbox = SandboxBackend(concurrency=settings.worker_concurrency)
+        return Worker(store=self.store, storage=self.storage, loader=loader, backends=[sandbox],
+                      routes={model_id: sandbox.name for model_id in MODELS},
+                      lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
+                      task_timeout_seconds=settings.task_timeout_seconds)
+
+    async def stop(self) -> None:
+        if self.worker is not None:
+            await self.worker.stop()
+        await self.store.close()
+
+    async def account_for_key(self, key: str) -> int | None:
+        cached = self.auth_cache.get(key)
+        if cached is not None:
+            return cached
+        account_id = await self.store.accounts.authenticate(key)
+        if account_id is not None:
+            self.auth_cache.put(key, account_id)
+        return account_id
+
+    async def maintenance(self) -> bool:
+        cached = self.flags_cache.get("maintenance")
+        if cached is None:
+            cached = await self.store.state.maintenance()
+            self.flags_cache.put("maintenance", cached)
+        return cached
+
+    async def disabled_models(self) -> set[str]:
+        cached = self.flags_cache.get("disabled")
+        if cached is None:
+            cached = await self.store.state.disabled_models()
+            self.flags_cache.put("disabled", cached)
+        return cached
