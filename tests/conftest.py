@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import uuid
@@ -39,10 +40,9 @@ async def _pg_available() -> bool:
         return False
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database_url(request, tmp_path) -> AsyncIterator[str]:
-    """A fresh, empty database on each engine the store supports."""
-    if request.param == "sqlite":
+@contextlib.asynccontextmanager
+async def fresh_database(kind: str, tmp_path) -> AsyncIterator[str]:
+    if kind == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
         return
     if not await _pg_available():
@@ -60,6 +60,19 @@ async def database_url(request, tmp_path) -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request, tmp_path) -> AsyncIterator[str]:
+    """A fresh, empty database on each engine the store supports."""
+    async with fresh_database(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+async def postgres_url(tmp_path) -> AsyncIterator[str]:
+    async with fresh_database("postgresql", tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
