@@ -82,9 +82,7 @@ async def _send_pinned(
     extensions = {"sni_hostname": parsed.host} if parsed.scheme == "https" else {}
     last_error: httpx.TransportError | None = None
     for ip in addresses:
-        request = client.build_request(
-            method, parsed.url_for(ip), headers=hdrs, content=content, extensions=extensions
-        )
+        request = client.build_request(method, parsed.url_for(ip), headers=hdrs, content=content, extensions=extensions)
         try:
             return await client.send(request, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
@@ -93,9 +91,7 @@ async def _send_pinned(
     raise last_error
 
 
-async def _read_body(
-    response: httpx.Response, url: str, max_bytes: int, truncate: bool
-) -> tuple[bytes, bool]:
+async def _read_body(response: httpx.Response, url: str, max_bytes: int, truncate: bool) -> tuple[bytes, bool]:
     declared = response.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes and not truncate:
         raise ResponseTooLarge(url, f"{url} declares {int(declared)} bytes, over the limit of {max_bytes}")
@@ -144,7 +140,9 @@ async def _request(
             except httpx.TimeoutException as exc:
                 raise FetchTimeout(parsed.url, f"{parsed.url} timed out ({type(exc).__name__})") from None
             except httpx.HTTPError as exc:
-                raise FetchError(parsed.url, f"request to {parsed.url} failed: {exc or type(exc).__name__}") from None
+                raise FetchError(
+                    parsed.url, f"request to {parsed.url} failed: {str(exc) or type(exc).__name__}"
+                ) from None
             try:
                 location = response.headers.get("location")
                 if follow_redirects and response.status_code in _REDIRECT_STATUSES and location:
@@ -154,10 +152,9 @@ async def _request(
                         )
                     redirects += 1
                     nxt = parse_url(urljoin(parsed.url, location))
-                    if response.status_code == 303 or (
-                        response.status_code in (301, 302) and method == "POST"
-                    ):
+                    if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
                         method, content = ("HEAD" if method == "HEAD" else "GET"), None
+                        hdrs.pop("content-type", None)
                     if not _same_origin(parsed, nxt):
                         for name in _CREDENTIAL_HEADERS:
                             hdrs.pop(name, None)
@@ -169,7 +166,9 @@ async def _request(
                     except httpx.TimeoutException:
                         raise FetchTimeout(parsed.url, f"{parsed.url} stopped sending the body") from None
                     except httpx.HTTPError as exc:
-                        raise FetchError(parsed.url, f"reading {parsed.url} failed: {exc}") from None
+                        raise FetchError(
+                            parsed.url, f"reading {parsed.url} failed: {str(exc) or type(exc).__name__}"
+                        ) from None
                     return FetchResult(
                         url=parsed.url,
                         status=response.status_code,

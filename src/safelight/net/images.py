@@ -69,9 +69,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
         raise ImageError(f"{mime} image has an invalid size {width}x{height}")
     if width * height > max_pixels:
         img.close()
-        raise ImageError(
-            f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
-        )
+        raise ImageError(f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
     try:
         img.load()
     except Exception as exc:

@@ -137,9 +137,13 @@ def _parse_allow_entry(entry: str) -> IPNetwork | str:
     if host.endswith("."):
         host = host[:-1]
     labels = host.split(".")
-    ok = bool(host) and len(host) <= 253 and all(
-        label and len(label) <= 63 and all(c.isascii() and (c.isalnum() or c in "-_") for c in label)
-        for label in labels
+    ok = (
+        bool(host)
+        and len(host) <= 253
+        and all(
+            label and len(label) <= 63 and all(c.isascii() and (c.isalnum() or c in "-_") for c in label)
+            for label in labels
+        )
     )
     # An entry like "10.0.0.300" or "10.0.0.0/40" is a mistyped network, not a host name.
     if not ok or "/" in entry or labels[-1].isdigit():

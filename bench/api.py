@@ -1,0 +1,190 @@
+"""API benchmark: createTask throughput and latency against the stack's own limit, side by side.
+
+    .venv/bin/python bench/api.py [--seconds 10] [--clients 32]
+
+Measures, in one run on this machine:
+  1. a bare ASGI JSON endpoint served by the same uvicorn set-up (the limit of the stack);
+  2. createTask on the embedded server (SQLite WAL, sandbox backend, in-process worker);
+  3. createTask -> success latency with the sandbox backend.
+Each server runs in its own process; the load generator is a small keep-alive HTTP/1.1 client on
+raw asyncio streams, so the client costs far less than the server it measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BARE_APP = '''
+import json
+BODY = json.dumps({"code": 200, "msg": "success", "data": {"taskId": "0" * 32}}).encode()
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]})
+    await send({"type": "http.response.body", "body": BODY})
+'''
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection; enough protocol for JSON requests and responses."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def request(self, method: str, path: str, body: bytes = b"", headers: dict | None = None) -> bytes:
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}", f"Content-Length: {len(body)}",
+                 "Content-Type: application/json"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+        return await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def load(port: int, method: str, path: str, body: bytes, headers: dict, clients: int, seconds: float):
+    latencies: list[float] = []
+    failures = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def one_client() -> None:
+        nonlocal failures
+        conn = Connection("127.0.0.1", port)
+        await conn.open()
+        try:
+            while time.perf_counter() < stop_at:
+                started = time.perf_counter()
+                response = await conn.request(method, path, body, headers)
+                latencies.append(time.perf_counter() - started)
+                if b'"code":200' not in response.replace(b" ", b""):
+                    failures += 1
+        finally:
+            conn.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one_client() for _ in range(clients)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "rps": len(latencies) / elapsed,
+        "p50_ms": 1000 * latencies[len(latencies) // 2],
+        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
+        "failures": failures,
+    }
+
+
+def start(args: list[str], env: dict, wait_for: str) -> subprocess.Popen:
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    output = ""
+    deadline = time.monotonic() + 60
+    while wait_for not in output:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"server did not start:\n{output}")
+        output += line
+    process.startup_output = output
+    return process
+
+
+async def end_to_end(port: int, key: str, count: int) -> dict:
+    conn = Connection("127.0.0.1", port)
+    await conn.open()
+    headers = {"Authorization": f"Bearer {key}"}
+    body = json.dumps({"model": "z-image", "input": {"prompt": "bench", "aspect_ratio": "1:1"}}).encode()
+    latencies = []
+    for _ in range(count):
+        started = time.perf_counter()
+        task_id = json.loads(await conn.request("POST", "/api/v1/jobs/createTask", body, headers))["data"]["taskId"]
+        while True:
+            data = json.loads(await conn.request("GET", f"/api/v1/jobs/recordInfo?taskId={task_id}", b"",
+                                                 headers))["data"]
+            if data["state"] in ("success", "fail"):
+                break
+            await asyncio.sleep(0.002)
+        assert data["state"] == "success", data
+        latencies.append(time.perf_counter() - started)
+    conn.close()
+    latencies.sort()
+    return {"tasks": count, "p50_ms": 1000 * statistics.median(latencies),
+            "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)], "mean_ms": 1000 * statistics.mean(latencies)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--e2e-tasks", type=int, default=50)
+    options = parser.parse_args()
+    python = sys.executable
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    uvicorn_flags = ["--log-level", "warning", "--no-access-log"]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bare_file = Path(tmp) / "bare_asgi.py"
+        bare_file.write_text(BARE_APP)
+        bare = start([python, "-m", "uvicorn", "bare_asgi:app", "--port", "8901", "--app-dir", tmp, *uvicorn_flags,
+                      "--log-level", "info"], env, "Uvicorn running")
+        try:
+            bare_result = asyncio.run(load(8901, "POST", "/", b"{}", {}, options.clients, options.seconds))
+        finally:
+            bare.terminate()
+            bare.wait()
+
+        server_env = {**env, "SAFELIGHT_DATA_DIR": str(Path(tmp) / "data"), "SAFELIGHT_DEMO_CREDITS": "100000000"}
+        server = start([python, "-m", "safelight.cli", "serve", "--port", "8902", "--log-level", "warning"],
+                       server_env, "SAFELIGHT_API_KEY=")
+        key = re.search(r"SAFELIGHT_API_KEY=(sl_[\w-]+)", server.startup_output).group(1)
+        time.sleep(1.0)
+        try:
+            body = json.dumps({"model": "z-image", "input": {"prompt": "a benchmark", "aspect_ratio": "1:1"}})
+            create_result = asyncio.run(load(8902, "POST", "/api/v1/jobs/createTask", body.encode(),
+                                             {"Authorization": f"Bearer {key}"}, options.clients, options.seconds))
+            # Let the worker drain the backlog the load test created before timing single tasks.
+            time.sleep(1.0)
+            drain_deadline = time.monotonic() + 600
+            import httpx
+
+            while time.monotonic() < drain_deadline:
+                ready = httpx.get("http://127.0.0.1:8902/readyz").json()["data"]["tasks"]
+                if not ready.get("waiting") and not ready.get("queuing") and not ready.get("generating"):
+                    break
+                time.sleep(1)
+            e2e = asyncio.run(end_to_end(8902, key, options.e2e_tasks))
+        finally:
+            server.terminate()
+            server.wait()
+
+    ratio = create_result["rps"] / bare_result["rps"]
+    print(f"machine: {os.cpu_count()} cores; {options.clients} concurrent clients; {options.seconds:g} s per run")
+    print(f"{'endpoint':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+    for name, result in (("bare ASGI JSON", bare_result), ("createTask (SQLite)", create_result)):
+        print(f"{name:<28}{result['rps']:>10.0f}{result['p50_ms']:>10.2f}{result['p99_ms']:>10.2f}"
+              f"{result['failures']:>8}")
+    print(f"createTask / bare throughput: {ratio:.0%}  (target >= 50%)")
+    print(f"createTask p99: {create_result['p99_ms']:.1f} ms  (target < 50 ms)")
+    print(f"createTask -> success, sandbox, {e2e['tasks']} tasks one at a time: p50 {e2e['p50_ms']:.1f} ms, "
+          f"p99 {e2e['p99_ms']:.1f} ms, mean {e2e['mean_ms']:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

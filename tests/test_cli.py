@@ -1,0 +1,106 @@
+"""The admin CLI against a real store: keys, credits, maintenance, models, migrate, and `serve` starting up."""
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from safelight.cli import app
+from safelight.store import Store
+from tests.conftest import free_port
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("SAFELIGHT_DATABASE_URL", raising=False)
+    monkeypatch.setenv("SAFELIGHT_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+def run(*args):
+    result = runner.invoke(app, list(args))
+    return result
+
+
+def store_for(data_dir):
+    return Store(f"sqlite+aiosqlite:///{data_dir / 'safelight.db'}")
+
+
+async def check(data_dir, fn):
+    store = store_for(data_dir)
+    try:
+        return await fn(store)
+    finally:
+        await store.close()
+
+
+def test_keys_credits_maintenance_and_models(data_dir):
+    created = run("keys", "create", "--name", "acme", "--credits", "50")
+    assert created.exit_code == 0, created.output
+    key = re.search(r"sl_[\w-]+", created.output).group(0)
+    assert asyncio.run(check(data_dir, lambda s: s.accounts.authenticate(key))) is not None
+
+    listed = run("keys", "list")
+    assert "acme" in listed.output and "50" in listed.output and key not in listed.output
+
+    assert run("credits", "add", "acme", "25").exit_code == 0
+    assert asyncio.run(check(data_dir, lambda s: s.accounts.balance(1))) == 75
+    refused = run("credits", "add", "nobody", "5")
+    assert refused.exit_code == 1 and "no account named 'nobody'" in refused.output
+
+    assert run("maintenance", "on").exit_code == 0
+    assert asyncio.run(check(data_dir, lambda s: s.state.maintenance())) is True
+    assert run("maintenance", "sideways").exit_code == 2
+    assert run("maintenance", "off").exit_code == 0
+
+    assert run("models", "disable", "z-image").exit_code == 0
+    assert asyncio.run(check(data_dir, lambda s: s.state.disabled_models())) == {"z-image"}
+    assert run("models", "enable", "z-image").exit_code == 0
+    assert run("models", "disable", "dall-e").exit_code == 1
+
+    prefix = key[:9]
+    assert run("keys", "revoke", prefix).exit_code == 0
+    assert asyncio.run(check(data_dir, lambda s: s.accounts.authenticate(key))) is None
+    assert run("keys", "revoke", prefix).exit_code == 1
+
+
+def test_migrate_creates_the_schema(data_dir):
+    result = run("migrate")
+    assert result.exit_code == 0 and "schema is current" in result.output
+    assert (data_dir / "safelight.db").exists()
+
+
+def test_serve_starts_prints_a_demo_key_and_serves(tmp_path):
+    port = free_port()
+    env = {**os.environ, "SAFELIGHT_DATA_DIR": str(tmp_path / "served")}
+    env.pop("SAFELIGHT_DATABASE_URL", None)
+    process = subprocess.Popen([sys.executable, "-m", "safelight.cli", "serve", "--port", str(port)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output = ""
+        deadline = time.monotonic() + 30
+        while "Uvicorn running" not in output and time.monotonic() < deadline:
+            output += process.stdout.readline()
+        key = re.search(r"SAFELIGHT_API_KEY=(sl_[\w-]+)", output).group(1)
+        headers = {"Authorization": f"Bearer {key}"}
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{base}/api/v1/chat/credit", headers=headers).json()["data"] == 1000
+        task_id = httpx.post(f"{base}/api/v1/jobs/createTask", headers=headers, json={
+            "model": "z-image", "input": {"prompt": "served", "aspect_ratio": "1:1"}}).json()["data"]["taskId"]
+        for _ in range(200):
+            record = httpx.get(f"{base}/api/v1/jobs/recordInfo", params={"taskId": task_id}, headers=headers).json()
+            if record["data"]["state"] == "success":
+                break
+            time.sleep(0.02)
+        assert record["data"]["state"] == "success"
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
