@@ -105,16 +105,20 @@ class LiveServer:
                 await asyncio.sleep(0.02)
 
 
-async def start_server(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task]:
-    app = create_app(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", lifespan="on")
+async def serve_app(app, port: int, *, lifespan: str = "on") -> tuple[uvicorn.Server, asyncio.Task]:
+    """Run an ASGI app with uvicorn on 127.0.0.1:port inside the test's event loop."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
-    while not server.started:
+    while not server.started:  # noqa: ASYNC110 - uvicorn exposes no started event
         if task.done():
             task.result()
         await asyncio.sleep(0.01)
     return server, task
+
+
+async def start_server(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task]:
+    return await serve_app(create_app(settings), settings.port)
 
 
 @pytest.fixture
@@ -157,10 +161,7 @@ async def image_server() -> AsyncIterator[str]:
 
     app = Starlette(routes=[Route("/img/{size}.png", image), Route("/text.png", text)])
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
+    server, task = await serve_app(app, port, lifespan="off")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -14,6 +14,8 @@ from rich.table import Table
 
 from safelight.config import Settings
 
+from .client_commands import register as register_client_commands
+
 app = typer.Typer(help="Safelight: a self-hosted image-generation job server (kie.ai Market API).",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 keys_app = typer.Typer(help="API keys (shown once at creation; stored only as hashes).", no_args_is_help=True)
@@ -227,15 +229,7 @@ def _describe_store(settings: Settings) -> str:
     return url.split("@")[-1] if "@" in url else url
 
 
-def _register_client_commands() -> None:
-    try:
-        from .client_commands import register
-    except ImportError:  # the SDK's commands are optional at import time
-        return
-    register(app)
-
-
-_register_client_commands()
+register_client_commands(app)
 
 
 def main() -> None:

@@ -107,6 +107,9 @@ class ModelDisabledError(SafelightError):
 class APIConnectionError(SafelightError):
     """The server could not be reached, or the connection broke before an answer arrived."""
 
+    # Whether a retry is safe: set when nothing reached the server, or the call only reads.
+    retry_safe: bool = False
+
 
 class WaitTimeoutError(SafelightError, TimeoutError):
     """`wait()` gave up. The task may still finish: its id is in `task_id`, the last poll in `task`."""

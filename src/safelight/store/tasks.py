@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Sequence
@@ -12,7 +13,7 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .accounts import InsufficientCredits, accounts, add_ledger_entry
+from .accounts import InsufficientCredits, accounts, add_ledger_entry, ledger
 from .db import Database, now_ms
 from .notify import Wakeup
 from .tables import Task
@@ -21,6 +22,22 @@ tasks = Task.__table__
 
 ACTIVE_STATES = ("queuing", "generating")
 TERMINAL_STATES = ("success", "fail")
+
+
+# Bounds one group commit; larger bursts simply take several transactions.
+MAX_CREATE_BATCH = 256
+
+
+@dataclass
+class _CreateRequest:
+    task_id: str
+    account_id: int
+    model: str
+    param: str
+    callback_url: str | None
+    num_images: int
+    cost: int
+    outcome: asyncio.Future
 
 
 @dataclass(frozen=True)
@@ -33,27 +50,83 @@ class TaskStore:
     def __init__(self, db: Database, wakeup: Wakeup) -> None:
         self.db = db
         self.wakeup = wakeup
+        self._pending: list[_CreateRequest] = []
+        self._flusher: asyncio.Task | None = None
 
     async def create(self, *, account_id: int, model: str, param: str, callback_url: str | None,
                      num_images: int, cost: int) -> str:
-        """Insert a waiting task and reserve its credits, atomically. Raises InsufficientCredits."""
-        task_id = uuid.uuid4().hex
+        """Insert a waiting task and reserve its credits, atomically. Raises InsufficientCredits.
+
+        Concurrent creates are group-committed: while one transaction is being written, new
+        requests queue up and the next transaction takes them all. Each request still gets its
+        own all-or-nothing outcome; the batch only shares the BEGIN/COMMIT round trips.
+        """
+        request = _CreateRequest(task_id=uuid.uuid4().hex, account_id=account_id, model=model, param=param,
+                                 callback_url=callback_url, num_images=num_images, cost=cost,
+                                 outcome=asyncio.get_running_loop().create_future())
+        self._pending.append(request)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_creates())
+        return await request.outcome
+
+    async def _flush_creates(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_CREATE_BATCH], self._pending[MAX_CREATE_BATCH:]
+            try:
+                async with self.db.write() as conn:
+                    outcomes = await self._insert_batch(conn, batch)
+            except BaseException as exc:  # the whole transaction rolled back: nothing was written
+                for request in batch:
+                    if not request.outcome.done():
+                        request.outcome.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for request, outcome in zip(batch, outcomes, strict=True):
+                if not request.outcome.done():
+                    if isinstance(outcome, Exception):
+                        request.outcome.set_exception(outcome)
+                    else:
+                        request.outcome.set_result(request.task_id)
+            self.wakeup.poke()
+
+    async def _insert_batch(self, conn: AsyncConnection, batch: list[_CreateRequest]) -> list[object]:
         at = now_ms()
-        async with self.db.write() as conn:
-            if cost > 0:
-                balance = await add_ledger_entry(conn, account_id, -cost, "reserve", task_id=task_id, at=at,
-                                                 note=f"{model} x{num_images}", require_funds=True)
-                if balance is None:
-                    current = (await conn.execute(select(accounts.c.balance).where(accounts.c.id == account_id))
-                               ).scalar_one()
-                    raise InsufficientCredits(cost, current)
-            await conn.execute(tasks.insert().values(
-                id=task_id, account_id=account_id, model=model, state="waiting", param=param,
-                callback_url=callback_url, num_images=num_images, credits_reserved=cost, credits_consumed=0,
-                fail_code="", fail_msg="", attempts=0, create_time=at, update_time=at, files_deleted=False))
-            await self.wakeup.notify_in_transaction(conn, model)
-        self.wakeup.poke()
-        return task_id
+        account_ids = sorted({request.account_id for request in batch})
+        # Lock the accounts' rows (PostgreSQL) so other replicas' reservations queue behind ours;
+        # SQLite's BEGIN IMMEDIATE already excludes every other writer.
+        balances = dict((await conn.execute(
+            select(accounts.c.id, accounts.c.balance).where(accounts.c.id.in_(account_ids))
+            .order_by(accounts.c.id).with_for_update())).all())
+        outcomes: list[object] = []
+        ledger_rows, task_rows = [], []
+        for request in batch:
+            balance = balances[request.account_id]
+            if request.cost > balance:
+                outcomes.append(InsufficientCredits(request.cost, balance))
+                continue
+            if request.cost > 0:
+                balance -= request.cost
+                balances[request.account_id] = balance
+                ledger_rows.append(dict(account_id=request.account_id, task_id=request.task_id, kind="reserve",
+                                        amount=-request.cost, balance_after=balance, created_at=at,
+                                        note=f"{request.model} x{request.num_images}"))
+            task_rows.append(dict(
+                id=request.task_id, account_id=request.account_id, model=request.model, state="waiting",
+                param=request.param, callback_url=request.callback_url, num_images=request.num_images,
+                credits_reserved=request.cost, credits_consumed=0, fail_code="", fail_msg="", attempts=0,
+                create_time=at, update_time=at, files_deleted=False))
+            outcomes.append(None)
+        for account_id in {row["account_id"] for row in ledger_rows}:
+            await conn.execute(update(accounts).where(accounts.c.id == account_id)
+                               .values(balance=balances[account_id]))
+        if ledger_rows:
+            await conn.execute(ledger.insert(), ledger_rows)
+        if task_rows:
+            await conn.execute(tasks.insert(), task_rows)
+            for model in {row["model"] for row in task_rows}:
+                await self.wakeup.notify_in_transaction(conn, model)
+        return outcomes
 
     async def get(self, task_id: str, account_id: int | None = None) -> RowMapping | None:
         condition = tasks.c.id == task_id

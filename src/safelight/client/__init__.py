@@ -1,0 +1,76 @@
+"""Safelight's Python SDK: one client for Safelight and kie.ai (only `base_url` differs).
+
+    from safelight.client import Client, ZImageInput
+
+    with Client() as client:  # SAFELIGHT_API_KEY / SAFELIGHT_BASE_URL, or KIE_API_KEY for kie.ai
+        task = client.run("z-image", ZImageInput(prompt="a lighthouse at dusk", aspect_ratio="16:9"))
+        print(client.download(task, "out"))
+
+This package imports nothing from the server; `models.py` is generated from its catalog.
+See docs/sdk.md.
+"""
+
+from ._async import AsyncClient
+from ._base import KIE_BASE_URL, KIE_UPLOAD_URL, SAFELIGHT_DEFAULT_URL, __version__
+from ._sync import Client
+from .errors import (
+    APIConnectionError,
+    AuthenticationError,
+    GenerationFailedError,
+    InsufficientCreditsError,
+    MaintenanceError,
+    ModelDisabledError,
+    NotFoundError,
+    RateLimitError,
+    SafelightError,
+    ServerError,
+    SignatureError,
+    TaskNotFoundError,
+    ValidationError,
+    WaitTimeoutError,
+)
+from .models import (
+    CATALOG,
+    INPUT_SCHEMAS,
+    MODEL_IDS,
+    Flux2ProImageToImageInput,
+    IdeogramCharacterInput,
+    Imagen4FastInput,
+    InputModel,
+    ZImageInput,
+)
+from .task import Task
+from .webhooks import verify_callback
+
+__all__ = [
+    "CATALOG",
+    "INPUT_SCHEMAS",
+    "KIE_BASE_URL",
+    "KIE_UPLOAD_URL",
+    "MODEL_IDS",
+    "SAFELIGHT_DEFAULT_URL",
+    "APIConnectionError",
+    "AsyncClient",
+    "AuthenticationError",
+    "Client",
+    "Flux2ProImageToImageInput",
+    "GenerationFailedError",
+    "IdeogramCharacterInput",
+    "Imagen4FastInput",
+    "InputModel",
+    "InsufficientCreditsError",
+    "MaintenanceError",
+    "ModelDisabledError",
+    "NotFoundError",
+    "RateLimitError",
+    "SafelightError",
+    "ServerError",
+    "SignatureError",
+    "Task",
+    "TaskNotFoundError",
+    "ValidationError",
+    "WaitTimeoutError",
+    "ZImageInput",
+    "__version__",
+    "verify_callback",
+]

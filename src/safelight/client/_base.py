@@ -1,0 +1,367 @@
+"""What the sync and async clients share: configuration, envelope parsing, retry and poll policy.
+
+The two clients only differ in how they wait and do I/O; every decision lives here once.
+"""
+
+from __future__ import annotations
+
+import copy
+import email.utils
+import mimetypes
+import os
+import random
+import re
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from .errors import (
+    APIConnectionError,
+    GenerationFailedError,
+    RateLimitError,
+    SafelightError,
+    ServerError,
+    TaskNotFoundError,
+    WaitTimeoutError,
+    error_for_code,
+)
+from .models import CATALOG, InputModel
+from .task import Task
+
+__version__ = "0.1.0"
+
+SAFELIGHT_DEFAULT_URL = "http://127.0.0.1:8000"
+KIE_BASE_URL = "https://api.kie.ai"
+KIE_UPLOAD_URL = "https://kieai.redpandaai.co"
+DEFAULT_UPLOAD_PATH = "safelight/uploads"
+USER_AGENT = f"safelight-python/{__version__}"
+
+CREATE_PATH = "/api/v1/jobs/createTask"
+RECORD_PATH = "/api/v1/jobs/recordInfo"
+CREDIT_PATH = "/api/v1/chat/credit"
+MODELS_PATH = "/api/v1/models"
+STREAM_UPLOAD_PATH = "/api/file-stream-upload"
+URL_UPLOAD_PATH = "/api/file-url-upload"
+
+
+@dataclass(frozen=True)
+class Settings:
+    api_key: str | None
+    base_url: str
+    upload_base_url: str
+
+
+def resolve_settings(api_key: str | None, base_url: str | None, upload_base_url: str | None) -> Settings:
+    """Arguments first, then SAFELIGHT_* variables, then kie's KIE_API_KEY.
+
+    A key taken from KIE_API_KEY, with no base URL given anywhere, means kie.ai itself; otherwise
+    the default is a local Safelight. Uploads go to kie's separate upload host when the base URL is
+    kie.ai, and to the base URL otherwise (Safelight serves both).
+    """
+    env = os.environ
+    key_from_kie = False
+    if api_key is None:
+        api_key = env.get("SAFELIGHT_API_KEY") or None
+        if api_key is None and env.get("KIE_API_KEY"):
+            api_key, key_from_kie = env["KIE_API_KEY"], True
+    if base_url is None:
+        base_url = env.get("SAFELIGHT_BASE_URL") or (KIE_BASE_URL if key_from_kie else SAFELIGHT_DEFAULT_URL)
+    base_url = base_url.rstrip("/")
+    if upload_base_url is None:
+        upload_base_url = env.get("SAFELIGHT_UPLOAD_BASE_URL") or (
+            KIE_UPLOAD_URL if urlsplit(base_url).hostname == "api.kie.ai" else base_url
+        )
+    return Settings(api_key, base_url, upload_base_url.rstrip("/"))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries for 429, 5xx and connection failures: exponential backoff with jitter.
+
+    `max_retries` bounds the attempts and `budget` the total seconds slept for one call.
+    """
+
+    max_retries: int = 3
+    backoff: float = 0.5
+    max_backoff: float = 8.0
+    budget: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return retry_after  # the server knows best; the budget still bounds the wait
+        ceiling = min(self.max_backoff, self.backoff * 2**attempt)
+        return ceiling / 2 + random.uniform(0, ceiling / 2)  # "equal jitter": never 0, never in lockstep
+
+    def next_delay(self, attempt: int, slept: float, error: SafelightError) -> float | None:
+        """Seconds to sleep before retrying after `error`, or None to give up and raise it."""
+        if attempt >= self.max_retries or not retryable(error):
+            return None
+        delay = self.delay(attempt, getattr(error, "retry_after", None))
+        return None if slept + delay > self.budget else delay
+
+
+def retryable(error: SafelightError) -> bool:
+    if isinstance(error, APIConnectionError):
+        return error.retry_safe
+    return isinstance(error, RateLimitError | ServerError)
+
+
+def connection_error(exc: httpx.TransportError, idempotent: bool, task_id: str | None) -> APIConnectionError:
+    error = APIConnectionError(None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, task_id)
+    # A request that never connected cannot have created anything; after that, only reads are safe.
+    never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+    error.retry_safe = never_sent or idempotent
+    return error
+
+
+def parse_response(response: httpx.Response, task_id: str | None = None) -> Any:
+    """The `data` of a kie envelope, or the typed error for its body code (or else its HTTP status)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    status = response.status_code
+    code: int | None = None
+    msg = ""
+    if isinstance(body, dict):
+        raw_code = body.get("code")
+        try:
+            code = int(raw_code) if raw_code is not None and not isinstance(raw_code, bool) else None
+        except (TypeError, ValueError):
+            code = None
+        msg = str(body.get("msg") or body.get("message") or "")
+        if body.get("success") is False and (code is None or code == 200):
+            code = status if status >= 400 else 500
+    if code is None or code == 200:
+        code = status if status >= 400 else 200
+    if code == 200:
+        return body.get("data") if isinstance(body, dict) and "data" in body else body
+    if not msg:
+        msg = response.reason_phrase or f"HTTP {status}"
+        if body is None and response.text:
+            msg = f"{msg}: {response.text[:200]}"
+    raise error_for_code(code, msg, task_id, http_status=status, body=body, retry_after=_retry_after(response))
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def input_payload(model: str, task_input: Any) -> dict[str, Any]:
+    if isinstance(task_input, InputModel):
+        if task_input.model_id != model:
+            raise ValueError(f"{type(task_input).__name__} is the input of {task_input.model_id!r}, not {model!r}")
+        return task_input.to_input()
+    if isinstance(task_input, dict):
+        return task_input
+    raise TypeError(f"input must be a dict or a typed input class, not {type(task_input).__name__}")
+
+
+def create_body(model: str, task_input: Any, callback_url: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "input": input_payload(model, task_input)}
+    if callback_url:
+        body["callBackUrl"] = callback_url
+    return body
+
+
+def task_id_from(data: Any) -> str:
+    task_id = data.get("taskId") if isinstance(data, dict) else None
+    if not task_id:
+        raise SafelightError(None, f"createTask answered without a taskId: {data!r}")
+    return str(task_id)
+
+
+def task_from(data: Any, task_id: str) -> Task:
+    if not isinstance(data, dict):
+        raise TaskNotFoundError(422, "recordInfo is null", task_id)
+    task = Task.from_record(data)
+    task.task_id = task.task_id or task_id
+    return task
+
+
+class CreatedTasks:
+    """When this client created each recent task, for the "recordInfo is null" grace window."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._times: OrderedDict[str, float] = OrderedDict()
+        self._limit = limit
+
+    def add(self, task_id: str) -> None:
+        self._times[task_id] = time.monotonic()
+        while len(self._times) > self._limit:
+            self._times.popitem(last=False)
+
+    def age(self, task_id: str) -> float | None:
+        created = self._times.get(task_id)
+        return None if created is None else time.monotonic() - created
+
+
+class Poller:
+    """The poll loop of `wait()`: backoff, the not-yet-visible grace window, and the deadline."""
+
+    def __init__(
+        self,
+        task_id: str,
+        *,
+        timeout: float,
+        poll: float,
+        max_poll: float,
+        factor: float,
+        created_age: float | None,
+        grace: float,
+    ) -> None:
+        self.task_id = task_id
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.interval = poll
+        self.max_poll = max(max_poll, poll)
+        self.factor = factor
+        # kie can answer "recordInfo is null" for a task it has just created; only a task this client
+        # created, and only for `grace` seconds after, is given that benefit of the doubt.
+        self.grace_until = None if created_age is None else time.monotonic() + grace - created_age
+        self.last: Task | None = None
+
+    def absorb(self, error: SafelightError) -> None:
+        """Swallow a transient poll error, or re-raise it with the task id attached."""
+        error.task_id = error.task_id or self.task_id
+        in_grace = self.grace_until is not None and time.monotonic() < self.grace_until
+        if isinstance(error, TaskNotFoundError) and in_grace:
+            return
+        raise error
+
+    def result(self, task: Task) -> Task | None:
+        """The finished task, None to keep polling; raises GenerationFailedError on `fail`."""
+        self.last = task
+        if task.state == "success":
+            return task
+        if task.state == "fail":
+            raise failed_error(task)
+        return None
+
+    def sleep_time(self) -> float:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise WaitTimeoutError(self.task_id, self.timeout, self.last)
+        delay = min(self.interval, remaining)
+        self.interval = min(self.interval * self.factor, self.max_poll)
+        return delay
+
+
+def failed_error(task: Task) -> GenerationFailedError:
+    msg = task.fail_msg or "generation failed"
+    return GenerationFailedError(
+        501, msg, task.task_id, fail_code=task.fail_code, fail_msg=task.fail_msg, task=task, body=task.raw
+    )
+
+
+def server_models(data: Any) -> list[dict[str, Any]]:
+    """Entries of GET /api/v1/models, extra keys kept; `inputSchema` is also offered as `input_schema`."""
+    if not isinstance(data, list):
+        return builtin_models()
+    models = []
+    for entry in data:
+        if isinstance(entry, dict) and entry.get("id"):
+            entry = dict(entry)
+            if "input_schema" not in entry and isinstance(entry.get("inputSchema"), dict):
+                entry["input_schema"] = entry["inputSchema"]
+            models.append(entry)
+    return models
+
+
+def builtin_models() -> list[dict[str, Any]]:
+    return [dict(copy.deepcopy(entry), builtin=True) for entry in CATALOG]
+
+
+# --- uploads and downloads ----------------------------------------------------------------------
+
+
+def is_url(value: Any) -> bool:
+    return isinstance(value, str) and value.lower().startswith(("http://", "https://"))
+
+
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"GIF8", ".gif"))
+
+
+def sniff_extension(data: bytes) -> str:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    return next((ext for magic, ext in _MAGIC if data.startswith(magic)), ".bin")
+
+
+def upload_name(source: Path | bytes, file_name: str | None, head: bytes = b"") -> str:
+    """A file name that will not collide: kie overwrites an existing name in the same uploadPath."""
+    if file_name:
+        return file_name
+    tag = uuid.uuid4().hex[:8]
+    if isinstance(source, Path):
+        return f"{safe_name(source.stem) or 'upload'}-{tag}{source.suffix.lower()}"
+    return f"upload-{tag}{sniff_extension(head or source)}"
+
+
+def content_type(name: str) -> str:
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def clean_upload_path(upload_path: str) -> str:
+    return upload_path.strip("/") or DEFAULT_UPLOAD_PATH  # kie: no leading or trailing slashes
+
+
+def download_url(data: Any) -> str:
+    if isinstance(data, dict):
+        for key in ("downloadUrl", "fileUrl", "url"):
+            if data.get(key):
+                return str(data[key])
+    raise SafelightError(None, f"upload answered without a downloadUrl: {data!r}")
+
+
+def safe_name(name: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    return name[:120]
+
+
+def result_file_name(url: str, index: int, task_id: str, mime: str | None) -> str:
+    """The URL's file name; prefixed with the task id when it lacks it (Safelight's `.../<id>/0.png`),
+    so results of different tasks in one directory keep telling apart."""
+    name = safe_name(PurePosixPath(unquote(urlsplit(url).path)).name) or str(index)
+    if task_id and task_id not in name:
+        name = f"{safe_name(task_id)}-{name}"
+    if not PurePosixPath(name).suffix and mime:
+        name += mimetypes.guess_extension(mime.split(";")[0].strip()) or ""
+    return name
+
+
+def candidate_paths(directory: Path, name: str) -> Any:
+    """name.png, name-1.png, name-2.png, ...: the first that does not exist is taken, never replaced."""
+    stem, suffix = PurePosixPath(name).stem, PurePosixPath(name).suffix
+    yield directory / name
+    n = 1
+    while True:
+        yield directory / f"{stem}-{n}{suffix}"
+        n += 1
+
+
+def same_origin(url: str, *bases: str) -> bool:
+    target = urlsplit(url)
+    return any(
+        (target.scheme, target.hostname, target.port) == (b.scheme, b.hostname, b.port)
+        for b in (urlsplit(base) for base in bases)
+    )
+
+
+def results_or_raise(task: Task) -> list[str]:
+    if not task.succeeded:
+        raise SafelightError(None, f"task has no results (state {task.state!r})", task.task_id)
+    return task.result_urls
