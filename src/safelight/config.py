@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     # Results
     result_url_ttl_seconds: int = 24 * 3600
     download_url_ttl_seconds: int = 20 * 60
+    # Uploaded files: kept (and their links valid) for 3 days, as on kie; at most this many bytes.
+    upload_retention_seconds: int = 3 * 24 * 3600
+    upload_max_bytes: int = 100 * 1024 * 1024
 
     # Inputs fetched by the worker (reference images).
     input_max_bytes: int = 10 * 1024 * 1024

@@ -27,4 +27,9 @@ async def get_file(request: Request, key: str, expires: str = "", signature: str
     if not path.is_file():
         return envelope(None, 404, "file not found (it may have expired)", http_status=404)
     media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+    # Uploads can be any file: never let a browser run one as a page on this origin.
+    headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff",
+               "Content-Security-Policy": "sandbox; default-src 'none'"}
+    if not media_type.startswith("image/"):
+        headers["Content-Disposition"] = "attachment"
+    return FileResponse(path, media_type=media_type, headers=headers)

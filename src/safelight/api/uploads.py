@@ -1,0 +1,185 @@
+"""kie's file upload API (spec/kie-api.md §6.3): base64, multipart stream, and fetch-from-URL.
+
+Uploaded files are kept per account under `uploads/<account>/<uploadPath>/<fileName>`; as on kie,
+re-uploading a name overwrites it. The returned `downloadUrl` is a signed link to this server,
+valid for the upload retention period, and works directly as a task's input URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import mimetypes
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.datastructures import UploadFile
+
+from safelight.net import FetchError, UnsafeURLError, fetch, sniff_image_type
+
+from .auth import bearer_key, runtime_of
+from .envelope import EnvelopeResponse
+
+router = APIRouter(tags=["files"])
+
+SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class UploadError(Exception):
+    def __init__(self, code: int, msg: str) -> None:
+        super().__init__(msg)
+        self.code, self.msg = code, msg
+
+
+def _reply(code: int, msg: str, data: Any = None) -> EnvelopeResponse:
+    body: dict[str, Any] = {"success": code == 200, "code": code, "msg": msg}
+    if data is not None:
+        body["data"] = data
+    return EnvelopeResponse(body)
+
+
+async def _account(request: Request) -> int:
+    key = bearer_key(request)
+    account_id = await runtime_of(request).account_for_key(key) if key else None
+    if account_id is None:
+        raise UploadError(401, "Authentication failed: Invalid API Key")
+    return account_id
+
+
+def _clean_path(upload_path: Any) -> str:
+    if not upload_path:
+        raise UploadError(400, "Missing required parameter: uploadPath")
+    if not isinstance(upload_path, str):
+        raise UploadError(400, "uploadPath must be a string")
+    parts = upload_path.split("/")
+    if len(parts) > 8 or not all(SEGMENT.match(part) for part in parts):
+        raise UploadError(400, "uploadPath must be 1-8 segments of letters, digits, '.', '_' or '-' separated by "
+                               "'/', with no leading or trailing slash")
+    return upload_path
+
+
+def _clean_name(file_name: Any, mime: str) -> str:
+    if file_name in (None, ""):
+        return uuid.uuid4().hex + (mimetypes.guess_extension(mime) or "")
+    if not isinstance(file_name, str) or not SEGMENT.match(file_name):
+        raise UploadError(400, "fileName must be 1-128 letters, digits, '.', '_' or '-', not starting with '.'")
+    return file_name
+
+
+def _mime(data: bytes, file_name: str | None) -> str:
+    return (sniff_image_type(data) or (mimetypes.guess_type(file_name)[0] if file_name else None)
+            or "application/octet-stream")
+
+
+async def _store(request: Request, account_id: int, upload_path: str, file_name: Any, data: bytes):
+    runtime = runtime_of(request)
+    if len(data) > runtime.settings.upload_max_bytes:
+        raise UploadError(400, f"file is larger than {runtime.settings.upload_max_bytes} bytes")
+    if not data:
+        raise UploadError(400, "file is empty")
+    mime = _mime(data, file_name if isinstance(file_name, str) else None)
+    name = _clean_name(file_name, mime)
+    file_path = f"{upload_path}/{name}"
+    key = f"uploads/{account_id}/{file_path}"
+    await runtime.storage.put(key, data)
+    return _reply(200, "File uploaded successfully", {
+        "success": True,
+        "fileName": name,
+        "filePath": file_path,
+        "downloadUrl": runtime.signer.url(key, runtime.settings.upload_retention_seconds),
+        "fileSize": len(data),
+        "mimeType": mime,
+        "uploadedAt": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    })
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    limit = runtime_of(request).settings.upload_max_bytes * 4 // 3 + 4096  # base64 overhead
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise UploadError(400, f"request body is larger than {limit} bytes")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise UploadError(400, "request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise UploadError(400, "request body must be a JSON object")
+    return body
+
+
+def _handled(handler):
+    async def endpoint(request: Request):
+        try:
+            return await handler(request)
+        except UploadError as exc:
+            return _reply(exc.code, exc.msg)
+
+    endpoint.__name__ = handler.__name__
+    endpoint.__doc__ = handler.__doc__
+    return endpoint
+
+
+@router.post("/api/file-base64-upload", summary="Upload a file as base64 (or a data: URL)")
+@_handled
+async def upload_base64(request: Request):
+    account_id = await _account(request)
+    body = await _json(request)
+    upload_path = _clean_path(body.get("uploadPath"))
+    encoded = body.get("base64Data")
+    if not encoded:
+        raise UploadError(400, "Missing required parameter: base64Data")
+    if not isinstance(encoded, str):
+        raise UploadError(400, "base64Data must be a string")
+    if encoded.startswith("data:"):
+        _header, _, encoded = encoded.partition(",")
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise UploadError(400, "base64Data is not valid base64") from None
+    return await _store(request, account_id, upload_path, body.get("fileName"), data)
+
+
+@router.post("/api/file-stream-upload", summary="Upload a file as multipart/form-data")
+@_handled
+async def upload_stream(request: Request):
+    account_id = await _account(request)
+    limit = runtime_of(request).settings.upload_max_bytes
+    try:
+        form = await request.form(max_files=1, max_fields=10, max_part_size=limit)
+    except Exception as exc:  # malformed multipart, or a part over the limit
+        raise UploadError(400, f"could not read the multipart body: {exc}") from None
+    upload_path = _clean_path(form.get("uploadPath"))
+    file = form.get("file")
+    if not isinstance(file, UploadFile):
+        raise UploadError(400, "Missing required parameter: file")
+    data = await file.read(limit + 1)
+    file_name = form.get("fileName") or None
+    return await _store(request, account_id, upload_path, file_name, data)
+
+
+@router.post("/api/file-url-upload", summary="Upload a file by fetching a URL")
+@_handled
+async def upload_url(request: Request):
+    account_id = await _account(request)
+    body = await _json(request)
+    upload_path = _clean_path(body.get("uploadPath"))
+    url = body.get("fileUrl")
+    if not url:
+        raise UploadError(400, "Missing required parameter: fileUrl")
+    if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+        raise UploadError(400, "fileUrl must be an http or https URL")
+    runtime = runtime_of(request)
+    try:
+        result = await fetch(url, policy=runtime.policy, max_bytes=runtime.settings.upload_max_bytes, timeout=30.0)
+    except UnsafeURLError as exc:
+        raise UploadError(400, f"fileUrl is not allowed: {exc.reason}") from None
+    except FetchError as exc:
+        raise UploadError(400, f"fileUrl could not be fetched: {exc.reason}") from None
+    file_name = body.get("fileName") or None
+    return await _store(request, account_id, upload_path, file_name, result.content)
