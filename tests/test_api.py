@@ -17,9 +17,10 @@ async def create(client, body):
     return (await client.post(CREATE, json=body)).json()
 
 
-async def test_create_and_poll_z_image_to_success_with_a_real_png(live_server):
+async def test_create_and_poll_z_image_to_success_with_a_real_png(live_server, image_server):
     async with live_server.client() as client:
-        body = {"model": "z-image", "callBackUrl": "https://example.com/cb",
+        # A loopback receiver: createTask resolves callBackUrl, and example.com does not resolve offline.
+        body = {"model": "z-image", "callBackUrl": f"{image_server}/cb",
                 "input": {"prompt": "a lighthouse at dusk", "aspect_ratio": "16:9"}}
         response = await client.post(CREATE, json=body)
         assert response.status_code == 200

@@ -66,6 +66,12 @@ def test_keys_credits_maintenance_and_models(data_dir):
     assert run("models", "enable", "z-image").exit_code == 0
     assert run("models", "disable", "dall-e").exit_code == 1
 
+    secret = run("keys", "webhook-secret", "acme").output.strip()
+    rotated = run("keys", "webhook-secret", "acme", "--rotate").output.strip()
+    assert secret.startswith("whsec_") and rotated.startswith("whsec_") and secret != rotated
+    assert run("keys", "webhook-secret", "acme").output.strip() == rotated
+    assert run("keys", "webhook-secret", "ghost").exit_code == 1
+
     prefix = key[:9]
     assert run("keys", "revoke", prefix).exit_code == 0
     assert asyncio.run(check(data_dir, lambda s: s.accounts.authenticate(key))) is None

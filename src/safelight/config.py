@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     # Results
     result_url_ttl_seconds: int = 24 * 3600
     download_url_ttl_seconds: int = 20 * 60
+    # Result files are deleted this long after their task completed (kie keeps generated media 14 days);
+    # the task record stays, with empty resultUrls.
+    result_retention_seconds: int = Field(14 * 24 * 3600, ge=0)
+    # How often the server runs the retention sweep (`safelight sweep` runs it once by hand).
+    retention_sweep_interval_seconds: float = Field(3600.0, gt=0)
     # Uploaded files: kept (and their links valid) for 3 days, as on kie; at most this many bytes.
     upload_retention_seconds: int = 3 * 24 * 3600
     upload_max_bytes: int = 100 * 1024 * 1024
@@ -45,6 +50,16 @@ class Settings(BaseSettings):
     # Private targets allowed for outbound requests (callbacks, input URLs): CIDRs and host names,
     # comma-separated, e.g. "127.0.0.1/32,::1/128". Empty: only public addresses.
     outbound_allow: str = ""
+
+    # Callbacks: at least once, signed, retried with exponential backoff and full jitter.
+    run_delivery: bool = True
+    callback_timeout_seconds: float = Field(15.0, gt=0)
+    callback_concurrency: int = Field(16, ge=1)
+    callback_retry_base_seconds: float = Field(5.0, gt=0)
+    callback_retry_cap_seconds: float = Field(3600.0, gt=0)
+    # Keep retrying at least this long after the task ended (kie documents no policy; 24 h+ is ours).
+    callback_retry_window_seconds: float = Field(26 * 3600.0, gt=0)
+    callback_max_attempts: int = Field(200, ge=1)
 
     # Request limits; 0 disables the per-key rate limit (kie allows 20 creates / 10 s).
     rate_limit_per_key: int = 0

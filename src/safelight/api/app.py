@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from safelight import __version__
 from safelight.config import Settings
 
-from . import account, files, jobs, models, uploads
+from . import account, callbacks, files, jobs, models, uploads
 from .envelope import envelope, install_error_handlers
 from .runtime import Runtime
 
@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Fas
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    for module in (jobs, account, models, files, uploads):
+    for module in (jobs, callbacks, account, models, files, uploads):
         app.include_router(module.router)
 
     @app.get("/healthz", include_in_schema=False)

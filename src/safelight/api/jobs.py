@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -9,6 +10,8 @@ from fastapi import APIRouter, Request
 from sqlalchemy.engine import RowMapping
 
 from safelight.catalog import MODELS, InputError, get_model, validate_input
+from safelight.net import FetchError, UnsafeURLError, check_url
+from safelight.records import build_task_record
 from safelight.store import InsufficientCredits
 
 from .auth import bearer_key, require_account, runtime_of
@@ -18,6 +21,9 @@ from .runtime import Runtime
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
 MAX_URL_LENGTH = 2048
+# createTask vets callBackUrl and input URLs (DNS included) for at most this long; a check still
+# running then is left to the worker and the delivery loop, which vet every request they make.
+URL_CHECK_TIMEOUT_SECONDS = 3.0
 
 # The body is parsed by hand (kie-style error messages), so describe it for /docs explicitly.
 CREATE_TASK_DOC = {
@@ -71,6 +77,12 @@ async def create_task(request: Request):
     except InputError as exc:
         raise KieError(422, str(exc)) from None
 
+    urls = spec.input_urls(model_input)
+    if callback_url is not None:
+        urls.insert(0, ("callBackUrl", callback_url))
+    if urls:
+        await _check_urls(runtime, urls)
+
     num_images = spec.image_count(model_input)
     cost = spec.price_per_image(model_input, settings.prices) * num_images
     param = _param_string(model_id, callback_url, body["input"])
@@ -97,31 +109,38 @@ async def record_info(request: Request, taskId: str = ""):  # noqa: N803
 
 
 def task_record(runtime: Runtime, row: RowMapping) -> dict[str, Any]:
-    """The recordInfo `data` object (also the callback's `data`)."""
-    state = row["state"]
-    result_json = None
-    if state == "success" and row["result"]:
-        result = json.loads(row["result"])
-        urls = [] if row["files_deleted"] else [
-            runtime.signer.url(key, runtime.settings.result_url_ttl_seconds) for key in result["files"]]
-        result_json = json.dumps({"resultUrls": urls, "seeds": result.get("seeds", [])}, separators=(",", ":"))
-    complete = row["complete_time"]
-    started = row["start_time"] or row["create_time"]
-    return {
-        "taskId": row["id"],
-        "model": row["model"],
-        "state": state,
-        "param": row["param"],
-        "resultJson": result_json,
-        "failCode": row["fail_code"],
-        "failMsg": row["fail_msg"],
-        "costTime": (complete - started) if complete else None,
-        "completeTime": complete,
-        "createTime": row["create_time"],
-        "updateTime": row["update_time"],
-        "progress": row["progress"] if row["progress"] is not None else (100 if state == "success" else 0),
-        "creditsConsumed": row["credits_consumed"],
-    }
+    """The recordInfo `data` object, with result URLs signed now."""
+    return build_task_record(row, runtime.signer, runtime.settings.result_url_ttl_seconds)
+
+
+async def _check_urls(runtime: Runtime, urls: list[tuple[str, str]]) -> None:
+    """422 naming the first field whose URL the outbound policy refuses or whose host does not resolve.
+
+    Our own file URLs are read from storage, never over HTTP, so they are not checked here.
+    """
+    assert runtime.signer is not None
+    foreign = [(field, url) for field, url in urls if runtime.signer.key_from_url(url) is None]
+    if not foreign:
+        return
+    checks: dict[str, asyncio.Task] = {}
+    for _field, url in foreign:
+        if url not in checks:
+            checks[url] = asyncio.ensure_future(check_url(url, runtime.policy))
+    try:
+        await asyncio.wait(checks.values(), timeout=URL_CHECK_TIMEOUT_SECONDS, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for check in checks.values():
+            check.cancel()  # no-op for finished checks
+    # Read every finished check's outcome (so none is logged as "never retrieved"), then report in field order.
+    outcomes = {url: check.exception() for url, check in checks.items() if check.done() and not check.cancelled()}
+    for field, url in foreign:
+        exc = outcomes.get(url)
+        if isinstance(exc, UnsafeURLError):
+            raise KieError(422, f"{field} is not allowed: {exc.reason}")
+        if isinstance(exc, FetchError):
+            raise KieError(422, f"{field} could not be resolved: {exc.reason}")
+        if exc is not None:
+            raise exc
 
 
 async def _json_body(request: Request, max_bytes: int) -> dict[str, Any]:

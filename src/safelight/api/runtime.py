@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from safelight.backends import SandboxBackend
 from safelight.catalog import MODELS
 from safelight.config import Settings
+from safelight.delivery import CallbackDeliverer, RetryPolicy
 from safelight.net import OutboundPolicy
+from safelight.records import build_task_record
 from safelight.storage import LocalStorage, UrlSigner
 from safelight.store import Store
 from safelight.worker import InputLoader, Worker
@@ -49,6 +51,7 @@ class Runtime:
         self.policy = OutboundPolicy.from_string(settings.outbound_allow)
         self.signer: UrlSigner | None = None
         self.worker: Worker | None = None
+        self.deliverer: CallbackDeliverer | None = None
         # Revoking a key or flipping maintenance takes effect within this many seconds.
         self.auth_cache = TtlCache(ttl=2.0)
         self.flags_cache = TtlCache(ttl=1.0)
@@ -62,6 +65,22 @@ class Runtime:
         if self.settings.run_worker:
             self.worker = self.build_worker()
             await self.worker.start()
+        if self.settings.run_delivery:
+            self.deliverer = self.build_deliverer()
+            await self.deliverer.start()
+
+    def build_deliverer(self) -> CallbackDeliverer:
+        settings = self.settings
+        assert self.signer is not None
+        signer, ttl = self.signer, settings.result_url_ttl_seconds
+        retry = RetryPolicy(base_seconds=settings.callback_retry_base_seconds,
+                            cap_seconds=settings.callback_retry_cap_seconds,
+                            window_seconds=settings.callback_retry_window_seconds,
+                            max_attempts=settings.callback_max_attempts)
+        return CallbackDeliverer(store=self.store, policy=self.policy, retry=retry,
+                                 build_record=lambda row: build_task_record(row, signer, ttl),
+                                 timeout_seconds=settings.callback_timeout_seconds,
+                                 concurrency=settings.callback_concurrency)
 
     def build_worker(self) -> Worker:
         settings = self.settings
@@ -77,6 +96,8 @@ class Runtime:
     async def stop(self) -> None:
         if self.worker is not None:
             await self.worker.stop()
+        if self.deliverer is not None:
+            await self.deliverer.stop()
         await self.store.close()
 
     async def account_for_key(self, key: str) -> int | None:

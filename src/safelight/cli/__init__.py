@@ -113,6 +113,20 @@ def migrate() -> None:
     console.print(f"schema is current ({_describe_store(Settings())})")
 
 
+@app.command()
+def sweep() -> None:
+    """Run the retention sweep once: delete expired result files and uploads (task records stay)."""
+    from types import SimpleNamespace
+
+    from safelight.storage import LocalStorage
+    from safelight.storage.retention import sweep as run_sweep
+
+    settings = Settings()
+    storage = LocalStorage(settings.files_dir)
+    report = _run(lambda store: run_sweep(SimpleNamespace(settings=settings, store=store, storage=storage)))
+    console.print(f"swept: {report}")
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="Key name; also the account name unless --account is given.")],
@@ -144,6 +158,23 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or displayed pre
         console.print(f"[red]no active key {key!r}[/]")
         raise typer.Exit(1)
     console.print(f"revoked {count} key(s)")
+
+
+@keys_app.command("webhook-secret")
+def keys_webhook_secret(
+    account: Annotated[str, typer.Argument(help="Account name or id.")],
+    rotate: Annotated[bool, typer.Option("--rotate", help="Replace it; callbacks sign with the new one at once.")]
+    = False,
+) -> None:
+    """Show (or rotate) the account's webhook signing secret (whsec_…; kie and Standard Webhooks)."""
+    from safelight.store import NotFound
+
+    try:
+        secret = _run(lambda store: store.accounts.webhook_key(account, rotate=rotate))
+    except NotFound as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    print(secret)
 
 
 @credits_app.callback(invoke_without_command=True)

@@ -23,12 +23,18 @@ class UrlSigner:
         query = urlencode({"expires": expires, "signature": self._signature(key, expires)})
         return f"{self.public_url}{FILES_PREFIX}{quote(key)}?{query}"
 
-    def verify(self, key: str, expires: str | int, signature: str, *, now: float | None = None) -> bool:
+    def verify(self, key: str, expires: str | int, signature: str, *, now: float | None = None,
+               check_expiry: bool = True) -> bool:
+        """True if `signature` is ours for (key, expires) and, unless check_expiry is False, not yet expired.
+
+        check_expiry=False answers "did this server issue this exact link?", for turning an expired
+        link into a fresh one (download-url) after the caller's ownership has been checked separately.
+        """
         try:
             expires_at = int(expires)
         except (TypeError, ValueError):
             return False
-        if expires_at < (now or time.time()):
+        if check_expiry and expires_at < (now or time.time()):
             return False
         return hmac.compare_digest(self._signature(key, expires_at), signature or "")
 

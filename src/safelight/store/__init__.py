@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from .accounts import AccountStore, CreatedKey, InsufficientCredits, NotFound
+from .callbacks import CallbackStore
 from .db import Database, now_ms
 from .notify import Wakeup
 from .state import StateStore
@@ -14,7 +17,10 @@ class Store:
         self.db = Database(url, pool_size=pool_size)
         self.wakeup = Wakeup(self.db)
         self.accounts = AccountStore(self.db)
-        self.tasks = TaskStore(self.db, self.wakeup)
+        # The delivery loop sets this hook to hear about new outbox rows at once.
+        self.callbacks = CallbackStore(self.db, on_enqueue=lambda: self.callback_wakeup.set())
+        self.callback_wakeup = asyncio.Event()
+        self.tasks = TaskStore(self.db, self.wakeup, self.callbacks)
         self.state = StateStore(self.db)
 
     async def migrate(self) -> None:
@@ -25,5 +31,5 @@ class Store:
         await self.db.dispose()
 
 
-__all__ = ["AccountStore", "CreatedKey", "Database", "InsufficientCredits", "NotFound", "RequeueReport",
-           "StateStore", "Store", "TaskStore", "Wakeup", "now_ms"]
+__all__ = ["AccountStore", "CallbackStore", "CreatedKey", "Database", "InsufficientCredits", "NotFound",
+           "RequeueReport", "StateStore", "Store", "TaskStore", "Wakeup", "now_ms"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -40,7 +41,8 @@ def hash_key(key: str) -> str:
 
 
 def new_webhook_key() -> str:
-    return secrets.token_urlsafe(32)
+    # Standard Webhooks format, so its libraries verify our callbacks as they are.
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 async def add_ledger_entry(conn: AsyncConnection, account_id: int, amount: int, kind: str, *,
@@ -149,6 +151,11 @@ class AccountStore:
         async with self.db.read() as conn:
             return (await conn.execute(select(func.coalesce(func.sum(ledger.c.amount), 0))
                                        .where(ledger.c.account_id == account_id))).scalar_one()
+
+    async def webhook_key_by_id(self, account_id: int) -> str:
+        async with self.db.read() as conn:
+            return (await conn.execute(select(accounts.c.webhook_key).where(accounts.c.id == account_id))
+                    ).scalar_one()
 
     async def webhook_key(self, account: str, *, rotate: bool = False) -> str:
         async with self.db.write() as conn:

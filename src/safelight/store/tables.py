@@ -103,3 +103,42 @@ class ServerState(Base):
 
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class CallbackDelivery(Base):
+    """The callback outbox: one row per delivery of a task's terminal state to its callBackUrl.
+
+    Written in the transaction that finishes the task, so a callback is never lost; sent by the
+    delivery loop, so a slow receiver never holds a worker.
+    """
+
+    __tablename__ = "callback_deliveries"
+
+    # Also the Standard Webhooks `webhook-id`: stable across retries of this delivery.
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(32), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    url: Mapped[str] = mapped_column(Text)
+    # pending -> delivered | failed
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[int] = mapped_column(BigInteger)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    delivered_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+    __table_args__ = (Index("ix_callback_deliveries_status_next", "status", "next_attempt_at"),)
+
+
+class CallbackAttempt(Base):
+    """The delivery log: every attempt, with its outcome."""
+
+    __tablename__ = "callback_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("callback_deliveries.id"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[int] = mapped_column(BigInteger)
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str] = mapped_column(Text, default="")

@@ -14,6 +14,8 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .accounts import InsufficientCredits, accounts, add_ledger_entry, ledger
+from .callbacks import CallbackStore
+from .callbacks import enqueue_in as enqueue_callback
 from .db import Database, now_ms
 from .notify import Wakeup
 from .tables import Task
@@ -47,9 +49,10 @@ class RequeueReport:
 
 
 class TaskStore:
-    def __init__(self, db: Database, wakeup: Wakeup) -> None:
+    def __init__(self, db: Database, wakeup: Wakeup, callbacks: CallbackStore) -> None:
         self.db = db
         self.wakeup = wakeup
+        self.callbacks = callbacks
         self._pending: list[_CreateRequest] = []
         self._flusher: asyncio.Task | None = None
 
@@ -183,17 +186,26 @@ class TaskStore:
         at = now_ms()
         result = json.dumps({"files": files, "seeds": seeds, **(extra or {})})
         async with self.db.write() as conn:
-            updated = await conn.execute(
+            row = (await conn.execute(
                 update(tasks).where(tasks.c.id == task_id, tasks.c.lease_owner == worker_id,
                                     tasks.c.state.in_(ACTIVE_STATES))
                 .values(state="success", result=result, credits_consumed=tasks.c.credits_reserved, progress=100,
-                        complete_time=at, update_time=at, lease_owner=None, lease_expires_at=None))
-            return updated.rowcount == 1
+                        complete_time=at, update_time=at, lease_owner=None, lease_expires_at=None)
+                .returning(tasks.c.account_id, tasks.c.callback_url))).first()
+            if row is None:
+                return False
+            await self._queue_callback(conn, task_id, row.account_id, row.callback_url, at)
+        if row.callback_url:
+            self.callbacks.enqueued()
+        return True
 
     async def fail(self, task_id: str, fail_code: str, fail_msg: str, *, worker_id: str | None = None) -> bool:
         """fail, refunding the reservation. With worker_id, only if that worker still holds the task."""
         async with self.db.write() as conn:
-            return await self._fail_in(conn, task_id, fail_code, fail_msg, worker_id=worker_id)
+            failed = await self._fail_in(conn, task_id, fail_code, fail_msg, worker_id=worker_id)
+        if failed:
+            self.callbacks.enqueued()
+        return failed
 
     async def requeue_expired(self, max_attempts: int) -> RequeueReport:
         """Tasks whose worker died mid-task go back to waiting, or fail (refunded) after max_attempts."""
@@ -238,10 +250,17 @@ class TaskStore:
             update(tasks).where(condition)
             .values(state="fail", fail_code=fail_code, fail_msg=fail_msg[:2000], credits_consumed=0,
                     complete_time=at, update_time=at, lease_owner=None, lease_expires_at=None)
-            .returning(tasks.c.account_id, tasks.c.credits_reserved))).first()
+            .returning(tasks.c.account_id, tasks.c.credits_reserved, tasks.c.callback_url))).first()
         if row is None:
             return False
         if row.credits_reserved:
             await add_ledger_entry(conn, row.account_id, row.credits_reserved, "refund", task_id=task_id, at=at,
                                    note=f"refund: {fail_code}")
+        await self._queue_callback(conn, task_id, row.account_id, row.callback_url, at)
         return True
+
+    @staticmethod
+    async def _queue_callback(conn: AsyncConnection, task_id: str, account_id: int, url: str | None, at: int) -> None:
+        # Same transaction as the state change: the callback is owed exactly when the task ends.
+        if url:
+            await enqueue_callback(conn, task_id=task_id, account_id=account_id, url=url, at=at)

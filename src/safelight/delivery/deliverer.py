@@ -1,0 +1,140 @@
+"""The delivery loop: sends outbox rows to callBackUrls, at least once, retrying with backoff.
+
+It runs beside the worker, never inside it: a slow or dead receiver costs a delivery slot here,
+not a GPU or a task (Cog's issue 2229). Every attempt is logged; a crash mid-send leaves the
+row leased, and it is sent again once the lease runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from safelight.net import FetchError, OutboundPolicy, UnsafeURLError, post_json
+from safelight.store import Store, now_ms
+
+from .signing import signature_headers
+
+log = logging.getLogger(__name__)
+
+SUCCESS_MSG = "Playground task completed successfully."
+FAIL_MSG = "Playground task failed."
+USER_AGENT = "Safelight-Webhooks/1"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, for at least `window_seconds`, at most `max_attempts` tries."""
+
+    base_seconds: float = 5.0
+    cap_seconds: float = 3600.0
+    window_seconds: float = 26 * 3600.0
+    max_attempts: int = 200
+
+    def next_attempt_at(self, attempts: int, created_at_ms: int, now: int) -> int | None:
+        """When to try again after `attempts` failed tries; None when the delivery has run out."""
+        if attempts >= self.max_attempts or now - created_at_ms >= self.window_seconds * 1000:
+            return None
+        ceiling = min(self.cap_seconds, self.base_seconds * 2 ** min(attempts - 1, 40))
+        return now + int(1000 * random.uniform(0, ceiling))
+
+
+class CallbackDeliverer:
+    def __init__(self, *, store: Store, policy: OutboundPolicy, build_record: Callable[[Mapping], dict[str, Any]],
+                 retry: RetryPolicy, timeout_seconds: float = 15.0, concurrency: int = 16) -> None:
+        self.store = store
+        self.policy = policy
+        self.build_record = build_record
+        self.retry = retry
+        self.timeout = timeout_seconds
+        self.concurrency = concurrency
+        self._lease_ms = int((timeout_seconds + 30) * 1000)
+        self._sending: set[asyncio.Task] = set()
+        self._loop_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run(), name="callback-delivery")
+
+    async def stop(self) -> None:
+        if self._loop_task:
+            self._loop_task.cancel()
+        for task in list(self._sending):
+            task.cancel()
+        await asyncio.gather(*self._sending, *([self._loop_task] if self._loop_task else []), return_exceptions=True)
+
+    async def _run(self) -> None:
+        wakeup = self.store.callback_wakeup
+        while True:
+            try:
+                wakeup.clear()
+                free = self.concurrency - len(self._sending)
+                for delivery in await self.store.callbacks.claim_due(free, self._lease_ms):
+                    task = asyncio.create_task(self._deliver(delivery))
+                    self._sending.add(task)
+                    task.add_done_callback(self._done)
+                # Sleep until the next scheduled retry, or until a new delivery or a free slot.
+                next_due = await self.store.callbacks.next_due_at()
+                delay = 3600.0 if next_due is None else max(0.0, (next_due - now_ms()) / 1000)
+                if free <= 0:
+                    delay = 3600.0
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wakeup.wait(), timeout=max(delay, 0.01))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("callback delivery loop error; retrying")
+                await asyncio.sleep(1)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._sending.discard(task)
+        self.store.callback_wakeup.set()  # a slot is free
+
+    async def _deliver(self, delivery: Mapping[str, Any]) -> None:
+        status_code: int | None = None
+        error = ""
+        started = time.perf_counter()
+        try:
+            body, task_id, secret = await self._body(delivery)
+            headers = signature_headers(secret=secret, task_id=task_id, webhook_id=delivery["id"],
+                                        timestamp=int(time.time()), body=body)
+            headers.update({"Content-Type": "application/json", "User-Agent": USER_AGENT})
+            response = await post_json(delivery["url"], body, headers=headers, policy=self.policy,
+                                       timeout=self.timeout)
+            status_code = response.status
+            if not 200 <= status_code < 300:
+                error = f"HTTP {status_code}"
+        except UnsafeURLError as exc:
+            error = f"refused: {exc.reason}"
+        except FetchError as exc:
+            error = exc.reason
+        except Exception as exc:  # never let one delivery kill the loop
+            log.exception("callback %s failed unexpectedly", delivery["id"])
+            error = f"internal error: {type(exc).__name__}"
+        latency_ms = int((time.perf_counter() - started) * 1000)
+        delivered = not error
+        retry_at = None if delivered else self.retry.next_attempt_at(delivery["attempts"], delivery["created_at"],
+                                                                     now_ms())
+        await self.store.callbacks.record_attempt(delivery, status_code=status_code, latency_ms=latency_ms,
+                                                  error=error, delivered=delivered, retry_at=retry_at)
+        if not delivered:
+            level = logging.INFO if retry_at else logging.WARNING
+            log.log(level, "callback %s for task %s attempt %d: %s%s", delivery["id"], delivery["task_id"],
+                    delivery["attempts"], error, "" if retry_at else " (giving up)")
+
+    async def _body(self, delivery: Mapping[str, Any]) -> tuple[bytes, str, str]:
+        row = await self.store.tasks.get(delivery["task_id"])
+        record = self.build_record(row)
+        balance = await self.store.accounts.balance(row["account_id"])
+        secret = await self.store.accounts.webhook_key_by_id(row["account_id"])
+        success = row["state"] == "success"
+        # Older kie callback bodies carry consumeCredits/remainedCredits; newer ones creditsConsumed.
+        data = {**record, "consumeCredits": record["creditsConsumed"], "remainedCredits": balance}
+        payload = {"code": 200 if success else 501, "msg": SUCCESS_MSG if success else FAIL_MSG, "data": data}
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(), row["id"], secret

@@ -1,0 +1,110 @@
+"""Retention: delete expired result files and uploads, keeping every task record.
+
+- Result files of tasks that completed more than ``result_retention_seconds`` ago (14 days by
+  default, as kie keeps generated media) are deleted and the task is marked ``files_deleted``;
+  recordInfo then answers ``resultUrls: []``, and download-url refuses its old links.
+- Uploads last modified more than ``upload_retention_seconds`` ago (3 days, as on kie) are deleted.
+
+A retention of 0 (or less) keeps those files forever. The sweep is idempotent and safe to
+interrupt: files are deleted before the task is marked, so a crash in between only means the next
+sweep deletes nothing and marks the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy import false, select, update
+
+from safelight.config import Settings
+from safelight.store import Store
+from safelight.store.tasks import tasks
+
+from .local import LocalStorage
+
+log = logging.getLogger(__name__)
+
+RESULTS_PREFIX = "results"
+UPLOADS_PREFIX = "uploads"
+BATCH_SIZE = 500
+
+
+class _Runtime(Protocol):
+    settings: Settings
+    store: Store
+    storage: LocalStorage
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    tasks: int = 0  # tasks whose result files were deleted
+    result_bytes: int = 0
+    uploads: int = 0  # upload files deleted
+    upload_bytes: int = 0
+
+    def __str__(self) -> str:
+        return (f"{self.tasks} task result(s) deleted ({_mb(self.result_bytes)}), "
+                f"{self.uploads} upload(s) deleted ({_mb(self.upload_bytes)})")
+
+
+def _mb(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
+async def sweep(runtime: _Runtime, *, now: float | None = None, batch_size: int = BATCH_SIZE) -> SweepReport:
+    """Run one retention pass. `runtime` needs `settings`, `store` and `storage` (an api Runtime will do)."""
+    now = time.time() if now is None else now
+    settings = runtime.settings
+    swept, result_bytes = 0, 0
+    if settings.result_retention_seconds > 0:
+        swept, result_bytes = await _sweep_results(runtime, int((now - settings.result_retention_seconds) * 1000),
+                                                   batch_size)
+    uploads, upload_bytes = 0, 0
+    if settings.upload_retention_seconds > 0:
+        uploads, upload_bytes = await _sweep_uploads(runtime.storage, now - settings.upload_retention_seconds)
+    return SweepReport(tasks=swept, result_bytes=result_bytes, uploads=uploads, upload_bytes=upload_bytes)
+
+
+async def _sweep_results(runtime: _Runtime, cutoff_ms: int, batch_size: int) -> tuple[int, int]:
+    db, storage = runtime.store.db, runtime.storage
+    expired = (tasks.c.state == "success") & (tasks.c.files_deleted == false()) & (tasks.c.complete_time < cutoff_ms)
+    swept = freed = 0
+    while True:
+        async with db.read() as conn:
+            ids = list((await conn.execute(
+                select(tasks.c.id).where(expired).order_by(tasks.c.complete_time).limit(batch_size))).scalars())
+        if not ids:
+            return swept, freed
+        for task_id in ids:
+            # Ids are 32 hex characters (our own), so this is always a key under results/.
+            freed += await storage.delete_dir(f"{RESULTS_PREFIX}/{task_id}")
+        async with db.write() as conn:
+            marked = await conn.execute(update(tasks).where(tasks.c.id.in_(ids), expired).values(files_deleted=True))
+        swept += marked.rowcount
+        if len(ids) < batch_size:
+            return swept, freed
+
+
+async def _sweep_uploads(storage: LocalStorage, cutoff: float) -> tuple[int, int]:
+    old = await storage.older_than(UPLOADS_PREFIX, cutoff)
+    for key, _size in old:
+        await storage.delete(key)
+    if old:
+        await storage.prune_empty_dirs(UPLOADS_PREFIX)
+    return len(old), sum(size for _key, size in old)
+
+
+async def run_periodically(runtime: _Runtime, every_seconds: float) -> None:
+    """Sweep now and then every `every_seconds`, until cancelled. A failed pass is logged and retried."""
+    while True:
+        try:
+            report = await sweep(runtime)
+            if report.tasks or report.uploads:
+                log.info("retention sweep: %s", report)
+        except Exception:
+            log.exception("retention sweep failed; trying again in %g s", every_seconds)
+        await asyncio.sleep(every_seconds)

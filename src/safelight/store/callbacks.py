@@ -1,0 +1,111 @@
+"""The callback outbox and its delivery log."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .db import Database, now_ms
+from .tables import CallbackAttempt, CallbackDelivery, Task
+
+deliveries, attempts_log, tasks = CallbackDelivery.__table__, CallbackAttempt.__table__, Task.__table__
+
+
+def new_delivery_id() -> str:
+    return "msg_" + uuid.uuid4().hex
+
+
+async def enqueue_in(conn: AsyncConnection, *, task_id: str, account_id: int, url: str, at: int) -> str:
+    """Queue a delivery inside the caller's transaction (the one that finishes the task)."""
+    delivery_id = new_delivery_id()
+    await conn.execute(insert(deliveries).values(
+        id=delivery_id, task_id=task_id, account_id=account_id, url=url, status="pending", attempts=0,
+        next_attempt_at=at, last_error="", created_at=at))
+    return delivery_id
+
+
+class CallbackStore:
+    def __init__(self, db: Database, on_enqueue=None) -> None:
+        self.db = db
+        self._on_enqueue = on_enqueue or (lambda: None)
+
+    def enqueued(self) -> None:
+        self._on_enqueue()
+
+    async def claim_due(self, limit: int, lease_ms: int) -> list[RowMapping]:
+        """Take up to `limit` due deliveries; the lease keeps other senders off them while we send."""
+        if limit <= 0:
+            return []
+        at = now_ms()
+        due = (select(deliveries.c.id)
+               .where(deliveries.c.status == "pending", deliveries.c.next_attempt_at <= at)
+               .order_by(deliveries.c.next_attempt_at).limit(limit)
+               .with_for_update(skip_locked=True))
+        async with self.db.write() as conn:
+            return list((await conn.execute(
+                update(deliveries).where(deliveries.c.id.in_(due.scalar_subquery()))
+                .values(next_attempt_at=at + lease_ms, attempts=deliveries.c.attempts + 1)
+                .returning(*deliveries.c))).mappings().all())
+
+    async def record_attempt(self, delivery: RowMapping, *, status_code: int | None, latency_ms: int, error: str,
+                             delivered: bool, retry_at: int | None) -> None:
+        """Log one attempt and settle the delivery: delivered, retry at `retry_at`, or failed (None)."""
+        at = now_ms()
+        if delivered:
+            values = {"status": "delivered", "delivered_at": at, "last_error": ""}
+        elif retry_at is not None:
+            values = {"next_attempt_at": retry_at, "last_error": error[:1000]}
+        else:
+            values = {"status": "failed", "last_error": error[:1000]}
+        async with self.db.write() as conn:
+            await conn.execute(insert(attempts_log).values(
+                delivery_id=delivery["id"], attempt=delivery["attempts"], at=at, status_code=status_code,
+                latency_ms=latency_ms, error=error[:1000]))
+            await conn.execute(update(deliveries).where(deliveries.c.id == delivery["id"]).values(**values))
+
+    async def next_due_at(self) -> int | None:
+        async with self.db.read() as conn:
+            return (await conn.execute(select(func.min(deliveries.c.next_attempt_at))
+                                       .where(deliveries.c.status == "pending"))).scalar_one_or_none()
+
+    async def log(self, task_id: str, account_id: int) -> list[dict]:
+        async with self.db.read() as conn:
+            rows = (await conn.execute(
+                select(deliveries).where(deliveries.c.task_id == task_id, deliveries.c.account_id == account_id)
+                .order_by(deliveries.c.created_at))).mappings().all()
+            ids = [row["id"] for row in rows]
+            tries = (await conn.execute(select(attempts_log).where(attempts_log.c.delivery_id.in_(ids))
+                                        .order_by(attempts_log.c.id))).mappings().all() if ids else []
+        by_delivery: dict[str, list[dict]] = {}
+        for attempt in tries:
+            by_delivery.setdefault(attempt["delivery_id"], []).append({
+                "attempt": attempt["attempt"], "time": attempt["at"], "statusCode": attempt["status_code"],
+                "latencyMs": attempt["latency_ms"], "error": attempt["error"]})
+        return [{
+            "webhookId": row["id"], "url": row["url"], "status": row["status"], "attempts": row["attempts"],
+            "nextAttemptTime": row["next_attempt_at"] if row["status"] == "pending" else None,
+            "createTime": row["created_at"], "deliveredTime": row["delivered_at"], "lastError": row["last_error"],
+            "log": by_delivery.get(row["id"], []),
+        } for row in rows]
+
+    async def redeliver(self, task_id: str, account_id: int) -> str | None:
+        """Queue one more delivery of a finished task to its callBackUrl; None if there is nothing to send."""
+        async with self.db.write() as conn:
+            task = (await conn.execute(
+                select(tasks.c.callback_url, tasks.c.state)
+                .where(and_(tasks.c.id == task_id, tasks.c.account_id == account_id)))).first()
+            if task is None or not task.callback_url or task.state not in ("success", "fail"):
+                return None
+            delivery_id = await enqueue_in(conn, task_id=task_id, account_id=account_id, url=task.callback_url,
+                                           at=now_ms())
+        self.enqueued()
+        return delivery_id
+
+    async def pending_for(self, task_ids: Sequence[str]) -> int:
+        async with self.db.read() as conn:
+            return (await conn.execute(select(func.count()).select_from(deliveries).where(
+                deliveries.c.task_id.in_(list(task_ids)), deliveries.c.status == "pending"))).scalar_one()
