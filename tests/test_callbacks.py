@@ -276,3 +276,20 @@ def test_retry_policy_is_exponential_with_full_jitter_for_the_whole_window():
     assert max(policy.next_attempt_at(1, 0, 0) for _ in range(100)) <= 5000
     assert policy.next_attempt_at(5, 0, 24 * 3600 * 1000) is None  # window over
     assert RetryPolicy(max_attempts=3).next_attempt_at(3, 0, 0) is None
+
+
+async def test_a_callback_to_a_refused_address_fails_at_once(fast_retries):
+    strict = fast_retries.model_copy(update={"outbound_allow": ""})
+    settings, server, task = await run_server(strict)
+    try:
+        runtime = server.config.app.state.runtime
+        created = await runtime.store.accounts.create_key("ssrf", credits=100)
+        # Bypass createTask's own check to reach the delivery-time guard directly.
+        task_id = await runtime.store.tasks.create(account_id=created.account_id, model="google/imagen4-fast",
+                                                   param=json.dumps({"model": "google/imagen4-fast",
+                                                                     "input": {"prompt": "x"}}),
+                                                   callback_url="http://169.254.169.254/hook", num_images=1, cost=4)
+        deliveries = await wait_delivered(settings.public_url, created.key, task_id, status="failed")
+        assert len(deliveries[0]["log"]) == 1 and deliveries[0]["log"][0]["error"].startswith("refused:")
+    finally:
+        await stop(server, task)

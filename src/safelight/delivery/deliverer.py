@@ -99,6 +99,7 @@ class CallbackDeliverer:
     async def _deliver(self, delivery: Mapping[str, Any]) -> None:
         status_code: int | None = None
         error = ""
+        permanent = False
         started = time.perf_counter()
         try:
             body, task_id, secret = await self._body(delivery)
@@ -111,7 +112,8 @@ class CallbackDeliverer:
             if not 200 <= status_code < 300:
                 error = f"HTTP {status_code}"
         except UnsafeURLError as exc:
-            error = f"refused: {exc.reason}"
+            # The address will not become allowed by waiting: stop instead of retrying for a day.
+            error, permanent = f"refused: {exc.reason}", True
         except FetchError as exc:
             error = exc.reason
         except Exception as exc:  # never let one delivery kill the loop
@@ -119,7 +121,7 @@ class CallbackDeliverer:
             error = f"internal error: {type(exc).__name__}"
         latency_ms = int((time.perf_counter() - started) * 1000)
         delivered = not error
-        retry_at = None if delivered else self.retry.next_attempt_at(delivery["attempts"], delivery["created_at"],
+        retry_at = None if delivered or permanent else self.retry.next_attempt_at(delivery["attempts"], delivery["created_at"],
                                                                      now_ms())
         await self.store.callbacks.record_attempt(delivery, status_code=status_code, latency_ms=latency_ms,
                                                   error=error, delivered=delivered, retry_at=retry_at)
