@@ -84,6 +84,10 @@ async def test_callback_to_loopback_is_refused_without_an_allow_list(strict_serv
                          "callBackUrl is not allowed: 127.0.0.1 is a loopback address")
     await assert_refused(strict_server, {"model": "z-image", "callBackUrl": "http://0x7f.1/cb", "input": Z_IMAGE},
                          "callBackUrl is not allowed: 127.0.0.1 is a loopback address")
+    # Only input URLs to our own files skip the check (they are read from storage); a callback is always POSTed.
+    own = f"{strict_server.base_url}/files/uploads/1/x.png?expires=1&signature=a"
+    await assert_refused(strict_server, {"model": "z-image", "callBackUrl": own, "input": Z_IMAGE},
+                         "callBackUrl is not allowed: 127.0.0.1 is a loopback address")
     await assert_refused(strict_server, {"model": "z-image", "callBackUrl": "http://localhost./cb", "input": Z_IMAGE},
                          "callBackUrl is not allowed: the host name 'localhost' is refused: "
                          "it always means this machine")

@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     # the task record stays, with empty resultUrls.
     result_retention_seconds: int = Field(14 * 24 * 3600, ge=0)
     # How often the server runs the retention sweep (`safelight sweep` runs it once by hand).
-    retention_sweep_interval_seconds: float = Field(3600.0, gt=0)
+    retention_sweep_interval_seconds: float = Field(3600.0, ge=0)
     # Uploaded files: kept (and their links valid) for 3 days, as on kie; at most this many bytes.
     upload_retention_seconds: int = 3 * 24 * 3600
     upload_max_bytes: int = 100 * 1024 * 1024

@@ -77,11 +77,9 @@ async def create_task(request: Request):
     except InputError as exc:
         raise KieError(422, str(exc)) from None
 
-    urls = spec.input_urls(model_input)
-    if callback_url is not None:
-        urls.insert(0, ("callBackUrl", callback_url))
-    if urls:
-        await _check_urls(runtime, urls)
+    input_urls = spec.input_urls(model_input)
+    if callback_url is not None or input_urls:
+        await _check_urls(runtime, callback_url, input_urls)
 
     num_images = spec.image_count(model_input)
     cost = spec.price_per_image(model_input, settings.prices) * num_images
@@ -113,13 +111,15 @@ def task_record(runtime: Runtime, row: RowMapping) -> dict[str, Any]:
     return build_task_record(row, runtime.signer, runtime.settings.result_url_ttl_seconds)
 
 
-async def _check_urls(runtime: Runtime, urls: list[tuple[str, str]]) -> None:
+async def _check_urls(runtime: Runtime, callback_url: str | None, input_urls: list[tuple[str, str]]) -> None:
     """422 naming the first field whose URL the outbound policy refuses or whose host does not resolve.
 
-    Our own file URLs are read from storage, never over HTTP, so they are not checked here.
+    Input URLs pointing at our own files are read from storage, never over HTTP, so they are not
+    checked; a callBackUrl always is (it is POSTed to through the outbound guard).
     """
     assert runtime.signer is not None
-    foreign = [(field, url) for field, url in urls if runtime.signer.key_from_url(url) is None]
+    foreign = [("callBackUrl", callback_url)] if callback_url is not None else []
+    foreign += [(field, url) for field, url in input_urls if runtime.signer.key_from_url(url) is None]
     if not foreign:
         return
     checks: dict[str, asyncio.Task] = {}

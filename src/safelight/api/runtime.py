@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from safelight.delivery import CallbackDeliverer, RetryPolicy
 from safelight.net import OutboundPolicy
 from safelight.records import build_task_record
 from safelight.storage import LocalStorage, UrlSigner
+from safelight.storage.retention import run_periodically
 from safelight.store import Store
 from safelight.worker import InputLoader, Worker
 
@@ -52,6 +54,7 @@ class Runtime:
         self.signer: UrlSigner | None = None
         self.worker: Worker | None = None
         self.deliverer: CallbackDeliverer | None = None
+        self._sweeper: asyncio.Task | None = None
         # Revoking a key or flipping maintenance takes effect within this many seconds.
         self.auth_cache = TtlCache(ttl=2.0)
         self.flags_cache = TtlCache(ttl=1.0)
@@ -68,6 +71,9 @@ class Runtime:
         if self.settings.run_delivery:
             self.deliverer = self.build_deliverer()
             await self.deliverer.start()
+        if self.settings.retention_sweep_interval_seconds > 0:
+            self._sweeper = asyncio.create_task(
+                run_periodically(self, self.settings.retention_sweep_interval_seconds), name="retention-sweep")
 
     def build_deliverer(self) -> CallbackDeliverer:
         settings = self.settings
@@ -94,6 +100,9 @@ class Runtime:
                       task_timeout_seconds=settings.task_timeout_seconds)
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         if self.worker is not None:
             await self.worker.stop()
         if self.deliverer is not None:

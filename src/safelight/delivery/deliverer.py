@@ -67,7 +67,8 @@ class CallbackDeliverer:
             self._loop_task.cancel()
         for task in list(self._sending):
             task.cancel()
-        await asyncio.gather(*self._sending, *([self._loop_task] if self._loop_task else []), return_exceptions=True)
+        loops = [self._loop_task] if self._loop_task else []
+        await asyncio.gather(*self._sending, *loops, return_exceptions=True)
 
     async def _run(self) -> None:
         wakeup = self.store.callback_wakeup
@@ -121,8 +122,9 @@ class CallbackDeliverer:
             error = f"internal error: {type(exc).__name__}"
         latency_ms = int((time.perf_counter() - started) * 1000)
         delivered = not error
-        retry_at = None if delivered or permanent else self.retry.next_attempt_at(delivery["attempts"], delivery["created_at"],
-                                                                     now_ms())
+        retry_at = None
+        if not delivered and not permanent:
+            retry_at = self.retry.next_attempt_at(delivery["attempts"], delivery["created_at"], now_ms())
         await self.store.callbacks.record_attempt(delivery, status_code=status_code, latency_ms=latency_ms,
                                                   error=error, delivered=delivered, retry_at=retry_at)
         if not delivered:
