@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Request
 
 from .auth import require_account, runtime_of
-from .envelope import KieError, envelope
+from .envelope import KieError, envelope, read_json_object
 
 router = APIRouter(prefix="/api/v1/jobs/callbacks", tags=["callbacks"])
 
@@ -26,11 +24,8 @@ async def callback_log(request: Request, taskId: str = ""):  # noqa: N803
 @router.post("/redeliver", summary="Queue one more delivery of a finished task's callback")
 async def redeliver(request: Request):
     account_id = await require_account(request)
-    try:
-        body = json.loads(await request.body() or b"{}")
-    except ValueError:
-        raise KieError(422, "request body is not valid JSON") from None
-    task_id = body.get("taskId") if isinstance(body, dict) else None
+    body = await read_json_object(request, 64 * 1024, '{"taskId": "..."}')
+    task_id = body.get("taskId")
     if not isinstance(task_id, str) or not task_id:
         raise KieError(422, "taskId is required")
     runtime = runtime_of(request)

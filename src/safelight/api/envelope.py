@@ -43,6 +43,27 @@ def envelope(data: Any = None, code: int = 200, msg: str = "success", *, http_st
     return EnvelopeResponse({"code": code, "msg": msg, "data": data}, status_code=http_status, headers=headers)
 
 
+async def read_json_object(request: Request, max_bytes: int, shape: str) -> dict[str, Any]:
+    """The request body as a JSON object, streamed under a size limit; 422s name what was expected."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise KieError(422, f"request body is larger than {max_bytes} bytes")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > max_bytes:
+            raise KieError(422, f"request body is larger than {max_bytes} bytes")
+    if not raw:
+        raise KieError(422, f"request body is empty; send a JSON object {shape}")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise KieError(422, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise KieError(422, f"request body must be a JSON object {shape}")
+    return body
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(KieError)
     async def _kie(_request: Request, exc: KieError) -> Response:

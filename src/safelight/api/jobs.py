@@ -15,7 +15,7 @@ from safelight.records import build_task_record
 from safelight.store import InsufficientCredits
 
 from .auth import bearer_key, require_account, runtime_of
-from .envelope import KieError, envelope
+from .envelope import KieError, envelope, read_json_object
 from .runtime import Runtime
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
@@ -49,7 +49,7 @@ async def create_task(request: Request):
     if await runtime.maintenance():
         raise KieError(455)
 
-    body = await _json_body(request, settings.max_body_bytes)
+    body = await read_json_object(request, settings.max_body_bytes, "{model, callBackUrl, input}")
     model_id = body.get("model")
     if model_id is None:
         raise KieError(422, "model is required")
@@ -141,26 +141,6 @@ async def _check_urls(runtime: Runtime, callback_url: str | None, input_urls: li
             raise KieError(422, f"{field} could not be resolved: {exc.reason}")
         if exc is not None:
             raise exc
-
-
-async def _json_body(request: Request, max_bytes: int) -> dict[str, Any]:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise KieError(422, f"request body is larger than {max_bytes} bytes")
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > max_bytes:
-            raise KieError(422, f"request body is larger than {max_bytes} bytes")
-    if not raw:
-        raise KieError(422, "request body is empty; send a JSON object {model, callBackUrl, input}")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise KieError(422, f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise KieError(422, "request body must be a JSON object {model, callBackUrl, input}")
-    return body
 
 
 def _param_string(model: str, callback_url: str | None, model_input: Any) -> str:
