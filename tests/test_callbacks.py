@@ -58,6 +58,22 @@ def fast_retries(settings):
                                        "callback_timeout_seconds": 1.0})
 
 
+@contextlib.asynccontextmanager
+async def hooked(receiver, settings, account):
+    """A receiver and a Safelight server, with an account; yields what the tests use, stops both after."""
+    receiver_port = free_port()
+    recv_server, recv_task = await serve_app(receiver.app(), receiver_port, lifespan="off")
+    settings, server, task = await run_server(settings)
+    try:
+        runtime = server.config.app.state.runtime
+        created = await runtime.store.accounts.create_key(account, credits=100)
+        yield settings, runtime, created, f"http://127.0.0.1:{receiver_port}/cb"
+    finally:
+        receiver.release.set()
+        await stop(server, task)
+        await stop(recv_server, recv_task)
+
+
 async def run_server(settings):
     port = free_port()
     settings = settings.model_copy(update={"port": port, "public_url": f"http://127.0.0.1:{port}"})
@@ -105,15 +121,9 @@ def standard_signature(secret: str, webhook_id: str, timestamp: str, body: bytes
 
 async def test_success_callback_is_signed_both_ways_and_carries_the_record(fast_retries):
     receiver = Receiver()
-    receiver_port = free_port()
-    recv_server, recv_task = await serve_app(receiver.app(), receiver_port, lifespan="off")
-    settings, server, task = await run_server(fast_retries)
-    try:
-        runtime = server.config.app.state.runtime
-        created = await runtime.store.accounts.create_key("hooks", credits=100)
+    async with hooked(receiver, fast_retries, "hooks") as (settings, runtime, created, callback_url):
         secret = await runtime.store.accounts.webhook_key("hooks")
         assert secret.startswith("whsec_")
-        callback_url = f"http://127.0.0.1:{receiver_port}/cb"
         task_id = await create_task(settings.public_url, created.key, callback_url)
         await receiver.wait_for(1)
         headers, body = receiver.received[0]
@@ -133,20 +143,12 @@ async def test_success_callback_is_signed_both_ways_and_carries_the_record(fast_
         deliveries = await wait_delivered(settings.public_url, created.key, task_id)
         assert deliveries[0]["webhookId"] == headers["webhook-id"]
         assert deliveries[0]["log"][0]["statusCode"] == 200
-    finally:
-        await stop(server, task)
-        await stop(recv_server, recv_task)
 
 
 async def test_failure_callback_and_receiver_that_answers_500_then_200(fast_retries, image_server):
     receiver = Receiver([500, 503, 200])
-    receiver_port = free_port()
-    recv_server, recv_task = await serve_app(receiver.app(), receiver_port, lifespan="off")
-    settings, server, task = await run_server(fast_retries)
-    try:
-        runtime = server.config.app.state.runtime
-        created = await runtime.store.accounts.create_key("flaky", credits=100)
-        body = {"model": "flux-2/pro-image-to-image", "callBackUrl": f"http://127.0.0.1:{receiver_port}/cb",
+    async with hooked(receiver, fast_retries, "flaky") as (settings, runtime, created, callback_url):
+        body = {"model": "flux-2/pro-image-to-image", "callBackUrl": callback_url,
                 "input": {"input_urls": [f"{image_server}/text.png"], "prompt": "will fail", "aspect_ratio": "1:1",
                           "resolution": "1K"}}
         task_id = await create_task(settings.public_url, created.key, None, body)
@@ -158,9 +160,6 @@ async def test_failure_callback_and_receiver_that_answers_500_then_200(fast_retr
         assert payload["code"] == 501 and payload["msg"] == "Playground task failed."
         assert payload["data"]["state"] == "fail" and payload["data"]["failCode"] == "400"
         assert payload["data"]["creditsConsumed"] == 0 and payload["data"]["resultJson"] is None
-    finally:
-        await stop(server, task)
-        await stop(recv_server, recv_task)
 
 
 async def test_receiver_down_then_up_and_restart_in_the_middle_of_retries(fast_retries):
@@ -195,13 +194,8 @@ async def test_receiver_down_then_up_and_restart_in_the_middle_of_retries(fast_r
 
 async def test_a_hanging_receiver_times_out_without_holding_the_worker(fast_retries):
     receiver = Receiver(["hang", 200])
-    receiver_port = free_port()
-    recv_server, recv_task = await serve_app(receiver.app(), receiver_port, lifespan="off")
-    settings, server, task = await run_server(fast_retries)
-    try:
-        runtime = server.config.app.state.runtime
-        created = await runtime.store.accounts.create_key("hang", credits=100)
-        hook = f"http://127.0.0.1:{receiver_port}/cb"
+    async with hooked(receiver, fast_retries, "hang") as (settings, runtime, created, callback_url):
+        hook = callback_url
         first = await create_task(settings.public_url, created.key, hook)
         await receiver.wait_for(1)
         # While the receiver hangs, the worker keeps finishing tasks.
@@ -214,38 +208,22 @@ async def test_a_hanging_receiver_times_out_without_holding_the_worker(fast_retr
         deliveries = await wait_delivered(settings.public_url, created.key, first)
         first_try, second_try = deliveries[0]["log"][:2]
         assert "did not complete within" in first_try["error"] and second_try["statusCode"] == 200
-    finally:
-        receiver.release.set()
-        await stop(server, task)
-        await stop(recv_server, recv_task)
 
 
 async def test_redirects_are_not_followed_and_delivery_gives_up_after_max_attempts(fast_retries):
     receiver = Receiver(["redirect", "redirect", "redirect"])
-    receiver_port = free_port()
-    recv_server, recv_task = await serve_app(receiver.app(), receiver_port, lifespan="off")
-    settings, server, task = await run_server(fast_retries.model_copy(update={"callback_max_attempts": 2}))
-    try:
-        runtime = server.config.app.state.runtime
-        created = await runtime.store.accounts.create_key("redirect", credits=100)
-        task_id = await create_task(settings.public_url, created.key, f"http://127.0.0.1:{receiver_port}/cb")
+    two_attempts = fast_retries.model_copy(update={"callback_max_attempts": 2})
+    async with hooked(receiver, two_attempts, "redirect") as (settings, runtime, created, callback_url):
+        task_id = await create_task(settings.public_url, created.key, callback_url)
         deliveries = await wait_delivered(settings.public_url, created.key, task_id, status="failed")
         assert [a["statusCode"] for a in deliveries[0]["log"]] == [302, 302]
         assert len(receiver.received) == 2  # the redirect target was never contacted
-    finally:
-        await stop(server, task)
-        await stop(recv_server, recv_task)
 
 
 async def test_redeliver_queues_one_more_delivery(fast_retries):
     receiver = Receiver()
-    receiver_port = free_port()
-    recv_server, recv_task = await serve_app(receiver.app(), receiver_port, lifespan="off")
-    settings, server, task = await run_server(fast_retries)
-    try:
-        runtime = server.config.app.state.runtime
-        created = await runtime.store.accounts.create_key("again", credits=100)
-        task_id = await create_task(settings.public_url, created.key, f"http://127.0.0.1:{receiver_port}/cb")
+    async with hooked(receiver, fast_retries, "again") as (settings, runtime, created, callback_url):
+        task_id = await create_task(settings.public_url, created.key, callback_url)
         await wait_delivered(settings.public_url, created.key, task_id)
         headers = {"Authorization": f"Bearer {created.key}"}
         async with httpx.AsyncClient(base_url=settings.public_url, headers=headers) as client:
@@ -262,9 +240,6 @@ async def test_redeliver_queues_one_more_delivery(fast_retries):
                                      headers=stranger)).json()["msg"] == "recordInfo is null"
         deliveries = await wait_delivered(settings.public_url, created.key, task_id)
         assert len(deliveries) == 2 and deliveries[0]["webhookId"] != deliveries[1]["webhookId"]
-    finally:
-        await stop(server, task)
-        await stop(recv_server, recv_task)
 
 
 def test_retry_policy_is_exponential_with_full_jitter_for_the_whole_window():

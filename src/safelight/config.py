@@ -87,7 +87,3 @@ class Settings(BaseSettings):
     @property
     def files_dir(self) -> Path:
         return self.data_dir / "files"
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.effective_database_url.startswith("sqlite")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -104,8 +104,6 @@ class ModelSpec:
     price_tier: Callable[[Any], str] = lambda _input: "default"
     # Input fields that hold URLs the worker must fetch (checked at create time too).
     url_fields: tuple[str, ...] = ()
-    # Sibling ids that share this entry are not listed separately.
-    kind: ClassVar[str] = "image"
 
     def price_for_tier(self, tier: str, overrides: Mapping[str, int] | None = None) -> int:
         """Credits per image; an operator override "model:tier" beats "model" beats the default."""

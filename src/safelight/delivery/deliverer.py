@@ -135,8 +135,7 @@ class CallbackDeliverer:
     async def _body(self, delivery: Mapping[str, Any]) -> tuple[bytes, str, str]:
         row = await self.store.tasks.get(delivery["task_id"])
         record = self.build_record(row)
-        balance = await self.store.accounts.balance(row["account_id"])
-        secret = await self.store.accounts.webhook_key_by_id(row["account_id"])
+        balance, secret = await self.store.accounts.balance_and_webhook_key(row["account_id"])
         success = row["state"] == "success"
         # Older kie callback bodies carry consumeCredits/remainedCredits; newer ones creditsConsumed.
         data = {**record, "consumeCredits": record["creditsConsumed"], "remainedCredits": balance}

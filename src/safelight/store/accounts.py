@@ -152,10 +152,12 @@ class AccountStore:
             return (await conn.execute(select(func.coalesce(func.sum(ledger.c.amount), 0))
                                        .where(ledger.c.account_id == account_id))).scalar_one()
 
-    async def webhook_key_by_id(self, account_id: int) -> str:
+    async def balance_and_webhook_key(self, account_id: int) -> tuple[int, str]:
+        """What a callback needs from the account, in one read."""
         async with self.db.read() as conn:
-            return (await conn.execute(select(accounts.c.webhook_key).where(accounts.c.id == account_id))
-                    ).scalar_one()
+            row = (await conn.execute(select(accounts.c.balance, accounts.c.webhook_key)
+                                      .where(accounts.c.id == account_id))).one()
+            return row.balance, row.webhook_key
 
     async def webhook_key(self, account: str, *, rotate: bool = False) -> str:
         async with self.db.write() as conn:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 
 from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.engine import RowMapping
@@ -104,8 +103,3 @@ class CallbackStore:
                                            at=now_ms())
         self.enqueued()
         return delivery_id
-
-    async def pending_for(self, task_ids: Sequence[str]) -> int:
-        async with self.db.read() as conn:
-            return (await conn.execute(select(func.count()).select_from(deliveries).where(
-                deliveries.c.task_id.in_(list(task_ids)), deliveries.c.status == "pending"))).scalar_one()
