@@ -1,7 +1,7 @@
 """Settings: every knob is a SAFELIGHT_* environment variable (or a CLI flag that sets one).
 
-The routing file (which backend serves which model) arrives with the upstream-providers work;
-until then every model runs on the sandbox backend.
+Which backend serves which model lives in the routing file named by SAFELIGHT_CONFIG
+(`safelight.routing`); without one every model runs on the sandbox backend.
 """
 
 from __future__ import annotations
@@ -24,9 +24,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
+    # The routing file (safelight.toml): backends and each model's route. Empty: all on the sandbox.
+    config: str = ""
+
     # Worker
     run_worker: bool = True
-    worker_concurrency: int = Field(4, ge=1, description="tasks in flight per backend")
+    worker_concurrency: int = Field(4, ge=1, description="tasks in flight on the built-in sandbox backend")
     lease_seconds: float = Field(60.0, gt=0)
     max_attempts: int = Field(3, ge=1)
     task_timeout_seconds: float = Field(600.0, gt=0)

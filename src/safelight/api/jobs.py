@@ -77,6 +77,12 @@ async def create_task(request: Request):
     except InputError as exc:
         raise KieError(422, str(exc)) from None
 
+    if not runtime.routing.route_for(model_id):
+        raise KieError(505, f"model {model_id} is not served on this server")
+    params = spec.to_params(model_input)
+    if params.nsfw_checker and model_id not in runtime.safety_checked_models:
+        raise KieError(505, f"nsfw_checker is not available for {model_id} on this server")
+
     input_urls = spec.input_urls(model_input)
     if callback_url is not None or input_urls:
         await _check_urls(runtime, callback_url, input_urls)
@@ -86,7 +92,8 @@ async def create_task(request: Request):
     param = _param_string(model_id, callback_url, body["input"])
     try:
         task_id = await runtime.store.tasks.create(account_id=account_id, model=model_id, param=param,
-                                                   callback_url=callback_url, num_images=num_images, cost=cost)
+                                                   callback_url=callback_url, num_images=num_images, cost=cost,
+                                                   batch_key=params.batch_key)
     except InsufficientCredits as exc:
         raise KieError(402, f"Credits insufficient: this task costs {exc.needed} credits, "
                             f"the balance is {exc.balance}") from None

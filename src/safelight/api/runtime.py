@@ -7,12 +7,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from safelight.backends import SandboxBackend
-from safelight.catalog import MODELS
+from safelight.backends import BackendContext, backend_class
 from safelight.config import Settings
 from safelight.delivery import CallbackDeliverer, RetryPolicy
 from safelight.net import OutboundPolicy
 from safelight.records import build_task_record
+from safelight.routing import Routing, load_routing
 from safelight.storage import LocalStorage, UrlSigner
 from safelight.storage.retention import run_periodically
 from safelight.store import Store
@@ -51,6 +51,12 @@ class Runtime:
         self.store = Store(settings.effective_database_url)
         self.storage = LocalStorage(settings.files_dir)
         self.policy = OutboundPolicy.from_string(settings.outbound_allow)
+        self.routing: Routing = load_routing(settings.config, sandbox_concurrency=settings.worker_concurrency)
+        # Models for which some backend of the route honours nsfw_checker (createTask answers 505 otherwise).
+        self.safety_checked_models = {
+            model for model, route in self.routing.routes.items()
+            if any(backend_class(self.routing.backends[name].type)
+                   .offers_safety_checker(self.routing.backends[name].options) for name in route)}
         self.signer: UrlSigner | None = None
         self.worker: Worker | None = None
         self.deliverer: CallbackDeliverer | None = None
@@ -93,9 +99,12 @@ class Runtime:
         assert self.signer is not None
         loader = InputLoader(storage=self.storage, signer=self.signer, policy=self.policy,
                              max_bytes=settings.input_max_bytes, max_pixels=settings.input_max_pixels)
-        sandbox = SandboxBackend(concurrency=settings.worker_concurrency)
-        return Worker(store=self.store, storage=self.storage, loader=loader, backends=[sandbox],
-                      routes={model_id: sandbox.name for model_id in MODELS},
+        context = BackendContext(policy=self.policy, max_download_bytes=max(settings.input_max_bytes, 50 << 20),
+                                 max_pixels=settings.input_max_pixels)
+        backends = {name: backend_class(self.routing.backends[name].type)(name, self.routing.backends[name], context)
+                    for name in self.routing.used_backends()}
+        return Worker(store=self.store, storage=self.storage, loader=loader, backends=backends,
+                      routes=self.routing.routes,
                       lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
                       task_timeout_seconds=settings.task_timeout_seconds)
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from safelight.catalog import GenerationParams
+
+if TYPE_CHECKING:
+    from safelight.net import OutboundPolicy
+    from safelight.routing import BackendConfig
 
 
 @dataclass
@@ -21,6 +27,10 @@ class Job:
     seeds: list[int]
     # Decoded reference images, in input order (empty for text-to-image models).
     references: list[Image.Image] = field(default_factory=list)
+    # The same references as fetched, for providers that want the original file bytes.
+    reference_files: list[tuple[bytes, str]] = field(default_factory=list)
+    # The task's `input` exactly as the client sent it, for kie-compatible pass-through.
+    raw_input: Mapping[str, Any] = field(default_factory=dict)
     # Report progress 0-100; the worker throttles what reaches the store.
     report_progress: Callable[[int], None] = lambda _pct: None
 
@@ -33,29 +43,89 @@ class GeneratedImage:
     extension: str = "png"
 
 
+# failCode values shared by every backend; the README lists them.
+FAIL_INPUT = "400"
+FAIL_INTERNAL = "500"
+FAIL_GENERATION = "501"
+FAIL_UNAVAILABLE = "503"
+FAIL_TIMEOUT = "504"
+FAIL_MODERATED = "451"
+
+
 class BackendError(Exception):
     """A generation failure with a stable failCode and a message the user can act on.
 
-    `transient` failures (timeouts, 5xx, overload) may be retried elsewhere; permanent ones
-    (moderation, input the model refuses) may not.
+    `transient` failures (timeouts, 5xx, overload, an operator-side provider problem) may be
+    retried on the next backend of the route; permanent ones (moderation, input the model
+    refuses) may not. `detail` is for the operator's log only: it never reaches the task record.
     """
 
-    def __init__(self, fail_code: str, message: str, *, transient: bool = False) -> None:
+    def __init__(self, fail_code: str, message: str, *, transient: bool = False, detail: str = "") -> None:
         super().__init__(message)
         self.fail_code = fail_code
         self.message = message
         self.transient = transient
+        self.detail = detail
+
+
+@dataclass
+class BackendContext:
+    """What a backend may use from the server: the outbound policy for downloading provider
+    results, size limits, and the environment its credentials are read from."""
+
+    policy: OutboundPolicy | None = None
+    max_download_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    env: Mapping[str, str] = field(default_factory=lambda: os.environ)
+
+
+class NoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
 class Backend:
     """Base class: a named way of producing images for some models."""
 
     kind: ClassVar[str] = "base"
+    # Public model ids this type can serve; None means any model.
+    models: ClassVar[frozenset[str] | None] = None
+    # The type's own options from its routing-file table, validated at load time.
+    Options: ClassVar[type[BaseModel]] = NoOptions
 
-    def __init__(self, name: str, *, concurrency: int = 1, max_batch: int = 1) -> None:
-        self.name = name
-        self.concurrency = concurrency
-        self.max_batch = max_batch
+    def __init__(self, name: str | None = None, config: BackendConfig | None = None,
+                 context: BackendContext | None = None, *, concurrency: int | None = None,
+                 max_batch: int | None = None) -> None:
+        from safelight.routing import BackendConfig
+
+        config = config or BackendConfig(type=self.kind)
+        self.name = name or self.kind
+        self.concurrency = concurrency or config.concurrency
+        self.max_batch = max_batch or config.max_batch
+        self.options: Any = self.parse_options(name, config.options)
+        self.context = context or BackendContext()
+
+    @classmethod
+    def parse_options(cls, name: str, options: Mapping[str, Any]) -> BaseModel:
+        try:
+            return cls.Options.model_validate(dict(options))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ValueError(f"backends.{name}.{where}: {first['msg']}") from None
+
+    @classmethod
+    def check_options(cls, name: str, config: BackendConfig) -> None:
+        """Validate a routing-file table without building the backend (no imports of torch)."""
+        cls.parse_options(name, config.options)
+
+    @classmethod
+    def offers_safety_checker(cls, options: Mapping[str, Any]) -> bool:
+        """Whether `nsfw_checker: true` can be honoured. Without one, createTask answers 505."""
+        return False
+
+    @property
+    def has_safety_checker(self) -> bool:
+        return self.offers_safety_checker(self.options.model_dump())
 
     async def start(self) -> None:
         """Load weights, open clients. Raise here, at worker start, rather than on the first task."""
@@ -63,5 +133,18 @@ class Backend:
     async def generate(self, job: Job) -> list[GeneratedImage]:
         raise NotImplementedError
 
+    async def generate_batch(self, jobs: list[Job]) -> list[list[GeneratedImage]]:
+        """Run compatible jobs together (same model and size). The default runs them in turn."""
+        return [await self.generate(job) for job in jobs]
+
     async def close(self) -> None:
         """Release what start() acquired."""
+
+
+def read_secret(context: BackendContext, backend: str, env_name: str) -> str:
+    """A provider key from the environment; the error names the variable, never a value."""
+    value = context.env.get(env_name, "")
+    if not value:
+        raise BackendError(FAIL_UNAVAILABLE, "provider unavailable", transient=True,
+                           detail=f"backend {backend}: environment variable {env_name} is empty or unset")
+    return value

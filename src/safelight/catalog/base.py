@@ -89,6 +89,15 @@ class GenerationParams:
     nsfw_checker: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def batch_key(self) -> str | None:
+        """Tasks with equal keys can share one pipeline call: same model, pixel size and options.
+        Tasks with reference images never share one (each task has its own), nor does "auto" size."""
+        if self.reference_urls or self.width is None or self.height is None:
+            return None
+        extras = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+        return f"{self.model}|{self.width}x{self.height}|nsfw={int(self.nsfw_checker)}|{extras}"[:200]
+
 
 @dataclass(frozen=True)
 class ModelSpec:

@@ -78,6 +78,10 @@ class Task(Base):
     fail_msg: Mapped[str] = mapped_column(Text, default="")
     progress: Mapped[int | None] = mapped_column(Integer, nullable=True)
     backend: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # Tasks with equal keys (model, pixel size, no per-task references) can run in one pipeline call.
+    batch_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # JSON list of {"backend", "outcome", "failCode", "detail", "at"}: which backends were tried, in order.
+    backend_attempts: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
@@ -93,6 +97,7 @@ class Task(Base):
         Index("ix_tasks_state_model_create", "state", "model", "create_time"),
         Index("ix_tasks_account_create", "account_id", "create_time"),
         Index("ix_tasks_state_lease", "state", "lease_expires_at"),
+        Index("ix_tasks_state_batch_create", "state", "batch_key", "create_time"),
     )
 
 

@@ -39,6 +39,7 @@ class _CreateRequest:
     callback_url: str | None
     num_images: int
     cost: int
+    batch_key: str | None
     outcome: asyncio.Future
 
 
@@ -57,7 +58,7 @@ class TaskStore:
         self._flusher: asyncio.Task | None = None
 
     async def create(self, *, account_id: int, model: str, param: str, callback_url: str | None,
-                     num_images: int, cost: int) -> str:
+                     num_images: int, cost: int, batch_key: str | None = None) -> str:
         """Insert a waiting task and reserve its credits, atomically. Raises InsufficientCredits.
 
         Concurrent creates are group-committed: while one transaction is being written, new
@@ -66,7 +67,7 @@ class TaskStore:
         """
         request = _CreateRequest(task_id=uuid.uuid4().hex, account_id=account_id, model=model, param=param,
                                  callback_url=callback_url, num_images=num_images, cost=cost,
-                                 outcome=asyncio.get_running_loop().create_future())
+                                 batch_key=batch_key, outcome=asyncio.get_running_loop().create_future())
         self._pending.append(request)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_creates())
@@ -118,7 +119,7 @@ class TaskStore:
                 id=request.task_id, account_id=request.account_id, model=request.model, state="waiting",
                 param=request.param, callback_url=request.callback_url, num_images=request.num_images,
                 credits_reserved=request.cost, credits_consumed=0, fail_code="", fail_msg="", attempts=0,
-                create_time=at, update_time=at, files_deleted=False))
+                batch_key=request.batch_key, create_time=at, update_time=at, files_deleted=False))
             outcomes.append(None)
         for account_id in {row["account_id"] for row in ledger_rows}:
             await conn.execute(update(accounts).where(accounts.c.id == account_id)
@@ -155,6 +156,48 @@ class TaskStore:
                         start_time=func.coalesce(tasks.c.start_time, at))
                 .returning(*tasks.c))).mappings().all()
         return sorted(rows, key=lambda row: row["create_time"])
+
+    async def claim_batch(self, models: Sequence[str], max_batch: int, worker_id: str,
+                          lease_ms: int) -> list[RowMapping]:
+        """Claim the oldest waiting task of `models` and up to `max_batch - 1` more waiting tasks with
+        the same batch key (same model and size), oldest first, so one pipeline call can run them all."""
+        if max_batch <= 1:
+            return await self.claim(models, 1, worker_id, lease_ms)
+        if not models:
+            return []
+        at = now_ms()
+        async with self.db.write() as conn:
+            head = (await conn.execute(
+                select(tasks.c.id, tasks.c.batch_key)
+                .where(tasks.c.state == "waiting", tasks.c.model.in_(list(models)))
+                .order_by(tasks.c.create_time).limit(1).with_for_update(skip_locked=True))).first()
+            if head is None:
+                return []
+            ids = [head.id]
+            if head.batch_key is not None:
+                ids += (await conn.execute(
+                    select(tasks.c.id)
+                    .where(tasks.c.state == "waiting", tasks.c.batch_key == head.batch_key, tasks.c.id != head.id)
+                    .order_by(tasks.c.create_time).limit(max_batch - 1)
+                    .with_for_update(skip_locked=True))).scalars().all()
+            rows = (await conn.execute(
+                update(tasks).where(tasks.c.id.in_(ids), tasks.c.state == "waiting")
+                .values(state="queuing", lease_owner=worker_id, lease_expires_at=at + lease_ms,
+                        attempts=tasks.c.attempts + 1, update_time=at,
+                        start_time=func.coalesce(tasks.c.start_time, at))
+                .returning(*tasks.c))).mappings().all()
+        return sorted(rows, key=lambda row: row["create_time"])
+
+    async def record_backend_attempt(self, task_id: str, worker_id: str, entry: dict[str, Any]) -> None:
+        """Append to the task's backend log (operator-facing: which backends were tried, and why not)."""
+        async with self.db.write() as conn:
+            current = (await conn.execute(
+                select(tasks.c.backend_attempts).where(tasks.c.id == task_id, tasks.c.lease_owner == worker_id)
+            )).scalar_one_or_none()
+            log = json.loads(current) if current else []
+            log.append(entry)
+            await conn.execute(update(tasks).where(tasks.c.id == task_id, tasks.c.lease_owner == worker_id)
+                               .values(backend_attempts=json.dumps(log)))
 
     async def mark_generating(self, task_id: str, worker_id: str, backend: str) -> bool:
         return await self._owned_update(task_id, worker_id, state="generating", backend=backend, progress=0)

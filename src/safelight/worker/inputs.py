@@ -6,7 +6,15 @@ from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image
 
-from safelight.net import FetchError, ImageError, OutboundPolicy, UnsafeURLError, decode_image, fetch_image
+from safelight.net import (
+    FetchError,
+    ImageError,
+    OutboundPolicy,
+    UnsafeURLError,
+    decode_image,
+    fetch_image,
+    sniff_image_type,
+)
 from safelight.storage import LocalStorage, StorageKeyError, UrlSigner
 
 
@@ -23,14 +31,13 @@ class InputLoader:
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
 
-    async def load(self, field: str, url: str) -> Image.Image:
+    async def load(self, field: str, url: str) -> tuple[bytes, str, Image.Image]:
+        """(file bytes, mime type by content, decoded image) of one input URL."""
         try:
             key = self.signer.key_from_url(url)
             if key is not None:
                 return await self._load_own(field, url, key)
-            _data, _mime, image = await fetch_image(url, policy=self.policy, max_bytes=self.max_bytes,
-                                                    max_pixels=self.max_pixels)
-            return image
+            return await fetch_image(url, policy=self.policy, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
         except UnsafeURLError as exc:
             raise InputError(f"{field} is not allowed: {exc.reason}") from None
         except FetchError as exc:
@@ -38,7 +45,7 @@ class InputLoader:
         except ImageError as exc:
             raise InputError(f"{field} is not a usable image: {exc.reason}") from None
 
-    async def _load_own(self, field: str, url: str, key: str) -> Image.Image:
+    async def _load_own(self, field: str, url: str, key: str) -> tuple[bytes, str, Image.Image]:
         # Our own upload or result URL: read it from storage instead of making an HTTP request to ourselves.
         query = parse_qs(urlsplit(url).query)
         if not self.signer.verify(key, query.get("expires", [""])[0], query.get("signature", [""])[0]):
@@ -49,4 +56,5 @@ class InputLoader:
             raise InputError(f"{field} points to a file that no longer exists") from None
         if len(data) > self.max_bytes:
             raise InputError(f"{field} is larger than {self.max_bytes // (1024 * 1024)} MB")
-        return decode_image(data, max_pixels=self.max_pixels)
+        image = decode_image(data, max_pixels=self.max_pixels)
+        return data, sniff_image_type(data) or "image/png", image

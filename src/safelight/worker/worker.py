@@ -1,7 +1,12 @@
-"""The worker: claims waiting tasks with a lease, runs them on their backend, records the outcome.
+"""The worker: claims waiting tasks with a lease, runs them on their route of backends, records the outcome.
 
 It is the only component that moves a task between states:
 waiting -> queuing (claimed, inputs being fetched) -> generating (backend running) -> success | fail.
+
+Each public model has a route: backends tried in order. A transient failure (overload, 5xx, timeout,
+an operator-side provider problem) moves the task to the next backend; a permanent one (moderation,
+input the model refuses) ends it. Compatible tasks (same model and size) are claimed together, up to
+the first backend's max_batch, and run in one call.
 """
 
 from __future__ import annotations
@@ -18,49 +23,60 @@ from collections.abc import Mapping, Sequence
 
 from sqlalchemy.engine import RowMapping
 
-from safelight.backends import Backend, BackendError, Job
+from safelight.backends import (
+    FAIL_INPUT,
+    FAIL_INTERNAL,
+    FAIL_TIMEOUT,
+    Backend,
+    BackendError,
+    GeneratedImage,
+    Job,
+)
 from safelight.catalog import InputError as CatalogInputError
 from safelight.catalog import get_model, validate_input
-from safelight.storage import LocalStorage
+from safelight.store.db import now_ms
 
 from .inputs import InputError, InputLoader
 from .progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 
-# failCode values: kie uses HTTP-like strings; ours are stable and documented in the README.
-FAIL_INPUT = "400"
-FAIL_INTERNAL = "500"
-FAIL_TIMEOUT = "504"
-
 
 class Worker:
-    def __init__(self, *, store, storage: LocalStorage, loader: InputLoader, backends: Sequence[Backend],
-                 routes: Mapping[str, str], lease_seconds: float = 60.0, max_attempts: int = 3,
+    def __init__(self, *, store, storage, loader: InputLoader, backends: Mapping[str, Backend] | Sequence[Backend],
+                 routes: Mapping[str, Sequence[str] | str], lease_seconds: float = 60.0, max_attempts: int = 3,
                  task_timeout_seconds: float = 600.0) -> None:
         self.store = store
         self.storage = storage
         self.loader = loader
-        self.backends = {backend.name: backend for backend in backends}
-        self.routes = dict(routes)
+        if not isinstance(backends, Mapping):
+            backends = {backend.name: backend for backend in backends}
+        self.backends = dict(backends)
+        self.routes = {model: [route] if isinstance(route, str) else list(route)
+                       for model, route in routes.items() if route}
         self.lease_ms = int(lease_seconds * 1000)
         self.max_attempts = max_attempts
         self.task_timeout = task_timeout_seconds
         self.id = f"{socket.gethostname()[:30]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self._running: dict[str, dict[str, asyncio.Task]] = {name: {} for name in self.backends}
+        # Calls in flight per backend, across primaries and fallbacks ("BFL allows 24 in flight").
+        self._slots = {name: asyncio.Semaphore(backend.concurrency) for name, backend in self.backends.items()}
+        # Claimed batches per primary backend: claiming stops when the primary has no free slot.
+        self._claimed = {name: 0 for name in self.backends}
+        self._running: dict[str, asyncio.Task] = {}  # task id -> the asyncio task running its batch
         self._loops: list[asyncio.Task] = []
         self._stopping = False
 
     def models_for(self, backend_name: str) -> list[str]:
-        return [model for model, name in self.routes.items() if name == backend_name]
+        """Models whose route starts at this backend (the ones it claims for)."""
+        return [model for model, route in self.routes.items() if route[0] == backend_name]
 
     @property
     def in_flight(self) -> int:
-        return sum(len(running) for running in self._running.values())
+        return len(self._running)
 
     async def start(self) -> None:
-        for backend in self.backends.values():
-            await backend.start()
+        for name in self._used_backends():
+            await self.backends[name].start()
         await self.store.wakeup.listen()
         report = await self.store.tasks.requeue_expired(self.max_attempts)
         if report.requeued or report.failed:
@@ -68,17 +84,19 @@ class Worker:
                         len(report.requeued), len(report.failed), self.max_attempts)
         self._loops = [asyncio.create_task(self._claim_loop(), name="worker-claim"),
                        asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat")]
-        log.info("worker %s serving %s", self.id,
-                 {name: self.models_for(name) for name in self.backends})
+        log.info("worker %s serving %s", self.id, {model: route for model, route in self.routes.items()})
+
+    def _used_backends(self) -> list[str]:
+        return list(dict.fromkeys(name for route in self.routes.values() for name in route))
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
         """Stop claiming, give running tasks `grace_seconds`, then hand the rest back to the queue."""
         self._stopping = True
         self.store.wakeup.poke()
-        running = [task for tasks in self._running.values() for task in tasks.values()]
+        running = list(set(self._running.values()))
         if running:
             await asyncio.wait(running, timeout=grace_seconds)
-        unfinished = [task_id for tasks in self._running.values() for task_id in tasks]
+        unfinished = list(self._running)
         for task in running:
             task.cancel()
         for loop in self._loops:
@@ -87,8 +105,9 @@ class Worker:
         if unfinished:
             await self.store.tasks.release(unfinished, self.id)
             log.warning("handed %d unfinished tasks back to the queue", len(unfinished))
-        for backend in self.backends.values():
-            await backend.close()
+        for name in self._used_backends():
+            with contextlib.suppress(Exception):
+                await self.backends[name].close()
 
     async def _claim_loop(self) -> None:
         sweep_every = self.lease_ms / 2000
@@ -109,78 +128,159 @@ class Worker:
 
     async def _claim_all(self) -> None:
         for name, backend in self.backends.items():
-            free = backend.concurrency - len(self._running[name])
-            if free <= 0 or self._stopping:
+            models = self.models_for(name)
+            if not models:
                 continue
-            for row in await self.store.tasks.claim(self.models_for(name), free, self.id, self.lease_ms):
-                task = asyncio.create_task(self._process(backend, row), name=f"task-{row['id']}")
-                self._running[name][row["id"]] = task
+            while not self._stopping and self._claimed[name] < backend.concurrency:
+                if backend.max_batch > 1:
+                    batches = [await self.store.tasks.claim_batch(models, backend.max_batch, self.id, self.lease_ms)]
+                else:
+                    free = backend.concurrency - self._claimed[name]
+                    batches = [[row] for row in await self.store.tasks.claim(models, free, self.id, self.lease_ms)]
+                batches = [batch for batch in batches if batch]
+                if not batches:
+                    break
+                for batch in batches:
+                    self._claimed[name] += 1
+                    task = asyncio.create_task(self._process(name, batch), name=f"batch-{batch[0]['id']}")
+                    for row in batch:
+                        self._running[row["id"]] = task
 
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.lease_ms / 3000)
-            ids = [task_id for tasks in self._running.values() for task_id in tasks]
             try:
-                await self.store.tasks.extend_leases(ids, self.id, self.lease_ms)
+                await self.store.tasks.extend_leases(list(self._running), self.id, self.lease_ms)
             except Exception:
                 log.exception("could not extend leases")
 
-    async def _process(self, backend: Backend, row: RowMapping) -> None:
-        task_id = row["id"]
+    async def _process(self, primary: str, rows: list[RowMapping]) -> None:
+        open_ids = {row["id"] for row in rows}  # tasks of this batch not yet finished
         try:
-            await asyncio.wait_for(self._run(backend, row), timeout=self.task_timeout)
+            await asyncio.wait_for(self._run(rows, open_ids), timeout=self.task_timeout)
         except TimeoutError:
-            await self._fail(task_id, FAIL_TIMEOUT, f"generation took longer than {self.task_timeout:.0f} s")
+            for task_id in list(open_ids):
+                await self._fail(task_id, FAIL_TIMEOUT, f"generation took longer than {self.task_timeout:.0f} s",
+                                 open_ids)
         except asyncio.CancelledError:
             raise
-        except InputError as exc:
-            await self._fail(task_id, FAIL_INPUT, str(exc))
-        except BackendError as exc:
-            await self._fail(task_id, exc.fail_code, exc.message)
         except Exception:
-            log.exception("task %s failed unexpectedly on %s", task_id, backend.name)
-            await self._fail(task_id, FAIL_INTERNAL, "internal error while generating; credits refunded")
+            log.exception("batch %s failed unexpectedly", sorted(open_ids))
+            for task_id in list(open_ids):
+                await self._fail(task_id, FAIL_INTERNAL, "internal error while generating; credits refunded", open_ids)
         finally:
-            self._running[backend.name].pop(task_id, None)
+            for row in rows:
+                self._running.pop(row["id"], None)
+            self._claimed[primary] -= 1
             self.store.wakeup.poke()  # a slot is free
 
-    async def _run(self, backend: Backend, row: RowMapping) -> None:
-        task_id = row["id"]
+    async def _prepare(self, row: RowMapping) -> Job:
+        """A claimed task's Job: its input re-validated, its references fetched and decoded."""
         spec = get_model(row["model"])
         if spec is None:
             raise InputError(f"model {row['model']!r} is no longer served")
+        raw_input = json.loads(row["param"]).get("input")
         try:
-            model_input = validate_input(spec, json.loads(row["param"]).get("input"))
+            model_input = validate_input(spec, raw_input)
         except CatalogInputError as exc:
             raise InputError(str(exc)) from None
         params = spec.to_params(model_input)
-
-        references = []
+        references, files = [], []
         for index, url in enumerate(params.reference_urls):
             field = f"input.{spec.url_fields[0]}[{index}]" if spec.url_fields else "input"
-            references.append(await self.loader.load(field, url))
-
-        if not await self.store.tasks.mark_generating(task_id, self.id, backend.name):
-            return  # lease lost: another worker owns the task now
+            data, mime, image = await self.loader.load(field, url)
+            references.append(image)
+            files.append((data, mime))
+        task_id = row["id"]
         reporter = ProgressReporter(asyncio.get_running_loop(),
                                     lambda pct: self.store.tasks.set_progress(task_id, self.id, pct))
-        job = Job(task_id=task_id, params=params, seeds=pick_seeds(params.seed, params.num_images),
-                  references=references, report_progress=reporter)
-        images = await backend.generate(job)
-        if len(images) != params.num_images:
-            raise BackendError(FAIL_INTERNAL, f"backend {backend.name} returned {len(images)} images, "
-                                              f"expected {params.num_images}")
+        return Job(task_id=task_id, params=params, seeds=pick_seeds(params.seed, params.num_images),
+                   references=references, reference_files=files, raw_input=raw_input or {},
+                   report_progress=reporter)
+
+    async def _run(self, rows: list[RowMapping], open_ids: set[str]) -> None:
+        jobs: list[Job] = []
+        for row in rows:
+            try:
+                jobs.append(await self._prepare(row))
+            except InputError as exc:
+                await self._fail(row["id"], FAIL_INPUT, str(exc), open_ids)
+        if not jobs:
+            return
+        route = self._route_for(jobs[0])
+        if not route:
+            for job in jobs:
+                await self._fail(job.task_id, "505", f"nsfw_checker is not available for {job.params.model} "
+                                                     "on this server", open_ids)
+            return
+        for position, name in enumerate(route):
+            backend = self.backends[name]
+            async with self._slots[name]:
+                jobs = [job for job in jobs if await self.store.tasks.mark_generating(job.task_id, self.id, name)]
+                if not jobs:
+                    return  # leases lost: other workers own these tasks now
+                try:
+                    results = await self._generate(backend, jobs)
+                except BackendError as exc:
+                    last = position == len(route) - 1
+                    outcome = "fallback" if exc.transient and not last else "fail"
+                    for job in jobs:
+                        await self._record_attempt(job.task_id, name, outcome, exc.fail_code, exc.detail or exc.message)
+                    if outcome == "fallback":
+                        log.warning("backend %s failed transiently for %d task(s) (%s); trying %s",
+                                    name, len(jobs), exc.fail_code, route[position + 1])
+                        continue
+                    for job in jobs:
+                        await self._fail(job.task_id, exc.fail_code, exc.message, open_ids)
+                    return
+            for job, images in zip(jobs, results, strict=True):
+                await self._record_attempt(job.task_id, name, "success", "", "")
+                await self._finish(job, images, backend, open_ids)
+            return
+
+    def _route_for(self, job: Job) -> list[str]:
+        """The model's route; for nsfw_checker tasks only the backends that can honour it (the batch
+        key keeps such tasks apart from the others). createTask already refused them if none can."""
+        route = self.routes[job.params.model]
+        if job.params.nsfw_checker:
+            route = [name for name in route if self.backends[name].has_safety_checker]
+        return route
+
+    async def _generate(self, backend: Backend, jobs: list[Job]) -> list[list[GeneratedImage]]:
+        if len(jobs) == 1:
+            return [await backend.generate(jobs[0])]
+        results: list[list[GeneratedImage]] = []
+        for start in range(0, len(jobs), backend.max_batch):
+            chunk = jobs[start:start + backend.max_batch]
+            results.extend(await backend.generate_batch(chunk) if len(chunk) > 1
+                           else [await backend.generate(chunk[0])])
+        return results
+
+    async def _finish(self, job: Job, images: list[GeneratedImage], backend: Backend, open_ids: set[str]) -> None:
+        task_id = job.task_id
+        if len(images) != job.params.num_images:
+            await self._fail(task_id, FAIL_INTERNAL, f"backend {backend.name} returned {len(images)} images, "
+                                                     f"expected {job.params.num_images}; credits refunded", open_ids)
+            return
         keys = []
         for index, image in enumerate(images):
             key = f"results/{task_id}/{index}.{image.extension}"
             await self.storage.put(key, image.data)
             keys.append(key)
+        open_ids.discard(task_id)
         if not await self.store.tasks.succeed(task_id, self.id, files=keys, seeds=[i.seed for i in images]):
             log.warning("task %s finished after its lease was lost; result discarded", task_id)
             for key in keys:
                 await self.storage.delete(key)
 
-    async def _fail(self, task_id: str, code: str, message: str) -> None:
+    async def _record_attempt(self, task_id: str, backend: str, outcome: str, code: str, detail: str) -> None:
+        entry = {"backend": backend, "outcome": outcome, "failCode": code, "detail": detail[:500], "at": now_ms()}
+        with contextlib.suppress(Exception):  # the log is for operators; never fail a task over it
+            await self.store.tasks.record_backend_attempt(task_id, self.id, entry)
+
+    async def _fail(self, task_id: str, code: str, message: str, open_ids: set[str] | None = None) -> None:
+        if open_ids is not None:
+            open_ids.discard(task_id)
         with contextlib.suppress(Exception):
             if await self.store.tasks.fail(task_id, code, message, worker_id=self.id):
                 log.info("task %s failed: %s %s", task_id, code, message)

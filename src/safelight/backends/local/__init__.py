@@ -1,0 +1,1 @@
+"""Local diffusers pipelines, loaded once per worker process and run on a thread per device."""

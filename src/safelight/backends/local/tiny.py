@@ -1,0 +1,389 @@
+"""Tiny random-weight diffusers pipelines, built entirely in code (no Hub, no downloads).
+
+Used by the test suite and by `safelight`'s CPU demo/bench. Each builder returns the components of a
+real diffusers pipeline class (`ZImagePipeline`, `Flux2KleinPipeline`, `Flux2Pipeline`) with the same
+architecture as the production checkpoint, shrunk to a few thousand parameters (spec/backends.md §A.4),
+and tokenizers built from a byte table (§A.5). `save_tiny_pipeline` writes the ordinary diffusers
+directory layout, so the production loader can be exercised against it with `HF_HUB_OFFLINE=1`.
+
+Deviations from diffusers' own tiny test configs (§A.4), all chosen so that tiny pipelines obey the
+same size rules and token counts as production and stay fast at the catalog's 1024-px buckets:
+
+* Every VAE has 4 blocks, so `vae_scale_factor` is 8 as in the real FLUX.1/FLUX.2 VAEs: height and
+  width must be multiples of 16 (Z-Image raises otherwise; FLUX.2 rounds down with a warning), and a
+  1024x1024 image is 4096 transformer tokens, as in production. (The §A.4 VAEs have factor 2 or 1,
+  which makes a 1024-px image 65k-1M tokens.)
+* Z-Image's `axes_lens` are the production ones ([1024, 512, 512]); §A.4's [256, 32, 32] caps the
+  image at 32 patches per side.
+* Text-encoder vocabularies are 512 (just above the tokenizers' 261/267 ids) instead of 151936/32000,
+  so saved directories are a few MB.
+
+torch, diffusers and transformers are imported here at module level: import this module only where
+the `[gpu]` extra is installed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Final
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderKLFlux2,
+    FlowMatchEulerDiscreteScheduler,
+    Flux2KleinPipeline,
+    Flux2Pipeline,
+    Flux2Transformer2DModel,
+    ZImagePipeline,
+    ZImageTransformer2DModel,
+)
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    Mistral3Config,
+    Mistral3ForConditionalGeneration,
+    PreTrainedTokenizerFast,
+    Qwen2Tokenizer,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    Qwen3Model,
+)
+
+__all__ = [
+    "KINDS",
+    "PIPELINE_CLASSES",
+    "REQUIRED_FILES",
+    "TINY_CALL_DEFAULTS",
+    "build_tiny_pipeline",
+    "mistral_tokenizer",
+    "qwen_tokenizer",
+    "save_tiny_pipeline",
+    "tiny_flux2_dev_components",
+    "tiny_flux2_klein_components",
+    "tiny_zimage_components",
+]
+
+KINDS: Final = ("zimage", "flux2-klein", "flux2-dev")
+
+PIPELINE_CLASSES: Final[dict[str, type]] = {
+    "zimage": ZImagePipeline,
+    "flux2-klein": Flux2KleinPipeline,
+    "flux2-dev": Flux2Pipeline,
+}
+
+# Vocabulary size of every tiny text encoder: at least len(tokenizer) (261 Qwen ids, 267 Mistral ids).
+_TINY_VOCAB: Final = 512
+
+# What each tiny pipeline needs at call time beyond prompt/size/generator.
+#  * Sizes: all VAEs downsample 8x, so use multiples of 16 (64x64, 64x48, 96x64, 1024x1024 all work).
+#    Z-Image raises ValueError for anything else; FLUX.2 warns and rounds down to a multiple of 16.
+#    FLUX.2 reference images must be >= 64 px on each side with aspect <= 8:1 (same as production).
+#  * text_encoder_out_layers=(1,): the tiny Qwen3/Mistral encoders have 2/1 layers, and the transformer's
+#    joint_attention_dim (16) is len(out_layers) * hidden_size (16). Production uses (9,18,27) / (10,20,30).
+#  * max_sequence_length: the tokenizers are byte-level (one token per UTF-8 byte). FLUX.2 [dev] prefixes a
+#    168-byte system message and truncates on the right, so it keeps the production 512 (fine at this size).
+TINY_CALL_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
+    "zimage": {"num_inference_steps": 2, "guidance_scale": 0.0, "max_sequence_length": 128},
+    "flux2-klein": {
+        "num_inference_steps": 2,
+        "guidance_scale": 1.0,
+        "max_sequence_length": 128,
+        "text_encoder_out_layers": (1,),
+    },
+    "flux2-dev": {
+        "num_inference_steps": 2,
+        "guidance_scale": 4.0,
+        "max_sequence_length": 512,
+        "text_encoder_out_layers": (1,),
+    },
+}
+
+
+# --------------------------------------------------------------------------------------------- tokenizers
+
+
+def _byte_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable-unicode table used by byte-level BPE."""
+    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+_QWEN_CHAT_TEMPLATE: Final = (
+    "{%- for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{%- if m['content'] is string %}{{ m['content'] }}"
+    "{%- else %}{%- for c in m['content'] %}{%- if c['type'] == 'text' %}{{ c['text'] }}{%- endif %}{%- endfor %}"
+    "{%- endif %}<|im_end|>\n{%- endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n"
+    "{%- if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{%- endif %}"
+    "{%- endif %}"
+)
+
+_MISTRAL_CHAT_TEMPLATE: Final = (
+    "{{ bos_token }}{%- for m in messages %}"
+    "{%- if m['role'] == 'system' %}[SYSTEM_PROMPT]{%- elif m['role'] == 'user' %}[INST]{%- endif %}"
+    "{%- if m['content'] is string %}{{ m['content'] }}"
+    "{%- else %}{%- for c in m['content'] %}{%- if c['type'] == 'text' %}{{ c['text'] }}{%- endif %}{%- endfor %}"
+    "{%- endif %}"
+    "{%- if m['role'] == 'system' %}[/SYSTEM_PROMPT]{%- elif m['role'] == 'user' %}[/INST]"
+    "{%- else %}{{ eos_token }}{%- endif %}"
+    "{%- endfor %}"
+)
+
+
+def qwen_tokenizer() -> Qwen2Tokenizer:
+    """A byte-level Qwen2 tokenizer (256 byte ids + 5 specials, no merges) with a Qwen3-style chat template."""
+    vocab = {ch: i for i, ch in enumerate(_byte_to_unicode().values())}
+    for token in ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]:
+        vocab[token] = len(vocab)
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[])  # pad/eos/unk default to <|endoftext|>
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = _QWEN_CHAT_TEMPLATE
+    return tok
+
+
+_MISTRAL_SPECIALS: Final = (
+    # ids 0..4 match the tiny Mistral3 config: unk 0, image token 1, bos 2, eos 3, pad 4.
+    "<unk>",
+    "[IMG]",
+    "<s>",
+    "</s>",
+    "<pad>",
+    "[INST]",
+    "[/INST]",
+    "[SYSTEM_PROMPT]",
+    "[/SYSTEM_PROMPT]",
+    "[IMG_BREAK]",
+    "[IMG_END]",
+)
+
+
+def mistral_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level Mistral/Pixtral-style fast tokenizer: specials first (ids as in §A.5), then 256 bytes."""
+    vocab = {tok: i for i, tok in enumerate(_MISTRAL_SPECIALS)}
+    for ch in _byte_to_unicode().values():
+        vocab[ch] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        additional_special_tokens=list(_MISTRAL_SPECIALS[5:]) + ["[IMG]"],
+    )
+    tok.chat_template = _MISTRAL_CHAT_TEMPLATE
+    return tok
+
+
+# --------------------------------------------------------------------------------------------- components
+
+
+def _seeded(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+def _vae_blocks(n: int = 4) -> dict[str, Any]:
+    return {
+        "down_block_types": ["DownEncoderBlock2D"] * n,
+        "up_block_types": ["UpDecoderBlock2D"] * n,
+        "layers_per_block": 1,
+    }
+
+
+def tiny_zimage_components(seed: int = 0) -> dict[str, Any]:
+    """Components for `diffusers.ZImagePipeline`: §A.4 transformer/text encoder, 8x VAE, byte Qwen tokenizer."""
+    _seeded(seed)
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        in_channels=16,
+        dim=32,
+        n_layers=2,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        norm_eps=1e-5,
+        qk_norm=True,
+        cap_feat_dim=16,
+        rope_theta=256.0,
+        t_scale=1000.0,
+        axes_dims=[8, 4, 4],
+        axes_lens=[1024, 512, 512],
+    )
+    with torch.no_grad():  # created with torch.empty in some diffusers versions; never leave them uninitialised
+        transformer.x_pad_token.copy_(torch.ones_like(transformer.x_pad_token))
+        transformer.cap_pad_token.copy_(torch.ones_like(transformer.cap_pad_token))
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=[8, 8, 8, 8],
+        latent_channels=16,  # the FLUX.1 VAE's 16 channels, which the transformer's in_channels expects
+        norm_num_groups=4,
+        sample_size=32,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+        **_vae_blocks(),
+    )
+    tokenizer = qwen_tokenizer()
+    text_encoder = Qwen3Model(
+        Qwen3Config(
+            hidden_size=16,
+            intermediate_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            vocab_size=_TINY_VOCAB,
+            max_position_embeddings=1024,
+        )
+    )
+    return {
+        "scheduler": FlowMatchEulerDiscreteScheduler(),
+        "vae": vae.eval(),
+        "text_encoder": text_encoder.eval(),
+        "tokenizer": tokenizer,
+        "transformer": transformer.eval(),
+    }
+
+
+def _tiny_flux2_transformer(*, guidance_embeds: bool) -> Flux2Transformer2DModel:
+    return Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=4,  # 4 * the VAE's 1 latent channel after 2x2 patchify
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=16,  # len(text_encoder_out_layers)=1 * text hidden 16
+        timestep_guidance_channels=256,
+        axes_dims_rope=[4, 4, 4, 4],
+        guidance_embeds=guidance_embeds,
+    )
+
+
+def _tiny_flux2_vae() -> AutoencoderKLFlux2:
+    return AutoencoderKLFlux2(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4, 4, 4, 4),
+        latent_channels=1,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        **_vae_blocks(),
+    )
+
+
+def tiny_flux2_klein_components(seed: int = 0, *, is_distilled: bool = True) -> dict[str, Any]:
+    """Components for `diffusers.Flux2KleinPipeline` (Qwen3ForCausalLM encoder, byte Qwen tokenizer).
+
+    `is_distilled` is a constructor argument of the pipeline (stored in model_index.json), not a
+    component: True (the default, like FLUX.2-klein-4B) ignores guidance; False with guidance_scale > 1
+    runs real CFG with an empty negative prompt (two forwards per step), like the klein *base* models.
+    """
+    _seeded(seed)
+    transformer = _tiny_flux2_transformer(guidance_embeds=False)
+    vae = _tiny_flux2_vae()
+    text_encoder = Qwen3ForCausalLM(
+        Qwen3Config(
+            hidden_size=16,
+            intermediate_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            vocab_size=_TINY_VOCAB,
+            max_position_embeddings=1024,
+        )
+    )
+    return {
+        "scheduler": FlowMatchEulerDiscreteScheduler(),
+        "vae": vae.eval(),
+        "text_encoder": text_encoder.eval(),
+        "tokenizer": qwen_tokenizer(),
+        "transformer": transformer.eval(),
+        "is_distilled": is_distilled,
+    }
+
+
+def tiny_flux2_dev_components(seed: int = 0) -> dict[str, Any]:
+    """Components for `diffusers.Flux2Pipeline` (tiny Mistral3ForConditionalGeneration + fast tokenizer)."""
+    _seeded(seed)
+    transformer = _tiny_flux2_transformer(guidance_embeds=True)
+    vae = _tiny_flux2_vae()
+    config = Mistral3Config(
+        text_config={
+            "model_type": "mistral",
+            "vocab_size": _TINY_VOCAB,
+            "hidden_size": 16,
+            "intermediate_size": 37,
+            "max_position_embeddings": 1024,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 1,
+            "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-05,
+            "rope_theta": 1000000000.0,
+            "sliding_window": None,
+            "bos_token_id": 2,
+            "eos_token_id": 3,
+            "pad_token_id": 4,
+        },
+        vision_config={
+            "model_type": "pixtral",
+            "hidden_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+            "intermediate_size": 37,
+            "image_size": 30,
+            "patch_size": 6,
+            "num_channels": 3,
+        },
+        bos_token_id=2,
+        eos_token_id=3,
+        pad_token_id=4,
+        image_seq_length=4,
+        vision_feature_layer=-1,
+        image_token_index=1,
+    )
+    text_encoder = Mistral3ForConditionalGeneration(config)
+    return {
+        "scheduler": FlowMatchEulerDiscreteScheduler(),
+        "vae": vae.eval(),
+        "text_encoder": text_encoder.eval(),
+        "tokenizer": mistral_tokenizer(),
+        "transformer": transformer.eval(),
+    }
+
+
+_BUILDERS: Final = {
+    "zimage": tiny_zimage_components,
+    "flux2-klein": tiny_flux2_klein_components,
+    "flux2-dev": tiny_flux2_dev_components,
+}
+
+
+def build_tiny_pipeline(kind: str, seed: int = 0) -> Any:
+    """The in-memory tiny pipeline of `kind` ("zimage", "flux2-klein" or "flux2-dev") on the CPU."""
+    if kind not in _BUILDERS:
+        raise ValueError(f"unknown tiny pipeline kind {kind!r}; expected one of {', '.join(KINDS)}")
+    return PIPELINE_CLASSES[kind](**_BUILDERS[kind](seed))
+
+
+def save_tiny_pipeline(kind: str, directory: Path, seed: int = 0) -> Path:
+    """Build the tiny pipeline of `kind` and `save_pretrained` it into `directory` (diffusers layout)."""
+    directory = Path(directory)
+    pipeline = build_tiny_pipeline(kind, seed)
+    pipeline.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+REQUIRED_FILES: Final[dict[str, list[str]]] = {}

@@ -1,0 +1,1 @@
+"""Upstream provider backends: kie.ai, Black Forest Labs, Ideogram, Google."""

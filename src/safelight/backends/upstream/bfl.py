@@ -1,0 +1,294 @@
+"""Black Forest Labs API: FLUX.2 [pro] image editing with 1-8 reference images (spec/backends.md §C.3, §D.3).
+
+The flow is asynchronous. `POST {base_url}/v1/flux-2-pro` with the `x-key` header answers
+`{"id", "polling_url"}`; we poll that URL until the status is Ready and download `result.sample`
+at once (signed URLs expire after 10 minutes). One request makes one image, so a task asking for N
+images makes N submissions in parallel, each with its own seed.
+
+Reference images are passed as URLs (`input_image`, `input_image_2` … `input_image_8`): BFL
+downloads them itself, so they must be reachable from the internet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+from collections.abc import Awaitable, Callable
+from ipaddress import ip_address
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from safelight.backends.base import (
+    FAIL_GENERATION,
+    FAIL_INPUT,
+    FAIL_MODERATED,
+    FAIL_TIMEOUT,
+    FAIL_UNAVAILABLE,
+    Backend,
+    BackendError,
+    GeneratedImage,
+    Job,
+    read_secret,
+)
+from safelight.backends.upstream.common import PROVIDER_UNAVAILABLE, ProviderClient, download_result, generated
+
+log = logging.getLogger("safelight.backends.upstream.bfl")
+
+MAX_REFERENCES = 8
+PENDING_STATUSES = frozenset({"Pending", "Queued", "Processing"})
+MODERATED_STATUSES = frozenset({"Request Moderated", "Content Moderated"})
+FAILED_STATUSES = frozenset({"Error", "Failed", "Task not found"})
+MODERATED_MESSAGE = ("the prompt or a reference image was blocked by the provider's safety filter; "
+                     "credits refunded")
+T = TypeVar("T")
+
+
+class BflOptions(BaseModel):
+    """Options of a `[backends.NAME]` table with `type = "bfl"`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field("https://api.bfl.ai", pattern=r"^https?://[^/?#]+/?$",
+                          description="API host; api.eu.bfl.ai and api.us.bfl.ai are regional alternatives")
+    api_key_env: str = Field("BFL_API_KEY", min_length=1, description="environment variable holding the x-key")
+    endpoint: str = Field("flux-2-pro", pattern=r"^[a-z0-9][a-z0-9.-]*$",
+                          description="model path under /v1/: flux-2-pro, flux-2-flex, flux-2-max, ...")
+    safety_tolerance: int = Field(2, ge=0, le=5, description=(
+        "BFL moderation level, 0 (strict) to 5 (permissive). Tasks with nsfw_checker=true use min(this, 2)"))
+    max_pixels: int = Field(4_000_000, ge=64 * 64, description=(
+        "largest output BFL accepts; bigger bucket sizes (2K) are scaled down, keeping the aspect ratio"))
+    timeout_seconds: float = Field(60.0, gt=0, description="per HTTP request to the API")
+    retries: int = Field(3, ge=0, le=10, description="retries of one request on 429, 5xx, timeouts")
+    backoff_seconds: float = Field(1.0, ge=0, description="first retry delay (doubles) without a Retry-After")
+    max_wait_seconds: float = Field(30.0, ge=0, description="cap on one wait, Retry-After included")
+    poll_interval_seconds: float = Field(0.5, gt=0, description="first poll delay; grows x1.5 per poll")
+    max_poll_interval_seconds: float = Field(5.0, gt=0, description="cap on the poll delay")
+    poll_deadline_seconds: float = Field(300.0, gt=0, description="give up (failCode 504) after this long")
+    download_timeout_seconds: float = Field(60.0, gt=0, description="deadline for downloading one result")
+
+
+class BflBackend(Backend):
+    """FLUX.2 [pro] (or another FLUX.2 endpoint) on the Black Forest Labs API."""
+
+    kind = "bfl"
+    models = frozenset({"flux-2/pro-image-to-image"})
+    Options = BflOptions
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.client: ProviderClient | None = None
+
+    @classmethod
+    def offers_safety_checker(cls, options) -> bool:
+        return True  # BFL moderates every request and every output
+
+    async def start(self) -> None:
+        if self.client is not None:
+            return
+        key = read_secret(self.context, self.name, self.options.api_key_env)
+        self.client = ProviderClient(self.name, self.options.base_url, headers={"x-key": key}, secrets=[key],
+                                     timeout=self.options.timeout_seconds, retries=self.options.retries,
+                                     backoff_seconds=self.options.backoff_seconds,
+                                     max_wait=self.options.max_wait_seconds)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+
+    async def generate(self, job: Job) -> list[GeneratedImage]:
+        await self.start()
+        count = job.params.num_images
+        progress = [0.0] * count
+
+        def report(index: int, fraction: float) -> None:
+            progress[index] = min(max(fraction, 0.0), 1.0)
+            job.report_progress(int(100 * sum(progress) / count))
+
+        seeds = [job.seeds[i] if i < len(job.seeds) else None for i in range(count)]
+        return await gather_or_cancel(
+            [self._one(job, seeds[i], lambda fraction, i=i: report(i, fraction)) for i in range(count)])
+
+    def request_body(self, job: Job, seed: int | None) -> dict[str, Any]:
+        params = job.params
+        body: dict[str, Any] = {"prompt": params.prompt}
+        for index, url in enumerate(params.reference_urls[:MAX_REFERENCES]):
+            body["input_image" if index == 0 else f"input_image_{index + 1}"] = url
+        if params.width and params.height:  # None = "auto": the output follows the first reference
+            body["width"], body["height"] = fit_pixels(params.width, params.height, self.options.max_pixels)
+        if seed is not None:
+            body["seed"] = seed
+        tolerance = self.options.safety_tolerance
+        body["safety_tolerance"] = min(tolerance, 2) if params.nsfw_checker else tolerance
+        body["output_format"] = "png"
+        return body
+
+    async def _one(self, job: Job, seed: int | None, report: Callable[[float], None]) -> GeneratedImage:
+        assert self.client is not None
+        client = self.client
+        response = await client.request("POST", f"/v1/{self.options.endpoint}", json=self.request_body(job, seed))
+        if response.status_code in (400, 413, 422):
+            raise client.fail(FAIL_INPUT, rejection_message(response, client.redact),
+                              f"task {job.task_id}: submit answered HTTP {response.status_code}: {response.text[:300]}",
+                              transient=False)
+        if response.status_code in (404, 405):
+            raise client.fail(FAIL_UNAVAILABLE, PROVIDER_UNAVAILABLE,
+                              f"POST /v1/{self.options.endpoint} answered HTTP {response.status_code}; "
+                              "check the backend's base_url and endpoint options", transient=True)
+        if response.status_code != 200:
+            raise client.fail(FAIL_GENERATION, "the provider failed to generate the image; credits refunded",
+                              f"task {job.task_id}: submit answered HTTP {response.status_code}: "
+                              f"{response.text[:300]}", transient=True)
+        submitted = client.json_of(response, "submit")
+        request_id = submitted.get("id") if isinstance(submitted, dict) else None
+        polling_url = submitted.get("polling_url") if isinstance(submitted, dict) else None
+        if not isinstance(request_id, str) or not request_id:
+            raise malformed(client, f"task {job.task_id}: submit answered without an id: {response.text[:200]!r}")
+        if not isinstance(polling_url, str) or not polling_url:
+            polling_url = str(httpx.URL("/v1/get_result", params={"id": request_id}))
+        elif not self.polling_url_allowed(polling_url):
+            # The x-key header goes with every poll: never send it to a host that is not BFL's.
+            raise malformed(client, f"task {job.task_id}: polling_url {polling_url.split('?')[0]!r} is not on "
+                                    f"the API host's domain")
+        log.debug("backend %s: task %s submitted as %s", self.name, job.task_id, request_id)
+        result = await self._poll(job, client, polling_url, request_id, report)
+
+        sample = result.get("sample") if isinstance(result, dict) else None
+        if not isinstance(sample, str) or not sample:
+            raise malformed(client, f"task {job.task_id}: request {request_id} is Ready without result.sample")
+        data, mime = await download_result(self.context, self.name, sample,
+                                           timeout=self.options.download_timeout_seconds)
+        report(1.0)
+        result_seed = result.get("seed")
+        if isinstance(result_seed, int) and not isinstance(result_seed, bool):
+            seed = result_seed
+        return generated(data, mime, seed)
+
+    async def _poll(self, job: Job, client: ProviderClient, polling_url: str, request_id: str,
+                    report: Callable[[float], None]) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.poll_deadline_seconds
+        delay = self.options.poll_interval_seconds
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise client.fail(FAIL_TIMEOUT, "the provider did not finish the image in time; credits refunded",
+                                  f"task {job.task_id}: request {request_id} still not Ready after "
+                                  f"{self.options.poll_deadline_seconds:g} s", transient=True)
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 1.5, self.options.max_poll_interval_seconds)
+            response = await client.request("GET", polling_url)
+            if response.status_code == 404:
+                raise client.fail(FAIL_GENERATION, "the provider lost the request; credits refunded",
+                                  f"task {job.task_id}: poll of {request_id} answered HTTP 404", transient=True)
+            if response.status_code != 200:
+                raise client.fail(FAIL_GENERATION, "the provider failed to generate the image; credits refunded",
+                                  f"task {job.task_id}: poll of {request_id} answered HTTP {response.status_code}: "
+                                  f"{response.text[:300]}", transient=True)
+            body = client.json_of(response, "poll")
+            status = body.get("status") if isinstance(body, dict) else None
+            if not isinstance(status, str):
+                raise malformed(client, f"task {job.task_id}: poll of {request_id} has no status: "
+                                        f"{response.text[:200]!r}")
+            if status == "Ready":
+                return body.get("result") or {}
+            if status in MODERATED_STATUSES:
+                raise client.fail(FAIL_MODERATED, MODERATED_MESSAGE,
+                                  f"task {job.task_id}: request {request_id}: {status}: "
+                                  f"{str(body.get('details'))[:300]}", transient=False)
+            if status in FAILED_STATUSES:
+                raise client.fail(FAIL_GENERATION, "the provider failed to generate the image; credits refunded",
+                                  f"task {job.task_id}: request {request_id}: {status}: "
+                                  f"{str(body.get('details') or body.get('result'))[:300]}", transient=True)
+            if status not in PENDING_STATUSES:
+                log.debug("backend %s: request %s has unknown status %r; still polling", self.name, request_id,
+                          status[:50])
+            fraction = progress_fraction(body.get("progress"))
+            if fraction is not None:
+                report(min(fraction, 0.99))
+
+    def polling_url_allowed(self, url: str) -> bool:
+        """A polling URL must be on the API host or, for named hosts, its parent domain: the global
+        endpoint api.bfl.ai hands out polling URLs on cluster hosts such as api.us1.bfl.ai."""
+        try:
+            target, base = httpx.URL(url), httpx.URL(self.options.base_url)
+        except httpx.InvalidURL:
+            return False
+        if not target.is_absolute_url:
+            return True  # httpx joins it to the base URL: same host
+        if target.scheme != base.scheme or target.userinfo:
+            return False
+        if target.host == base.host:
+            return target.port == base.port
+        try:
+            ip_address(base.host)
+            return False
+        except ValueError:
+            pass
+        labels = base.host.split(".")
+        return len(labels) >= 2 and target.host.endswith("." + ".".join(labels[-2:])) and target.port is None
+
+
+def fit_pixels(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """(width, height) scaled down to at most max_pixels, keeping the aspect ratio, multiples of 16."""
+    if width * height <= max_pixels:
+        return width, height
+    scale = math.sqrt(max_pixels / (width * height))
+    return max(64, int(width * scale) // 16 * 16), max(64, int(height * scale) // 16 * 16)
+
+
+def progress_fraction(value: Any) -> float | None:
+    """BFL's optional `progress`, as 0..1 (it may come as a fraction or a percentage)."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        return None
+    return value if value <= 1 else min(value / 100, 1.0)
+
+
+def malformed(client: ProviderClient, detail: str) -> BackendError:
+    return client.fail(FAIL_GENERATION, "the provider returned a malformed response; credits refunded", detail,
+                       transient=True)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def rejection_message(response: httpx.Response, redact: Callable[[str], str]) -> str:
+    """A user-facing message for a provider's 400/422: its own words, trimmed and without secrets."""
+    reason = ""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        found = body.get("detail") or body.get("message") or body.get("error")
+        if isinstance(found, list):  # FastAPI validation errors: [{"loc": [...], "msg": "..."}]
+            parts = []
+            for item in found[:3]:
+                if isinstance(item, dict) and isinstance(item.get("msg"), str):
+                    loc = [str(p) for p in item.get("loc") or [] if p != "body"]
+                    parts.append(f"{'.'.join(loc)}: {item['msg']}" if loc else item["msg"])
+            reason = "; ".join(parts)
+        elif isinstance(found, str):
+            reason = found
+    reason = " ".join(_CONTROL.sub(" ", redact(reason)).split())
+    if len(reason) > 200:
+        reason = reason[:197] + "..."
+    if reason:
+        return f"the provider rejected the request: {reason}"
+    return f"the provider rejected the request (HTTP {response.status_code}); check the prompt and reference images"
+
+
+async def gather_or_cancel(coros: list[Awaitable[T]]) -> list[T]:
+    """Run the coroutines together; on the first failure cancel the rest and raise it."""
+    tasks = [asyncio.ensure_future(coro) for coro in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

@@ -1,0 +1,409 @@
+"""Google Imagen 4 Fast on Vertex AI, through the google-genai SDK (spec/backends.md §C.1, §D.4).
+
+`client.aio.models.generate_images` posts to
+`{base}/{version}/projects/{project}/locations/{location}/publishers/google/models/{model}:predict`
+(or `{base}/{version}/publishers/google/models/{model}:predict` with an express-mode API key) and
+answers with the images inline, base64 in the REST body; we hand the bytes straight back.
+
+Credentials, in order: `api_key_env` (a Vertex express-mode API key, sent as `x-goog-api-key`),
+`access_token_env` (a static OAuth access token, sent as `Authorization: Bearer`; for short-lived
+setups and tests), else Application Default Credentials (a service account via
+GOOGLE_APPLICATION_CREDENTIALS, or the metadata server), resolved at start so a missing login
+fails the worker start rather than the first task. The SDK refreshes ADC tokens itself.
+
+Imagen 4 is being shut down (2026-08-17): a 404 NOT_FOUND fails transiently, so the route moves
+on, and the log tells the operator to route the model to `gemini-image` instead.
+
+This module also holds what the `gemini-image` backend shares with it: the client options, the
+client construction and `call_google`, the retry loop that maps SDK errors onto failCodes.
+The SDK is imported on first use, so the API process (which validates options) never loads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from safelight.backends.base import (
+    FAIL_GENERATION,
+    FAIL_INPUT,
+    FAIL_MODERATED,
+    FAIL_TIMEOUT,
+    FAIL_UNAVAILABLE,
+    Backend,
+    BackendContext,
+    BackendError,
+    GeneratedImage,
+    Job,
+    read_secret,
+)
+from safelight.backends.upstream.common import PROVIDER_UNAVAILABLE, generated, redact
+from safelight.net import sniff_image_type
+
+if TYPE_CHECKING:
+    from google import genai
+
+log = logging.getLogger("safelight.backends.upstream.google")
+
+T = TypeVar("T")
+
+MODERATED = "the provider's safety filter blocked this prompt or its images"
+MALFORMED = "the provider returned a malformed response; credits refunded"
+TIMED_OUT = "the provider did not answer in time; credits refunded"
+CLOUD_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+RETRYABLE_CODES = frozenset({408, 429, 500, 502, 503, 504})
+# Imagen and Gemini take a signed 32-bit seed; larger worker seeds are folded into that range.
+SEED_RANGE = 2**31
+# Wording of the 400 Imagen answers when its safety filter refuses a prompt before generating.
+_SAFETY_WORDS = re.compile(r"responsible ai|safety (filter|setting|threshold)|sensitive words|usage guidelines|"
+                           r"prohibited|violat", re.IGNORECASE)
+
+
+def provider_seed(seed: int) -> int:
+    """The seed sent to Google: the worker's seed folded into 0..2**31-1 (deterministic)."""
+    return seed % SEED_RANGE
+
+
+class GoogleOptions(BaseModel):
+    """Options both Google backends take (the `[backends.NAME]` table, besides `type`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    project: str | None = Field(None, description="Google Cloud project for Vertex AI. Not used with an "
+                                "express-mode API key; with ADC, defaults to the credentials' project.")
+    location: str = Field("us-central1", description="Vertex AI region (`global` for the global endpoint).")
+    base_url: str | None = Field(None, description="API endpoint; unset means the SDK's Google host for the "
+                                 "mode and location. Tests point it at a fake.")
+    api_key_env: str | None = Field(None, description="Environment variable holding an API key (Vertex "
+                                    "express mode, or the Gemini Developer API).")
+    access_token_env: str | None = Field(None, description="Environment variable holding a static OAuth "
+                                         "access token for Vertex AI. Without it and without api_key_env, "
+                                         "Application Default Credentials are used.")
+    timeout: float = Field(120.0, gt=0, le=3600, description="Seconds one API call may take.")
+    retries: int = Field(2, ge=0, le=10, description="Extra attempts on 429, 5xx and connection errors.")
+    backoff_seconds: float = Field(1.0, ge=0, le=60, description="First retry delay when the provider names "
+                                   "none; doubles with each attempt.")
+    max_wait: float = Field(30.0, ge=0, le=600, description="Longest Retry-After we honour, in seconds.")
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> GoogleOptions:
+        if self.api_key_env and self.access_token_env:
+            raise ValueError("set api_key_env or access_token_env, not both")
+        return self
+
+
+class ImagenOptions(GoogleOptions):
+    model: str = Field("imagen-4.0-fast-generate-001", description="Vertex AI Imagen model id.")
+    image_size: Literal["1K", "2K"] | None = Field(None, description="Imagen `sampleImageSize`; unset means "
+                                                   "the model's default (1K).")
+
+
+@dataclass
+class GoogleClient:
+    """An SDK client, the httpx client it sends through, and the secrets to scrub from text."""
+
+    sdk: genai.Client
+    http: httpx.AsyncClient
+    secrets: list[str]
+
+    async def close(self) -> None:
+        await self.sdk.aio.aclose()
+        await self.http.aclose()
+
+
+async def open_client(backend: str, options: GoogleOptions, context: BackendContext, *,
+                      vertexai: bool) -> GoogleClient:
+    """Build a google-genai client for Vertex AI or the Gemini Developer API.
+
+    The SDK sends through an httpx client we own (no redirects, our timeout), so the transport
+    and its exceptions are the same whichever HTTP packages are installed. The SDK's own retries
+    stay off: `call_google` retries, honouring Retry-After.
+    """
+    try:
+        from google import genai
+        from google.genai import types
+    except ImportError:
+        raise BackendError(FAIL_UNAVAILABLE, "provider unavailable", transient=True,
+                           detail=f"backend {backend}: the google-genai package is not installed "
+                                  "(pip install 'safelight[google]')") from None
+
+    secrets: list[str] = []
+    kwargs: dict[str, Any] = {"vertexai": vertexai}
+    if options.api_key_env:
+        key = read_secret(context, backend, options.api_key_env)
+        secrets.append(key)
+        kwargs["api_key"] = key  # express mode on Vertex: no project or location in the path
+    elif not vertexai:
+        raise BackendError(FAIL_UNAVAILABLE, "provider unavailable", transient=True,
+                           detail=f"backend {backend}: the Gemini Developer API needs api_key_env")
+    else:
+        credentials, project = await _vertex_credentials(backend, options, context)
+        if credentials.token:
+            secrets.append(credentials.token)
+        kwargs.update(credentials=credentials, project=project, location=options.location)
+
+    http = httpx.AsyncClient(timeout=httpx.Timeout(options.timeout, connect=10.0), follow_redirects=False)
+    http_options = types.HttpOptions(base_url=options.base_url, timeout=int(options.timeout * 1000),
+                                     httpx_async_client=http)
+    try:
+        sdk = genai.Client(http_options=http_options, **kwargs)
+    except ValueError as exc:
+        await http.aclose()
+        raise BackendError(FAIL_UNAVAILABLE, "provider unavailable", transient=True,
+                           detail=redact(f"backend {backend}: google-genai refused the settings: {exc}",
+                                         secrets)) from None
+    return GoogleClient(sdk, http, secrets)
+
+
+async def _vertex_credentials(backend: str, options: GoogleOptions, context: BackendContext) -> tuple[Any, str]:
+    if options.access_token_env:
+        from google.oauth2.credentials import Credentials
+
+        token = read_secret(context, backend, options.access_token_env)
+        project = options.project
+    else:
+        import google.auth
+        from google.auth.exceptions import GoogleAuthError
+
+        try:
+            credentials, adc_project = await asyncio.to_thread(google.auth.default, scopes=[CLOUD_SCOPE])
+        except GoogleAuthError as exc:
+            raise BackendError(FAIL_UNAVAILABLE, "provider unavailable", transient=True,
+                               detail=f"backend {backend}: no Google credentials (set api_key_env or "
+                                      f"access_token_env, or configure Application Default Credentials): "
+                                      f"{type(exc).__name__}: {exc}") from None
+        project = options.project or adc_project
+        if not project:
+            raise BackendError(FAIL_UNAVAILABLE, "provider unavailable", transient=True,
+                               detail=f"backend {backend}: set `project`; the credentials name none")
+        return credentials, project
+    if not project:
+        raise BackendError(FAIL_UNAVAILABLE, "provider unavailable", transient=True,
+                           detail=f"backend {backend}: set `project` (needed with access_token_env)")
+    return Credentials(token=token), project
+
+
+def safe_text(text: str, secrets: Iterable[str], limit: int = 300) -> str:
+    """Provider text fit for a user: secrets and project paths removed, one line, bounded."""
+    text = redact(str(text), secrets)
+    text = re.sub(r"projects/[^/\s'\"]+", "projects/***", text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _error_body(exc: Any) -> dict[str, Any]:
+    details = exc.details
+    if isinstance(details, list) and details:
+        details = details[0]
+    if isinstance(details, dict) and isinstance(details.get("error"), dict):
+        return details["error"]
+    return details if isinstance(details, dict) else {}
+
+
+def _retry_delay(exc: Any) -> float | None:
+    """Seconds the provider asked us to wait: Retry-After, or a google.rpc.RetryInfo detail."""
+    response = getattr(exc, "response", None)
+    header = response.headers.get("retry-after") if response is not None and hasattr(response, "headers") else None
+    if header:
+        try:
+            return max(0.0, float(header))
+        except ValueError:
+            pass
+    for item in _error_body(exc).get("details") or []:
+        delay = item.get("retryDelay") if isinstance(item, dict) else None
+        if isinstance(delay, str) and delay.endswith("s"):
+            try:
+                return max(0.0, float(delay[:-1]))
+            except ValueError:
+                pass
+    return None
+
+
+def _operator_key_problem(exc: Any) -> bool:
+    """A 400 that is about our credentials, not the user's input (Google answers a bad API key so)."""
+    for item in _error_body(exc).get("details") or []:
+        if isinstance(item, dict) and item.get("reason") in {"API_KEY_INVALID", "API_KEY_SERVICE_BLOCKED"}:
+            return True
+    return "api key" in (exc.message or "").lower()
+
+
+@dataclass
+class GoogleCall:
+    """Everything `call_google` needs to retry a call and describe its failures."""
+
+    backend: str
+    model: str
+    secrets: list[str]
+    retries: int = 2
+    backoff_seconds: float = 1.0
+    max_wait: float = 30.0
+    # Added to the log detail of a 404 (the model id is gone).
+    not_found_hint: str = ""
+
+    @classmethod
+    def of(cls, backend: str, model: str, client: GoogleClient, options: GoogleOptions,
+           not_found_hint: str = "") -> GoogleCall:
+        return cls(backend, model, client.secrets, options.retries, options.backoff_seconds, options.max_wait,
+                   not_found_hint)
+
+    def fail(self, code: str, message: str, detail: str, *, transient: bool) -> BackendError:
+        detail = redact(f"backend {self.backend}: {detail}", self.secrets)
+        log.warning("%s", detail)
+        return BackendError(code, redact(message, self.secrets), transient=transient, detail=detail)
+
+
+async def call_google(call: GoogleCall, what: str, make: Callable[[], Awaitable[T]]) -> T:
+    """Run one SDK call; retry overload and connection errors; map every failure to a BackendError.
+
+    - 429 / 408 / 5xx and connection errors: retried up to `retries` times (Retry-After honoured,
+      capped at `max_wait`), then transient 503.
+    - 400 INVALID_ARGUMENT: permanent 400 with Google's message (scrubbed); a 400 that is really the
+      safety filter refusing the prompt is a permanent 451; a 400 about the API key is the operator's.
+    - 401 / 403, a bad API key, 400 FAILED_PRECONDITION, auth failures: transient 503, detail in the log.
+    - 404 (model retired): transient 503, with `not_found_hint` in the log.
+    - Timeouts: transient 504, not retried (the call may still be running, and billed).
+    - Unparseable responses: transient 501.
+    """
+    from google.auth.exceptions import GoogleAuthError
+    from google.genai import errors
+
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await make()
+        except errors.APIError as exc:
+            code, status = exc.code or 0, exc.status or ""
+            message = safe_text(exc.message or "", call.secrets)
+            problem = f"{what} answered HTTP {code} {status}: {message}"
+            if code in RETRYABLE_CODES or code >= 500:
+                wait = _retry_delay(exc)
+            elif code in (401, 403) or (code == 400 and _operator_key_problem(exc)):
+                raise call.fail(FAIL_UNAVAILABLE, PROVIDER_UNAVAILABLE, f"{problem} (check the credentials, "
+                                "that the API is enabled for the project, and billing)", transient=True) from None
+            elif code == 404:
+                raise call.fail(FAIL_UNAVAILABLE, PROVIDER_UNAVAILABLE,
+                                f"{problem}; model {call.model!r} was not found. {call.not_found_hint}".strip(),
+                                transient=True) from None
+            elif code == 400 and status == "FAILED_PRECONDITION":
+                raise call.fail(FAIL_UNAVAILABLE, PROVIDER_UNAVAILABLE, problem, transient=True) from None
+            elif code == 400 and _SAFETY_WORDS.search(message):
+                raise call.fail(FAIL_MODERATED, f"{MODERATED}: {message}", problem, transient=False) from None
+            elif code == 400:
+                raise call.fail(FAIL_INPUT, f"the provider rejected the request: {message or status}", problem,
+                                transient=False) from None
+            else:
+                raise call.fail(FAIL_UNAVAILABLE, PROVIDER_UNAVAILABLE, problem, transient=True) from None
+        except httpx.TimeoutException as exc:
+            raise call.fail(FAIL_TIMEOUT, TIMED_OUT, f"{what} timed out ({type(exc).__name__})",
+                            transient=True) from None
+        except httpx.TransportError as exc:
+            problem, wait = f"{what} could not connect: {type(exc).__name__}: {exc}", None
+        except GoogleAuthError as exc:
+            raise call.fail(FAIL_UNAVAILABLE, PROVIDER_UNAVAILABLE,
+                            f"{what}: could not get a Google access token: {type(exc).__name__}: {exc}",
+                            transient=True) from None
+        except ValueError as exc:  # JSON decode errors, errors.UnknownApiResponseError, pydantic validation
+            raise call.fail(FAIL_GENERATION, MALFORMED, f"{what}: unreadable response: {type(exc).__name__}: "
+                            f"{str(exc)[:200]}", transient=True) from None
+        if attempt > call.retries:
+            raise call.fail(FAIL_UNAVAILABLE, PROVIDER_UNAVAILABLE, f"{problem}; gave up after {attempt} attempts",
+                            transient=True)
+        delay = wait if wait is not None else call.backoff_seconds * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
+        delay = min(delay, call.max_wait)
+        log.info("%s", redact(f"backend {call.backend}: {problem}; retrying in {delay:.2f} s", call.secrets))
+        await asyncio.sleep(delay)
+
+
+def image_of(call: GoogleCall, data: bytes, seed: int) -> GeneratedImage:
+    """A GeneratedImage from inline bytes, typed by content (not by what the provider claims)."""
+    mime = sniff_image_type(data)
+    if mime is None:
+        raise call.fail(FAIL_GENERATION, MALFORMED, f"an image part is not PNG, JPEG or WebP ({len(data)} bytes)",
+                        transient=True)
+    return generated(data, mime, seed)
+
+
+class GoogleImagenBackend(Backend):
+    """Imagen 4 Fast on Vertex AI. Also takes `z-image` text-to-image as overflow.
+
+    Seeds: Imagen takes one seed per request and derives the other images' seeds from it. We send
+    `job.seeds[0]` (folded into 32 bits, with add_watermark=False, which a seed requires) and label
+    image i with `job.seeds[0] + i`, which is what the worker picked for it. Asking again with that
+    seed and one image will not reproduce image i > 0; the same request again will.
+    """
+
+    kind = "google"
+    models = frozenset({"google/imagen4-fast", "z-image"})
+    Options = ImagenOptions
+
+    NOT_FOUND_HINT = ("Imagen 4 was shut down on 2026-08-17: route google/imagen4-fast to a `gemini-image` "
+                      "backend (or a local one) in the routing file.")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.client: GoogleClient | None = None
+
+    @classmethod
+    def offers_safety_checker(cls, options) -> bool:
+        return True  # Imagen's safety filter runs on every request
+
+    async def start(self) -> None:
+        self.client = await open_client(self.name, self.options, self.context, vertexai=True)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+
+    async def generate(self, job: Job) -> list[GeneratedImage]:
+        from google.genai import types
+
+        if self.client is None:
+            await self.start()
+        assert self.client is not None
+        params = job.params
+        count = len(job.seeds) or params.num_images
+        first_seed = job.seeds[0] if job.seeds else 0
+        config = types.GenerateImagesConfig(
+            number_of_images=count,
+            negative_prompt=params.negative_prompt or None,
+            aspect_ratio=None if params.aspect_ratio == "auto" else params.aspect_ratio,
+            seed=provider_seed(first_seed),
+            add_watermark=False,
+            person_generation=types.PersonGeneration.ALLOW_ADULT,
+            output_mime_type="image/png",
+            include_rai_reason=True,
+            image_size=self.options.image_size,
+        )
+        call = GoogleCall.of(self.name, self.options.model, self.client, self.options, self.NOT_FOUND_HINT)
+        sdk = self.client.sdk
+        response = await call_google(call, f"Imagen {self.options.model}:predict",
+                                     lambda: sdk.aio.models.generate_images(model=self.options.model,
+                                                                            prompt=params.prompt, config=config))
+        images: list[bytes] = []
+        reasons: list[str] = []
+        for item in response.generated_images or []:
+            data = item.image.image_bytes if item.image is not None else None
+            if data:
+                images.append(data)
+            elif item.rai_filtered_reason:
+                reasons.append(safe_text(item.rai_filtered_reason, call.secrets))
+        if len(images) < count and (reasons or images):
+            reason = reasons[0] if reasons else f"{count - len(images)} of {count} images were filtered"
+            raise call.fail(FAIL_MODERATED, f"{MODERATED}: {reason}",
+                            f"Imagen returned {len(images)} of {count} images; filtered: {reasons}", transient=False)
+        if not images:
+            raise call.fail(FAIL_GENERATION, MALFORMED, "Imagen returned no images and no filter reason",
+                            transient=True)
+        result = [image_of(call, data, first_seed + i) for i, data in enumerate(images[:count])]
+        job.report_progress(100)
+        return result

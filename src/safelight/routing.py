@@ -1,0 +1,150 @@
+"""The routing file: which backends exist and which of them serve each public model, in order.
+
+`safelight.toml` (its path in SAFELIGHT_CONFIG) looks like this:
+
+    [backends.local-zimage]
+    type = "diffusers.zimage"
+    weights = "/models/Z-Image-Turbo"
+    max_batch = 4
+
+    [backends.bfl]
+    type = "bfl"
+    api_key_env = "BFL_API_KEY"
+    concurrency = 24
+
+    [models."z-image"]
+    route = ["local-zimage", "kie"]
+
+Options other than `type`, `concurrency` and `max_batch` belong to the backend type, which
+validates them itself (`Backend.Options`). With no file, every model routes to the built-in
+`sandbox` backend. A model the file does not mention also stays on the sandbox, so adding one
+provider never takes the other models offline; `route = []` takes a model off this server.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from safelight.catalog import MODELS
+
+SANDBOX = "sandbox"
+
+
+class RoutingError(ValueError):
+    """The routing file is missing, malformed or inconsistent; the message names the key."""
+
+
+class BackendConfig(BaseModel):
+    """One `[backends.NAME]` table: the shared keys; everything else is type-specific options."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    concurrency: int = Field(1, ge=1, le=1024, description="calls in flight on this backend, per worker process")
+    max_batch: int = Field(1, ge=1, le=64, description="tasks run together in one call")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ModelRoute(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    route: list[str]
+
+    @field_validator("route")
+    @classmethod
+    def _no_repeats(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("a backend may appear only once in a route")
+        return value
+
+
+class _RoutingFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backends: dict[str, BackendConfig] = {}
+    models: dict[str, ModelRoute] = {}
+
+
+@dataclass
+class Routing:
+    backends: dict[str, BackendConfig]
+    # Public model id -> ordered backend names; the first is tried first.
+    routes: dict[str, list[str]]
+    source: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def route_for(self, model: str) -> list[str]:
+        return self.routes.get(model, [])
+
+    def primary(self, model: str) -> BackendConfig | None:
+        route = self.route_for(model)
+        return self.backends[route[0]] if route else None
+
+    def used_backends(self) -> list[str]:
+        """Backends some route uses, in first-use order."""
+        seen: dict[str, None] = {}
+        for route in self.routes.values():
+            for name in route:
+                seen.setdefault(name, None)
+        return list(seen)
+
+
+def default_routing(concurrency: int = 4) -> Routing:
+    sandbox = BackendConfig(type=SANDBOX, concurrency=concurrency)
+    return Routing(backends={SANDBOX: sandbox}, routes={model: [SANDBOX] for model in MODELS})
+
+
+def load_routing(path: str | Path | None, *, sandbox_concurrency: int = 4) -> Routing:
+    """Read and check a routing file. `None` or "" gives the all-sandbox default."""
+    if not path:
+        return default_routing(sandbox_concurrency)
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise RoutingError(f"routing file {path} (SAFELIGHT_CONFIG) does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RoutingError(f"routing file {path} is not valid TOML: {exc}") from None
+    try:
+        parsed = _RoutingFile.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise RoutingError(f"routing file {path}: {where}: {first['msg']}") from None
+
+    backends = {SANDBOX: BackendConfig(type=SANDBOX, concurrency=sandbox_concurrency), **parsed.backends}
+    from safelight.backends import backend_class  # late: backends import catalog, not routing
+
+    for name, config in backends.items():
+        try:
+            backend_class(config.type).check_options(name, config)
+        except (KeyError, ValueError) as exc:
+            raise RoutingError(f"routing file {path}: {exc.args[0]}") from None
+
+    routes = {model: [SANDBOX] for model in MODELS}
+    notes = []
+    for model, entry in parsed.models.items():
+        if model not in MODELS:
+            raise RoutingError(f"routing file {path}: models.{model!r} is not a known model; "
+                               f"known: {', '.join(MODELS)}")
+        for name in entry.route:
+            if name not in backends:
+                raise RoutingError(f"routing file {path}: models.{model!r}.route names backend {name!r}, "
+                                   f"which no [backends.{name}] table defines")
+            cls = backend_class(backends[name].type)
+            if cls.models is not None and model not in cls.models:
+                raise RoutingError(f"routing file {path}: backend {name!r} (type {backends[name].type}) "
+                                   f"cannot serve {model}; it serves {', '.join(sorted(cls.models))}")
+        routes[model] = list(entry.route)
+    for model in MODELS:
+        if model not in parsed.models:
+            notes.append(f"{model} is not in the routing file and stays on the sandbox")
+    return Routing(backends=backends, routes=routes, source=path, notes=notes)
