@@ -105,6 +105,19 @@ class LiveServer:
                 await asyncio.sleep(0.02)
 
 
+@pytest.fixture
+async def runtime(settings):
+    """A started runtime without its own worker (tests build one), and an account with 1000 credits."""
+    runtime = Runtime(settings.model_copy(update={"run_worker": False, "lease_seconds": 60}))
+    await runtime.start()
+    created = await runtime.store.accounts.create_key("worker", credits=1000)
+    runtime.test_account = created.account_id
+    try:
+        yield runtime
+    finally:
+        await runtime.stop()
+
+
 async def serve_app(app, port: int, *, lifespan: str = "on") -> tuple[uvicorn.Server, asyncio.Task]:
     """Run an ASGI app with uvicorn on 127.0.0.1:port inside the test's event loop."""
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan)

@@ -4,9 +4,6 @@ import asyncio
 import json
 import time
 
-import pytest
-
-from safelight.api.runtime import Runtime
 from safelight.backends import Backend, BackendError, GeneratedImage, SandboxBackend
 from safelight.catalog import MODELS
 from safelight.worker import Worker
@@ -39,18 +36,6 @@ class ScriptedBackend(Backend):
             return [GeneratedImage(png_bytes(8, 8), seed) for seed in job.seeds]
         finally:
             self.running -= 1
-
-
-@pytest.fixture
-async def runtime(settings):
-    runtime = Runtime(settings.model_copy(update={"run_worker": False, "lease_seconds": 60}))
-    await runtime.start()
-    created = await runtime.store.accounts.create_key("worker", credits=1000)
-    runtime.test_account = created.account_id
-    try:
-        yield runtime
-    finally:
-        await runtime.stop()
 
 
 def make_worker(runtime, backend, **kw):

@@ -18,9 +18,13 @@ from .runtime import Runtime
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, *, migrate: bool = True) -> FastAPI:
+def create_app(settings: Settings | None = None, *, migrate: bool = True, preflight: bool = False) -> FastAPI:
+    """The ASGI app. Raises RoutingError for a bad routing file, and with `preflight` BackendStartError
+    when a routed backend lacks its weights or key, before anything is served."""
     settings = settings or Settings()
     runtime = Runtime(settings)
+    if preflight:
+        runtime.preflight()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -7,7 +7,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from safelight.backends import BackendContext, backend_class
+from safelight.backends import Backend, BackendContext, backend_class
 from safelight.config import Settings
 from safelight.delivery import CallbackDeliverer, RetryPolicy
 from safelight.net import OutboundPolicy
@@ -94,16 +94,26 @@ class Runtime:
                                  timeout_seconds=settings.callback_timeout_seconds,
                                  concurrency=settings.callback_concurrency)
 
+    def build_backends(self) -> dict[str, Backend]:
+        """One object per backend some route uses. Cheap: weights load in start()."""
+        settings = self.settings
+        context = BackendContext(policy=self.policy, max_download_bytes=max(settings.input_max_bytes, 50 << 20),
+                                 max_pixels=settings.input_max_pixels)
+        return {name: backend_class(self.routing.backends[name].type)(name, self.routing.backends[name], context)
+                for name in self.routing.used_backends()}
+
+    def preflight(self) -> None:
+        """Fail before serving, with a message naming what is missing (weights files, key variables)."""
+        if self.settings.run_worker:
+            for backend in self.build_backends().values():
+                backend.preflight()
+
     def build_worker(self) -> Worker:
         settings = self.settings
         assert self.signer is not None
         loader = InputLoader(storage=self.storage, signer=self.signer, policy=self.policy,
                              max_bytes=settings.input_max_bytes, max_pixels=settings.input_max_pixels)
-        context = BackendContext(policy=self.policy, max_download_bytes=max(settings.input_max_bytes, 50 << 20),
-                                 max_pixels=settings.input_max_pixels)
-        backends = {name: backend_class(self.routing.backends[name].type)(name, self.routing.backends[name], context)
-                    for name in self.routing.used_backends()}
-        return Worker(store=self.store, storage=self.storage, loader=loader, backends=backends,
+        return Worker(store=self.store, storage=self.storage, loader=loader, backends=self.build_backends(),
                       routes=self.routing.routes,
                       lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
                       task_timeout_seconds=settings.task_timeout_seconds)

@@ -17,6 +17,7 @@ from .base import (
     Backend,
     BackendContext,
     BackendError,
+    BackendStartError,
     GeneratedImage,
     Job,
 )
@@ -46,6 +47,6 @@ def backend_class(type_name: str) -> type[Backend]:
 
 __all__ = [
     "BACKEND_TYPES", "FAIL_GENERATION", "FAIL_INPUT", "FAIL_INTERNAL", "FAIL_MODERATED", "FAIL_TIMEOUT",
-    "FAIL_UNAVAILABLE", "Backend", "BackendContext", "BackendError", "GeneratedImage", "Job", "SandboxBackend",
-    "backend_class",
+    "FAIL_UNAVAILABLE", "Backend", "BackendContext", "BackendError", "BackendStartError", "GeneratedImage", "Job",
+    "SandboxBackend", "backend_class",
 ]

@@ -68,6 +68,11 @@ class BackendError(Exception):
         self.detail = detail
 
 
+class BackendStartError(RuntimeError):
+    """A backend cannot start (missing weights, key or package). The message is for the operator
+    and names what is missing; the CLI prints it instead of a stack trace."""
+
+
 @dataclass
 class BackendContext:
     """What a backend may use from the server: the outbound policy for downloading provider
@@ -127,14 +132,24 @@ class Backend:
     def has_safety_checker(self) -> bool:
         return self.offers_safety_checker(self.options.model_dump())
 
+    def preflight(self) -> None:
+        """Cheap checks run before the server starts: credentials present, weights complete."""
+        env_name = getattr(self.options, "api_key_env", None)
+        if env_name and not self.context.env.get(env_name):
+            raise BackendStartError(f"backend {self.name}: environment variable {env_name} (api_key_env) "
+                                    "is empty or unset")
+
     async def start(self) -> None:
         """Load weights, open clients. Raise here, at worker start, rather than on the first task."""
 
     async def generate(self, job: Job) -> list[GeneratedImage]:
         raise NotImplementedError
 
-    async def generate_batch(self, jobs: list[Job]) -> list[list[GeneratedImage]]:
-        """Run compatible jobs together (same model and size). The default runs them in turn."""
+    async def generate_batch(self, jobs: list[Job]) -> list[list[GeneratedImage] | BackendError]:
+        """Run compatible jobs together (same model and size). The default runs them in turn.
+
+        An item may be a BackendError when only that job failed (a safety check); an exception
+        raised here fails, or moves on, the whole batch."""
         return [await self.generate(job) for job in jobs]
 
     async def close(self) -> None:

@@ -74,10 +74,23 @@ def serve(
     os.environ["SAFELIGHT_RUN_WORKER"] = "true" if workers else "false"
     settings = Settings()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    application = _checked(lambda: create_app(settings, preflight=True))
     _bootstrap(settings)
     console.print(f"[bold]Safelight[/] on {settings.public_url}  (store: {_describe_store(settings)}, "
                   f"files: {settings.files_dir.resolve()})")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, proxy_headers=True)
+    uvicorn.run(application, host=host, port=port, log_level=log_level, proxy_headers=True)
+
+
+def _checked(build):
+    """Build the app or runtime; a bad routing file or missing weights/keys exits with one clear line."""
+    from safelight.backends import BackendStartError
+    from safelight.routing import RoutingError
+
+    try:
+        return build()
+    except (RoutingError, BackendStartError) as exc:
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -88,8 +101,14 @@ def worker(log_level: str = "info") -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(run_worker=True)
 
-    async def go():
+    def build():
         runtime = Runtime(settings)
+        runtime.preflight()
+        return runtime
+
+    runtime = _checked(build)
+
+    async def go():
         await runtime.start()
         try:
             await asyncio.Event().wait()

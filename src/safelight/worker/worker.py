@@ -234,6 +234,11 @@ class Worker:
                         await self._fail(job.task_id, exc.fail_code, exc.message, open_ids)
                     return
             for job, images in zip(jobs, results, strict=True):
+                if isinstance(images, BackendError):  # one task of a batch refused (its safety check)
+                    await self._record_attempt(job.task_id, name, "fail", images.fail_code,
+                                               images.detail or images.message)
+                    await self._fail(job.task_id, images.fail_code, images.message, open_ids)
+                    continue
                 await self._record_attempt(job.task_id, name, "success", "", "")
                 await self._finish(job, images, backend, open_ids)
             return
@@ -246,10 +251,10 @@ class Worker:
             route = [name for name in route if self.backends[name].has_safety_checker]
         return route
 
-    async def _generate(self, backend: Backend, jobs: list[Job]) -> list[list[GeneratedImage]]:
+    async def _generate(self, backend: Backend, jobs: list[Job]) -> list[list[GeneratedImage] | BackendError]:
         if len(jobs) == 1:
             return [await backend.generate(jobs[0])]
-        results: list[list[GeneratedImage]] = []
+        results: list[list[GeneratedImage] | BackendError] = []
         for start in range(0, len(jobs), backend.max_batch):
             chunk = jobs[start:start + backend.max_batch]
             results.extend(await backend.generate_batch(chunk) if len(chunk) > 1

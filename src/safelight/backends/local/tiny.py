@@ -116,23 +116,28 @@ def _byte_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs), strict=True))
 
 
-_QWEN_CHAT_TEMPLATE: Final = (
-    "{%- for m in messages %}<|im_start|>{{ m['role'] }}\n"
+# Jinja string literals rather than raw text between tags, so `{%-` whitespace control cannot eat the newlines.
+_TEXT_PARTS: Final = (
     "{%- if m['content'] is string %}{{ m['content'] }}"
     "{%- else %}{%- for c in m['content'] %}{%- if c['type'] == 'text' %}{{ c['text'] }}{%- endif %}{%- endfor %}"
-    "{%- endif %}<|im_end|>\n{%- endfor %}"
-    "{%- if add_generation_prompt %}<|im_start|>assistant\n"
-    "{%- if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{%- endif %}"
     "{%- endif %}"
 )
 
+# Qwen3's layout: <|im_start|>role\ntext<|im_end|>\n ... <|im_start|>assistant\n[<think>\n\n</think>\n\n]
+_QWEN_CHAT_TEMPLATE: Final = (
+    "{%- for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}" + _TEXT_PARTS + "{{ '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+
+# Mistral-Small-3.x's layout: <s>[SYSTEM_PROMPT]system[/SYSTEM_PROMPT][INST]user[/INST]
 _MISTRAL_CHAT_TEMPLATE: Final = (
     "{{ bos_token }}{%- for m in messages %}"
-    "{%- if m['role'] == 'system' %}[SYSTEM_PROMPT]{%- elif m['role'] == 'user' %}[INST]{%- endif %}"
-    "{%- if m['content'] is string %}{{ m['content'] }}"
-    "{%- else %}{%- for c in m['content'] %}{%- if c['type'] == 'text' %}{{ c['text'] }}{%- endif %}{%- endfor %}"
-    "{%- endif %}"
-    "{%- if m['role'] == 'system' %}[/SYSTEM_PROMPT]{%- elif m['role'] == 'user' %}[/INST]"
+    "{%- if m['role'] == 'system' %}{{ '[SYSTEM_PROMPT]' }}{%- elif m['role'] == 'user' %}{{ '[INST]' }}{%- endif %}"
+    + _TEXT_PARTS
+    + "{%- if m['role'] == 'system' %}{{ '[/SYSTEM_PROMPT]' }}{%- elif m['role'] == 'user' %}{{ '[/INST]' }}"
     "{%- else %}{{ eos_token }}{%- endif %}"
     "{%- endfor %}"
 )

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from safelight.backends.base import FAIL_GENERATION, FAIL_UNAVAILABLE, BackendContext, BackendError, GeneratedImage
-from safelight.net import FetchError, ImageError, UnsafeURLError, fetch, sniff_image_type
+from safelight.net import FetchError, ImageError, OutboundPolicy, UnsafeURLError, fetch, sniff_image_type
 
 log = logging.getLogger("safelight.backends.upstream")
 
@@ -134,7 +134,7 @@ async def download_result(context: BackendContext, backend: str, url: str, *, ti
     Returns (bytes, mime type by content). Failures are transient: the next backend may succeed.
     """
     try:
-        result = await fetch(url, policy=context.policy, max_bytes=context.max_download_bytes,
+        result = await fetch(url, policy=context.policy or OutboundPolicy(), max_bytes=context.max_download_bytes,
                              headers=headers, timeout=timeout)
     except (UnsafeURLError, FetchError) as exc:
         detail = f"backend {backend}: could not download result {url.split('?')[0]}: {exc}"

@@ -25,6 +25,7 @@ import asyncio
 import logging
 import random
 import re
+import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -357,6 +358,9 @@ class GoogleImagenBackend(Backend):
         return True  # Imagen's safety filter runs on every request
 
     async def start(self) -> None:
+        # The SDK warns on every generate_images call that the method is deprecated (Imagen's
+        # shutdown, above); the 404 handling covers that, so keep the warning out of the logs.
+        warnings.filterwarnings("ignore", message="The generate_images method is deprecated")
         self.client = await open_client(self.name, self.options, self.context, vertexai=True)
 
     async def close(self) -> None:

@@ -1,0 +1,331 @@
+"""What both local diffusers backends share: options, weight checks and loading, the device
+thread, batching with per-image generators, progress, the optional safety checker, and PNG output.
+
+torch and diffusers are imported only inside methods that run at worker start or later, so the
+API process (and `safelight models`) never needs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from safelight.backends.base import (
+    FAIL_GENERATION,
+    FAIL_MODERATED,
+    Backend,
+    BackendError,
+    BackendStartError,
+    GeneratedImage,
+    Job,
+)
+from safelight.catalog import BUCKETS
+
+log = logging.getLogger("safelight.backends.local")
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+class LocalOptions(BaseModel):
+    """Routing-file options of a local diffusers backend."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: str = Field(description="a directory in Hugging Face layout, or a repo id already in the local HF cache")
+    allow_download: bool = Field(False, description="fetch missing weights from the Hub at start (off: never)")
+    device: str = Field("cuda", description='"cuda", "cuda:1", "cpu", ...')
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    steps: int | None = Field(None, ge=1, le=200, description="denoising steps; None = the pipeline's default")
+    guidance_scale: float | None = Field(None, ge=0, le=30)
+    max_sequence_length: int | None = Field(None, ge=8, le=1024)
+    compile: bool = Field(False, description="torch.compile the transformer's repeated blocks, warmed up at start")
+    compile_buckets: list[str] = Field(["1:1"], description="aspect ratios (1K buckets) to warm up when compile is on")
+    fp8: bool = Field(False, description="FP8 weights and activations for the transformer via torchao (Hopper+)")
+    cpu_offload: bool = Field(False, description="keep components in RAM and move each to the GPU when used")
+    attention_backend: str | None = Field(None, description='diffusers attention backend, e.g. "_native_cudnn"')
+    safety_checker: str | None = Field(
+        None, description="directory of a diffusers StableDiffusionSafetyChecker (with its preprocessor_config.json); "
+                          "enables nsfw_checker for this backend")
+
+
+def resolve_weights(weights: str, allow_download: bool) -> Path:
+    """The local directory of `weights`: the path itself, or the repo's snapshot in the HF cache."""
+    path = Path(weights).expanduser()
+    if path.is_dir() or weights.startswith((".", "/", "~")) or path.exists():
+        if not path.is_dir():
+            raise BackendStartError(f"weights directory {path} does not exist")
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(weights, local_files_only=not allow_download))
+    except LocalEntryNotFoundError:
+        raise BackendStartError(
+            f"weights {weights!r} are not a directory and not in the local Hugging Face cache; download them "
+            f"first (`huggingface-cli download {weights}`), point `weights` at a directory, or set "
+            f"allow_download = true") from None
+    except Exception as exc:
+        raise BackendStartError(f"weights {weights!r} could not be resolved: {type(exc).__name__}: {exc}") from None
+
+
+def missing_files(directory: Path) -> list[str]:
+    """What a diffusers pipeline directory lacks: model_index.json, and for every component it
+    lists, its folder, its config and (for models) a weights file. Relative paths, for the operator."""
+    index_path = directory / "model_index.json"
+    if not index_path.is_file():
+        return ["model_index.json"]
+    try:
+        index = json.loads(index_path.read_text())
+    except ValueError:
+        return ["model_index.json (not valid JSON)"]
+    missing = []
+    for component, spec in index.items():
+        if component.startswith("_") or not isinstance(spec, list) or spec[0] is None:
+            continue
+        folder = directory / component
+        class_name = str(spec[1])
+        if not folder.is_dir():
+            missing.append(f"{component}/")
+            continue
+        if "Tokenizer" in class_name or "Processor" in class_name:
+            if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+                missing.append(f"{component}/tokenizer.json")
+            continue
+        config = "scheduler_config.json" if "Scheduler" in class_name else "config.json"
+        if not (folder / config).is_file():
+            missing.append(f"{component}/{config}")
+        if "Scheduler" not in class_name and not any(p.suffix in WEIGHT_SUFFIXES for p in folder.iterdir()):
+            missing.append(f"{component}/*.safetensors")
+    return missing
+
+
+def encode_png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=4)  # level 4: near-smallest files at a fraction of 9's CPU
+    return buffer.getvalue()
+
+
+class LocalPipelineBackend(Backend):
+    """A diffusers pipeline, loaded once per worker process, run on its own thread.
+
+    One pipeline object is never called concurrently: all calls go through a single-thread
+    executor, which is also what keeps CUDA work off the event loop. Throughput comes from
+    batching compatible tasks (max_batch), not from concurrency.
+    """
+
+    Options: ClassVar[type[BaseModel]] = LocalOptions
+    pipeline_class: ClassVar[str] = ""
+    default_steps: ClassVar[int] = 8
+    default_guidance: ClassVar[float] = 0.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A pipeline object is never shared across concurrent calls; max_batch gives the throughput.
+        self.concurrency = 1
+        self.pipeline: Any = None
+        self.safety: tuple[Any, Any] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def offers_safety_checker(cls, options) -> bool:
+        return bool(options.get("safety_checker"))
+
+    @property
+    def steps(self) -> int:
+        return self.options.steps or self.default_steps
+
+    @property
+    def guidance(self) -> float:
+        return self.default_guidance if self.options.guidance_scale is None else self.options.guidance_scale
+
+    def preflight(self) -> Path:  # type: ignore[override]
+        """Cheap checks before anything heavy: the weights resolve and are complete."""
+        directory = resolve_weights(self.options.weights, self.options.allow_download)
+        missing = missing_files(directory)
+        if missing:
+            raise BackendStartError(f"backend {self.name}: weights directory {directory} is incomplete; "
+                                    f"missing: {', '.join(missing)}")
+        if self.options.safety_checker:
+            checker = Path(self.options.safety_checker).expanduser()
+            lacking = [name for name in ("config.json", "preprocessor_config.json") if not (checker / name).is_file()]
+            if lacking:
+                raise BackendStartError(f"backend {self.name}: safety checker directory {checker} lacks "
+                                        f"{', '.join(lacking)}")
+        return directory
+
+    async def start(self) -> None:
+        directory = self.preflight()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"safelight-{self.name}")
+        started = time.perf_counter()
+        await self._on_thread(self._load, directory)
+        log.info("backend %s loaded %s from %s on %s in %.1f s", self.name, self.pipeline_class, directory,
+                 self.options.device, time.perf_counter() - started)
+        if self.options.compile:
+            started = time.perf_counter()
+            await self._on_thread(self._warm_up)
+            log.info("backend %s compiled and warmed up in %.1f s", self.name, time.perf_counter() - started)
+
+    async def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        self.pipeline = None
+
+    async def _on_thread(self, fn, *args):
+        assert self._executor is not None, "backend not started"
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # --- loading (device thread) ---
+
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.options.dtype)
+
+    def _load(self, directory: Path) -> None:
+        try:
+            import diffusers
+            import torch
+        except ImportError as exc:
+            raise BackendStartError(f"backend {self.name} needs the GPU extra: pip install 'safelight[gpu]' "
+                                    f"({exc})") from None
+        cls = getattr(diffusers, self.pipeline_class)
+        try:
+            pipeline = cls.from_pretrained(directory, torch_dtype=self.torch_dtype(),
+                                           local_files_only=not self.options.allow_download)
+        except (OSError, ValueError) as exc:
+            raise BackendStartError(f"backend {self.name}: could not load {self.pipeline_class} from {directory}: "
+                                    f"{exc}") from None
+        pipeline.set_progress_bar_config(disable=True)
+        if self.options.fp8:
+            try:
+                from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
+            except ImportError:
+                raise BackendStartError(f"backend {self.name}: fp8 = true needs torchao "
+                                        "(pip install 'safelight[fp8]')") from None
+            quantize_(pipeline.transformer, Float8DynamicActivationFloat8WeightConfig())
+        if self.options.cpu_offload:
+            pipeline.enable_model_cpu_offload(device=torch.device(self.options.device))
+        else:
+            pipeline.to(self.options.device)
+        if self.options.attention_backend:
+            pipeline.transformer.set_attention_backend(self.options.attention_backend)
+        if self.options.compile:
+            # Regional compilation: one block class compiled once and reused, so start-up takes
+            # seconds rather than minutes; fixed size buckets keep the graphs from recompiling.
+            pipeline.transformer.compile_repeated_blocks(fullgraph=True)
+        self.pipeline = pipeline
+        if self.options.safety_checker:
+            self.safety = self._load_safety_checker(Path(self.options.safety_checker).expanduser())
+
+    def _load_safety_checker(self, directory: Path) -> tuple[Any, Any]:
+        from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+        from transformers import CLIPImageProcessor
+
+        checker = StableDiffusionSafetyChecker.from_pretrained(directory, local_files_only=True)
+        checker.to(self.options.device if not self.options.cpu_offload else "cpu")
+        return checker, CLIPImageProcessor.from_pretrained(directory, local_files_only=True)
+
+    def _warm_up(self) -> None:
+        sizes = [BUCKETS["1K"][aspect] for aspect in self.options.compile_buckets if aspect in BUCKETS["1K"]]
+        for width, height in sizes:
+            for batch in sorted({1, self.max_batch}):
+                self._run([self.warm_up_job(width, height, batch)])
+
+    def warm_up_job(self, width: int, height: int, count: int) -> Job:
+        from safelight.catalog import GenerationParams
+
+        params = GenerationParams(model="warm-up", prompt="a lighthouse at dusk", width=width, height=height,
+                                  num_images=count)
+        return Job(task_id="warm-up", params=params, seeds=list(range(count)))
+
+    # --- generation ---
+
+    async def generate(self, job: Job) -> list[GeneratedImage]:
+        return (await self.generate_batch([job]))[0]
+
+    async def generate_batch(self, jobs: list[Job]) -> list[list[GeneratedImage] | BackendError]:
+        try:
+            return await self._on_thread(self._run, jobs)
+        except BackendError:
+            raise
+        except Exception as exc:
+            if type(exc).__name__ == "OutOfMemoryError":
+                raise BackendError(FAIL_GENERATION, "the GPU ran out of memory for this request; credits refunded",
+                                   transient=True, detail=f"backend {self.name}: {exc}") from None
+            raise
+
+    def call_arguments(self, jobs: list[Job]) -> dict[str, Any]:
+        """Pipeline keyword arguments for a batch (prompts, sizes, references); per model family."""
+        raise NotImplementedError
+
+    def _run(self, jobs: list[Job]) -> list[list[GeneratedImage] | BackendError]:
+        import torch
+
+        seeds = [seed for job in jobs for seed in job.seeds]
+        # One generator per image: each image's noise depends only on its own seed, so a batched
+        # result equals the unbatched one with the same seed.
+        generator_device = "cpu" if self.options.cpu_offload else self.options.device
+        generators = [torch.Generator(generator_device).manual_seed(seed % 2**63) for seed in seeds]
+        steps = self.steps
+
+        def on_step_end(_pipeline, step: int, _timestep, callback_kwargs):
+            percent = 5 + int(90 * (step + 1) / steps)
+            for job in jobs:
+                job.report_progress(percent)
+            return callback_kwargs
+
+        arguments = self.call_arguments(jobs)
+        if self.options.max_sequence_length:
+            arguments["max_sequence_length"] = self.options.max_sequence_length
+        with torch.inference_mode():
+            output = self.pipeline(num_inference_steps=steps, guidance_scale=self.guidance, generator=generators,
+                                   callback_on_step_end=on_step_end, output_type="pil", **arguments)
+        images = list(output.images)
+        if len(images) != len(seeds):
+            raise BackendError(FAIL_GENERATION, "the pipeline returned the wrong number of images; credits refunded",
+                               detail=f"backend {self.name}: {len(images)} images for {len(seeds)} seeds")
+        flagged = self._check_safety(images, jobs)
+        results: list[list[GeneratedImage] | BackendError] = []
+        for job in jobs:
+            mine, images = images[:len(job.seeds)], images[len(job.seeds):]
+            if job.task_id in flagged:
+                results.append(BackendError(FAIL_MODERATED, "the image was blocked by this server's safety "
+                                            "checker (nsfw_checker); credits refunded"))
+                continue
+            results.append([GeneratedImage(data=encode_png(image), seed=seed) for image, seed in zip(mine, job.seeds,
+                                                                                                    strict=True)])
+        return results
+
+    def _check_safety(self, images: list, jobs: list[Job]) -> set[str]:
+        """Task ids (of jobs with nsfw_checker) whose images the safety checker flags."""
+        wanted = [job for job in jobs if job.params.nsfw_checker]
+        if not wanted or self.safety is None:
+            return set()
+        import numpy as np
+        import torch
+
+        checker, processor = self.safety
+        flagged: set[str] = set()
+        offset = 0
+        for job in jobs:
+            count = len(job.seeds)
+            if job.params.nsfw_checker:
+                mine = images[offset:offset + count]
+                clip_input = processor(mine, return_tensors="pt").pixel_values.to(checker.device, checker.dtype)
+                arrays = np.stack([np.asarray(image, dtype=np.float32) / 255.0 for image in mine])
+                with torch.inference_mode():
+                    _, has_nsfw = checker(images=arrays, clip_input=clip_input)
+                if any(has_nsfw):
+                    flagged.add(job.task_id)
+            offset += count
+        return flagged
