@@ -20,7 +20,7 @@ app = typer.Typer(help="Safelight: a self-hosted image-generation job server (ki
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 keys_app = typer.Typer(help="API keys (shown once at creation; stored only as hashes).", no_args_is_help=True)
 credits_app = typer.Typer(help="Credit balances. With no subcommand: the balance of SAFELIGHT_API_KEY.")
-models_app = typer.Typer(help="Models. With no subcommand: list models, fields and prices.")
+models_app = typer.Typer(help="Models. With no subcommand: this host's routes, then models, fields and prices.")
 app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
 app.add_typer(models_app, name="models")
@@ -234,7 +234,57 @@ def models_default(ctx: typer.Context, json_output: Annotated[bool, typer.Option
     if ctx.invoked_subcommand is None:
         from .client_commands import show_models
 
+        if not json_output:
+            _print_routes()
         show_models(json_output=json_output)
+
+
+@models_app.command("routes")
+def models_routes() -> None:
+    """The effective route of each model on this host (SAFELIGHT_CONFIG), checked as the server checks it."""
+    _print_routes()
+
+
+def _print_routes() -> None:
+    from safelight.backends import backend_class
+    from safelight.routing import load_routing
+
+    settings = Settings()
+    routing = _checked(lambda: load_routing(settings.config, sandbox_concurrency=settings.worker_concurrency))
+    source = settings.config or "no SAFELIGHT_CONFIG: every model on the sandbox"
+    table = Table(title=f"Routes on this host ({source})", title_justify="left", box=None, padding=(0, 2, 0, 0))
+    for column in ("model", "route (tried in order)", "nsfw_checker"):
+        table.add_column(column)
+    for model, route in routing.routes.items():
+        steps, checked = [], False
+        for name in route:
+            config = routing.backends[name]
+            offers = backend_class(config.type).offers_safety_checker(config.options)
+            checked = checked or offers
+            batch = f", batch {config.max_batch}" if config.max_batch > 1 else ""
+            steps.append(f"{name} ({config.type}, {config.concurrency} in flight{batch})")
+        table.add_row(model, " -> ".join(steps) or "[yellow]not served (route = [])[/]",
+                      "yes" if checked else "[dim]no (505)[/]")
+    console.print(table)
+
+
+@app.command()
+def attempts(task_id: Annotated[str, typer.Argument(help="Task id.")]) -> None:
+    """Which backends a task was tried on, in order, and why each one did not serve it."""
+    import json
+
+    row = _run(lambda store: store.tasks.get(task_id))
+    if row is None:
+        console.print(f"[red]no task {task_id}[/]")
+        raise typer.Exit(1)
+    console.print(f"{task_id}  {row['model']}  state={row['state']}  served by={row['backend'] or '-'}  "
+                  f"claims={row['attempts']}", highlight=False)
+    table = Table(box=None, padding=(0, 2, 0, 0))
+    for column in ("at (ms)", "backend", "outcome", "failCode", "detail"):
+        table.add_column(column)
+    for entry in json.loads(row["backend_attempts"] or "[]"):
+        table.add_row(str(entry["at"]), entry["backend"], entry["outcome"], entry["failCode"], entry["detail"])
+    console.print(table)
 
 
 def _set_model(model_id: str, enabled: bool) -> None:

@@ -149,7 +149,10 @@ class LocalPipelineBackend(Backend):
 
     def preflight(self) -> Path:  # type: ignore[override]
         """Cheap checks before anything heavy: the weights resolve and are complete."""
-        directory = resolve_weights(self.options.weights, self.options.allow_download)
+        try:
+            directory = resolve_weights(self.options.weights, self.options.allow_download)
+        except BackendStartError as exc:
+            raise BackendStartError(f"backend {self.name}: {exc}") from None
         missing = missing_files(directory)
         if missing:
             raise BackendStartError(f"backend {self.name}: weights directory {directory} is incomplete; "

@@ -53,7 +53,10 @@ class Flux2Backend(LocalPipelineBackend):
     async def generate_batch(self, jobs: list[Job]) -> list[list[GeneratedImage] | BackendError]:
         # Each task brings its own reference images, and the pipeline takes one image list per
         # call, so tasks run one call each; a task's num_images still share that call.
-        return [item for job in jobs for item in await super().generate_batch([job])]
+        results: list[list[GeneratedImage] | BackendError] = []
+        for job in jobs:
+            results.extend(await super().generate_batch([job]))
+        return results
 
     def call_arguments(self, jobs: list[Job]) -> dict[str, Any]:
         (job,) = jobs

@@ -1,29 +1,29 @@
 """Tiny random-weight diffusers pipelines, built entirely in code (no Hub, no downloads).
 
-Used by the test suite and by `safelight`'s CPU demo/bench. Each builder returns the components of a
-real diffusers pipeline class (`ZImagePipeline`, `Flux2KleinPipeline`, `Flux2Pipeline`) with the same
-architecture as the production checkpoint, shrunk to a few thousand parameters (spec/backends.md §A.4),
-and tokenizers built from a byte table (§A.5). `save_tiny_pipeline` writes the ordinary diffusers
-directory layout, so the production loader can be exercised against it with `HF_HUB_OFFLINE=1`.
+Used by the test suite and by `safelight`'s CPU demo/bench. Each builder returns the components of a real
+diffusers pipeline class (`ZImagePipeline`, `Flux2KleinPipeline`, `Flux2Pipeline`) with the production
+architecture shrunk to a few hundred thousand parameters (spec/backends.md §A.4) and byte-level tokenizers built
+from a table (§A.5). `save_tiny_pipeline` writes the ordinary diffusers directory layout, which
+`<Pipeline>.from_pretrained(directory, local_files_only=True)` loads back with `HF_HUB_OFFLINE=1`.
 
-Deviations from diffusers' own tiny test configs (§A.4), all chosen so that tiny pipelines obey the
-same size rules and token counts as production and stay fast at the catalog's 1024-px buckets:
+Deviations from diffusers' own tiny test configs (§A.4), chosen so tiny pipelines follow the production size
+rules and token counts and stay fast at the catalog's 1024-px buckets:
 
-* Every VAE has 4 blocks, so `vae_scale_factor` is 8 as in the real FLUX.1/FLUX.2 VAEs: height and
-  width must be multiples of 16 (Z-Image raises otherwise; FLUX.2 rounds down with a warning), and a
-  1024x1024 image is 4096 transformer tokens, as in production. (The §A.4 VAEs have factor 2 or 1,
-  which makes a 1024-px image 65k-1M tokens.)
-* Z-Image's `axes_lens` are the production ones ([1024, 512, 512]); §A.4's [256, 32, 32] caps the
-  image at 32 patches per side.
-* Text-encoder vocabularies are 512 (just above the tokenizers' 261/267 ids) instead of 151936/32000,
-  so saved directories are a few MB.
+* Every VAE has 4 blocks, so `vae_scale_factor` is 8 as in the real FLUX.1/FLUX.2 VAEs: height and width must be
+  multiples of 16, and 1024x1024 is 4096 image tokens, as in production. (The §A.4 VAEs have factors 2 and 1,
+  which make a 1024-px image 65k-1M tokens.)
+* Z-Image's `axes_lens` are the production [1024, 512, 512]; §A.4's [256, 32, 32] caps images at 512 px per side
+  once the VAE downsamples 8x.
+* Text-encoder vocabularies are 512 (just above the tokenizers' 261/267 ids) instead of 151936/32000, so a saved
+  directory is a few hundred KB.
 
-torch, diffusers and transformers are imported here at module level: import this module only where
-the `[gpu]` extra is installed.
+This module imports torch, diffusers and transformers at import time: import it only where the `[gpu]` extra
+is installed.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from pathlib import Path
 from typing import Any, Final
@@ -52,10 +52,12 @@ from transformers import (
 
 __all__ = [
     "KINDS",
+    "OPTIONAL_FILES",
     "PIPELINE_CLASSES",
     "REQUIRED_FILES",
     "TINY_CALL_DEFAULTS",
     "build_tiny_pipeline",
+    "missing_files",
     "mistral_tokenizer",
     "qwen_tokenizer",
     "save_tiny_pipeline",
@@ -75,20 +77,33 @@ PIPELINE_CLASSES: Final[dict[str, type]] = {
 # Vocabulary size of every tiny text encoder: at least len(tokenizer) (261 Qwen ids, 267 Mistral ids).
 _TINY_VOCAB: Final = 512
 
-# What each tiny pipeline needs at call time beyond prompt/size/generator.
-#  * Sizes: all VAEs downsample 8x, so use multiples of 16 (64x64, 64x48, 96x64, 1024x1024 all work).
-#    Z-Image raises ValueError for anything else; FLUX.2 warns and rounds down to a multiple of 16.
-#    FLUX.2 reference images must be >= 64 px on each side with aspect <= 8:1 (same as production).
-#  * text_encoder_out_layers=(1,): the tiny Qwen3/Mistral encoders have 2/1 layers, and the transformer's
-#    joint_attention_dim (16) is len(out_layers) * hidden_size (16). Production uses (9,18,27) / (10,20,30).
-#  * max_sequence_length: the tokenizers are byte-level (one token per UTF-8 byte). FLUX.2 [dev] prefixes a
-#    168-byte system message and truncates on the right, so it keeps the production 512 (fine at this size).
+# Call arguments each tiny pipeline needs besides prompt, height, width and generator (measured on CPU with
+# diffusers 0.42.1; the test file checks the sizes below):
+#  * height/width: every tiny VAE downsamples 8x, so sizes are multiples of 16, as in production. 16x16 is the
+#    smallest that runs; 32x32, 64x48, 48x80, 256x256, 576x1024 and 1024x1024 all give exactly that size.
+#    Z-Image raises ValueError for any other size (e.g. 40 or 72). FLUX.2 warns and rounds down to a multiple of
+#    16 (40x40 -> 32x32, 72x64 -> 64x64; 8x8 rounds to 0 and fails inside the VAE).
+#  * FLUX.2 `image=` references: each >= 64 px per side (smaller raises ValueError), aspect <= 8:1, any multiple
+#    of 16 or not; references over 1024x1024 px are resized to 1 MP. With no height/width the output takes the
+#    first reference's size (96x64 reference -> 96x64 image).
+#  * text_encoder_out_layers=(1,) for FLUX.2: the tiny Qwen3/Mistral encoders have 2/1 layers, and the
+#    transformer's joint_attention_dim (16) must equal len(out_layers) * hidden_size (16). Production uses
+#    (9, 18, 27) for klein and (10, 20, 30) for [dev]. Z-Image always takes hidden_states[-2]: no argument.
+#  * max_sequence_length: the production 512. The tokenizers are byte-level (one token per UTF-8 byte) and
+#    FLUX.2 [dev] puts its 168-byte system message first and truncates on the right, so short limits would cut
+#    the user's prompt off; 512 costs little at this size.
+#  * num_inference_steps=2 keeps runs fast; any count works. guidance: Z-Image 0.0 (Turbo-like, one forward per
+#    step; > 0 runs CFG), klein 1.0 (distilled: guidance is ignored), [dev] 4.0 (embedded guidance).
+#
+# Hazard found while testing: ZImagePipeline (diffusers 0.42.1, `_encode_prompt`) rewrites a *list* prompt in
+# place with its chat template, so reusing the same list object for a second call double-wraps the prompts and
+# changes the images. Always pass a fresh list (`list(prompts)`). The FLUX.2 pipelines do not mutate it.
 TINY_CALL_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
-    "zimage": {"num_inference_steps": 2, "guidance_scale": 0.0, "max_sequence_length": 128},
+    "zimage": {"num_inference_steps": 2, "guidance_scale": 0.0, "max_sequence_length": 512},
     "flux2-klein": {
         "num_inference_steps": 2,
         "guidance_scale": 1.0,
-        "max_sequence_length": 128,
+        "max_sequence_length": 512,
         "text_encoder_out_layers": (1,),
     },
     "flux2-dev": {
@@ -193,69 +208,72 @@ def mistral_tokenizer() -> PreTrainedTokenizerFast:
 # --------------------------------------------------------------------------------------------- components
 
 
-def _seeded(seed: int) -> None:
-    torch.manual_seed(seed)
-
-
-def _vae_blocks(n: int = 4) -> dict[str, Any]:
+def _vae_blocks() -> dict[str, Any]:
+    # Four blocks: vae_scale_factor 2**3 = 8, like the production VAEs.
     return {
-        "down_block_types": ["DownEncoderBlock2D"] * n,
-        "up_block_types": ["UpDecoderBlock2D"] * n,
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
         "layers_per_block": 1,
     }
 
 
+def _tiny_qwen3_config() -> Qwen3Config:
+    return Qwen3Config(
+        hidden_size=16,
+        intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=_TINY_VOCAB,
+        max_position_embeddings=1024,
+    )
+
+
 def tiny_zimage_components(seed: int = 0) -> dict[str, Any]:
-    """Components for `diffusers.ZImagePipeline`: §A.4 transformer/text encoder, 8x VAE, byte Qwen tokenizer."""
-    _seeded(seed)
-    transformer = ZImageTransformer2DModel(
-        all_patch_size=(2,),
-        all_f_patch_size=(1,),
-        in_channels=16,
-        dim=32,
-        n_layers=2,
-        n_refiner_layers=1,
-        n_heads=2,
-        n_kv_heads=2,
-        norm_eps=1e-5,
-        qk_norm=True,
-        cap_feat_dim=16,
-        rope_theta=256.0,
-        t_scale=1000.0,
-        axes_dims=[8, 4, 4],
-        axes_lens=[1024, 512, 512],
-    )
-    with torch.no_grad():  # created with torch.empty in some diffusers versions; never leave them uninitialised
-        transformer.x_pad_token.copy_(torch.ones_like(transformer.x_pad_token))
-        transformer.cap_pad_token.copy_(torch.ones_like(transformer.cap_pad_token))
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=[8, 8, 8, 8],
-        latent_channels=16,  # the FLUX.1 VAE's 16 channels, which the transformer's in_channels expects
-        norm_num_groups=4,
-        sample_size=32,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        **_vae_blocks(),
-    )
-    tokenizer = qwen_tokenizer()
-    text_encoder = Qwen3Model(
-        Qwen3Config(
-            hidden_size=16,
-            intermediate_size=16,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            vocab_size=_TINY_VOCAB,
-            max_position_embeddings=1024,
+    """Components for `diffusers.ZImagePipeline`: §A.4 transformer and Qwen3Model, 8x VAE, byte Qwen tokenizer.
+
+    Weights are a pure function of `seed`; the global torch RNG is left as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = ZImageTransformer2DModel(
+            all_patch_size=(2,),
+            all_f_patch_size=(1,),
+            in_channels=16,
+            dim=32,
+            n_layers=2,
+            n_refiner_layers=1,
+            n_heads=2,
+            n_kv_heads=2,
+            norm_eps=1e-5,
+            qk_norm=True,
+            cap_feat_dim=16,  # = the text encoder's hidden_size
+            rope_theta=256.0,
+            t_scale=1000.0,
+            axes_dims=[8, 4, 4],
+            axes_lens=[1024, 512, 512],
         )
-    )
+        # Older diffusers create these with torch.empty (possibly NaN); 0.42.1 uses zeros. Pin them either way.
+        with torch.no_grad():
+            transformer.x_pad_token.copy_(torch.ones_like(transformer.x_pad_token))
+            transformer.cap_pad_token.copy_(torch.ones_like(transformer.cap_pad_token))
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=[8, 8, 8, 8],
+            latent_channels=16,  # the FLUX.1 VAE's 16 channels, which the transformer's in_channels expects
+            norm_num_groups=4,
+            sample_size=32,
+            scaling_factor=0.3611,
+            shift_factor=0.1159,
+            **_vae_blocks(),
+        )
+        text_encoder = Qwen3Model(_tiny_qwen3_config())
     return {
         "scheduler": FlowMatchEulerDiscreteScheduler(),
         "vae": vae.eval(),
         "text_encoder": text_encoder.eval(),
-        "tokenizer": tokenizer,
+        "tokenizer": qwen_tokenizer(),
         "transformer": transformer.eval(),
     }
 
@@ -263,12 +281,12 @@ def tiny_zimage_components(seed: int = 0) -> dict[str, Any]:
 def _tiny_flux2_transformer(*, guidance_embeds: bool) -> Flux2Transformer2DModel:
     return Flux2Transformer2DModel(
         patch_size=1,
-        in_channels=4,  # 4 * the VAE's 1 latent channel after 2x2 patchify
+        in_channels=4,  # 4 x the VAE's 1 latent channel after 2x2 patchify
         num_layers=1,
         num_single_layers=1,
         attention_head_dim=16,
         num_attention_heads=2,
-        joint_attention_dim=16,  # len(text_encoder_out_layers)=1 * text hidden 16
+        joint_attention_dim=16,  # len(text_encoder_out_layers) = 1 x text hidden_size 16
         timestep_guidance_channels=256,
         axes_dims_rope=[4, 4, 4, 4],
         guidance_embeds=guidance_embeds,
@@ -290,26 +308,17 @@ def _tiny_flux2_vae() -> AutoencoderKLFlux2:
 
 
 def tiny_flux2_klein_components(seed: int = 0, *, is_distilled: bool = True) -> dict[str, Any]:
-    """Components for `diffusers.Flux2KleinPipeline` (Qwen3ForCausalLM encoder, byte Qwen tokenizer).
+    """Keyword arguments for `diffusers.Flux2KleinPipeline`: Qwen3ForCausalLM encoder, byte Qwen tokenizer.
 
-    `is_distilled` is a constructor argument of the pipeline (stored in model_index.json), not a
-    component: True (the default, like FLUX.2-klein-4B) ignores guidance; False with guidance_scale > 1
-    runs real CFG with an empty negative prompt (two forwards per step), like the klein *base* models.
+    `is_distilled` is a constructor argument of the pipeline, not a module: it is registered to the pipeline
+    config and saved in model_index.json. True (default, like FLUX.2-klein-4B) ignores guidance_scale; False with
+    guidance_scale > 1 runs real CFG against an empty negative prompt (two forwards per step), like klein *base*.
     """
-    _seeded(seed)
-    transformer = _tiny_flux2_transformer(guidance_embeds=False)
-    vae = _tiny_flux2_vae()
-    text_encoder = Qwen3ForCausalLM(
-        Qwen3Config(
-            hidden_size=16,
-            intermediate_size=16,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            vocab_size=_TINY_VOCAB,
-            max_position_embeddings=1024,
-        )
-    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = _tiny_flux2_transformer(guidance_embeds=False)
+        vae = _tiny_flux2_vae()
+        text_encoder = Qwen3ForCausalLM(_tiny_qwen3_config())
     return {
         "scheduler": FlowMatchEulerDiscreteScheduler(),
         "vae": vae.eval(),
@@ -321,10 +330,12 @@ def tiny_flux2_klein_components(seed: int = 0, *, is_distilled: bool = True) -> 
 
 
 def tiny_flux2_dev_components(seed: int = 0) -> dict[str, Any]:
-    """Components for `diffusers.Flux2Pipeline` (tiny Mistral3ForConditionalGeneration + fast tokenizer)."""
-    _seeded(seed)
-    transformer = _tiny_flux2_transformer(guidance_embeds=True)
-    vae = _tiny_flux2_vae()
+    """Components for `diffusers.Flux2Pipeline`: tiny Mistral3ForConditionalGeneration and the fast tokenizer.
+
+    Production passes a PixtralProcessor as `tokenizer`; for text prompts the pipeline only calls
+    `apply_chat_template`, which the plain fast tokenizer provides (a processor is only needed for
+    `caption_upsample_temperature`, and in transformers 5.23 it requires torchvision).
+    """
     config = Mistral3Config(
         text_config={
             "model_type": "mistral",
@@ -357,9 +368,13 @@ def tiny_flux2_dev_components(seed: int = 0) -> dict[str, Any]:
         pad_token_id=4,
         image_seq_length=4,
         vision_feature_layer=-1,
-        image_token_index=1,
+        image_token_index=1,  # the tokenizer's [IMG]
     )
-    text_encoder = Mistral3ForConditionalGeneration(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = _tiny_flux2_transformer(guidance_embeds=True)
+        vae = _tiny_flux2_vae()
+        text_encoder = Mistral3ForConditionalGeneration(config)
     return {
         "scheduler": FlowMatchEulerDiscreteScheduler(),
         "vae": vae.eval(),
@@ -376,19 +391,100 @@ _BUILDERS: Final = {
 }
 
 
-def build_tiny_pipeline(kind: str, seed: int = 0) -> Any:
-    """The in-memory tiny pipeline of `kind` ("zimage", "flux2-klein" or "flux2-dev") on the CPU."""
+def _check_kind(kind: str) -> None:
     if kind not in _BUILDERS:
         raise ValueError(f"unknown tiny pipeline kind {kind!r}; expected one of {', '.join(KINDS)}")
-    return PIPELINE_CLASSES[kind](**_BUILDERS[kind](seed))
 
 
-def save_tiny_pipeline(kind: str, directory: Path, seed: int = 0) -> Path:
-    """Build the tiny pipeline of `kind` and `save_pretrained` it into `directory` (diffusers layout)."""
+def build_tiny_pipeline(kind: str, seed: int = 0, **options: Any) -> Any:
+    """The tiny pipeline of `kind` in memory on the CPU; `options` go to the builder (klein: is_distilled)."""
+    _check_kind(kind)
+    return PIPELINE_CLASSES[kind](**_BUILDERS[kind](seed, **options))
+
+
+def save_tiny_pipeline(kind: str, directory: Path, seed: int = 0, **options: Any) -> Path:
+    """Build the tiny pipeline of `kind` and `save_pretrained` it into `directory`; returns the directory.
+
+    The result is the normal diffusers layout (model_index.json, one subfolder per component with its config
+    and safetensors weights, tokenizer files), loadable offline with `PIPELINE_CLASSES[kind].from_pretrained`.
+    Every tokenizer round-trips as is: model_index.json records the class of the saved object, so the FLUX.2
+    [dev] entry is ["transformers", "TokenizersBackend"] (transformers 5's name for PreTrainedTokenizerFast)
+    rather than production's PixtralProcessor, and `from_pretrained` rebuilds that class, chat template
+    (tokenizer/chat_template.jinja) included.
+    """
     directory = Path(directory)
-    pipeline = build_tiny_pipeline(kind, seed)
-    pipeline.save_pretrained(directory, safe_serialization=True)
+    build_tiny_pipeline(kind, seed, **options).save_pretrained(directory, safe_serialization=True)
     return directory
 
 
-REQUIRED_FILES: Final[dict[str, list[str]]] = {}
+# --------------------------------------------------------------------------------------------- file layout
+
+_COMPONENT_FILES: Final = [
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/*.safetensors",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/tokenizer.json",
+    "transformer/config.json",
+    "transformer/*.safetensors",
+    "vae/config.json",
+    "vae/*.safetensors",
+]
+
+# What a pipeline directory must hold for `from_pretrained` to load it offline, as paths relative to it.
+# Rule: a path with "*" is satisfied by any matching file (weights may be one file, e.g.
+# transformer/diffusion_pytorch_model.safetensors, or shards with a *.safetensors.index.json); when an index
+# exists, every shard it names must exist too (see `missing_files`). Besides these, the tokenizer needs a chat
+# template: tokenizer/chat_template.jinja (what transformers 5 writes), tokenizer/chat_template.json (processors)
+# or a "chat_template" key in tokenizer/tokenizer_config.json (older checkpoints).
+# save_pretrained also writes tokenizer/chat_template.jinja and, for the FLUX.2 encoders,
+# text_encoder/generation_config.json; the second is optional (not read by the pipelines).
+# Real checkpoints may add files (vocab.json/merges.txt, processor configs); they are not required here.
+REQUIRED_FILES: Final[dict[str, list[str]]] = {kind: list(_COMPONENT_FILES) for kind in KINDS}
+
+# Files save_pretrained writes that a loader does not need to insist on by name.
+OPTIONAL_FILES: Final[list[str]] = [
+    "tokenizer/chat_template.jinja",
+    "tokenizer/chat_template.json",
+    "tokenizer/special_tokens_map.json",
+    "text_encoder/generation_config.json",
+    "*/*.safetensors.index.json",
+]
+
+_CHAT_TEMPLATE_FILES: Final = ("tokenizer/chat_template.jinja", "tokenizer/chat_template.json")
+
+
+def _has_chat_template(directory: Path) -> bool:
+    if any((directory / name).is_file() for name in _CHAT_TEMPLATE_FILES):
+        return True
+    try:
+        config = json.loads((directory / "tokenizer/tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(isinstance(config, dict) and config.get("chat_template"))
+
+
+def missing_files(kind: str, directory: Path) -> list[str]:
+    """Relative paths (or patterns) `directory` lacks to be a loadable `kind` pipeline; [] when complete."""
+    _check_kind(kind)
+    directory = Path(directory)
+    present = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
+    missing: list[str] = []
+    for pattern in REQUIRED_FILES[kind]:
+        if not any(fnmatch.fnmatchcase(path, pattern) for path in present):
+            missing.append(pattern)
+    for index in sorted(p for p in present if p.endswith(".safetensors.index.json")):
+        folder = index.rpartition("/")[0]
+        try:
+            weight_map = json.loads((directory / index).read_text(encoding="utf-8")).get("weight_map", {})
+        except (OSError, ValueError, AttributeError):
+            missing.append(index + " (unreadable)")
+            continue
+        for shard in sorted(set(weight_map.values())):
+            path = f"{folder}/{shard}" if folder else shard
+            if path not in present:
+                missing.append(path)
+    if "tokenizer/tokenizer_config.json" in present and not _has_chat_template(directory):
+        missing.append("tokenizer/chat_template.jinja")
+    return missing

@@ -46,7 +46,7 @@ from safelight.backends.base import (
     Job,
     read_secret,
 )
-from safelight.backends.upstream.common import PROVIDER_UNAVAILABLE, generated, redact
+from safelight.backends.upstream.common import PROVIDER_UNAVAILABLE, generated, redact, retry_after_seconds
 from safelight.net import sniff_image_type
 
 if TYPE_CHECKING:
@@ -65,7 +65,8 @@ RETRYABLE_CODES = frozenset({408, 429, 500, 502, 503, 504})
 SEED_RANGE = 2**31
 # Wording of the 400 Imagen answers when its safety filter refuses a prompt before generating.
 _SAFETY_WORDS = re.compile(r"responsible ai|safety (filter|setting|threshold)|sensitive words|usage guidelines|"
-                           r"prohibited|violat", re.IGNORECASE)
+                           r"prohibited (words|content)|violates? [^.]{0,40}(policy|policies|guidelines|practices)",
+                           re.IGNORECASE)
 
 
 def provider_seed(seed: int) -> int:
@@ -212,12 +213,10 @@ def _error_body(exc: Any) -> dict[str, Any]:
 def _retry_delay(exc: Any) -> float | None:
     """Seconds the provider asked us to wait: Retry-After, or a google.rpc.RetryInfo detail."""
     response = getattr(exc, "response", None)
-    header = response.headers.get("retry-after") if response is not None and hasattr(response, "headers") else None
-    if header:
-        try:
-            return max(0.0, float(header))
-        except ValueError:
-            pass
+    if isinstance(response, httpx.Response) and response.headers.get("retry-after"):
+        delay = retry_after_seconds(response, -1.0)
+        if delay >= 0:
+            return delay
     for item in _error_body(exc).get("details") or []:
         delay = item.get("retryDelay") if isinstance(item, dict) else None
         if isinstance(delay, str) and delay.endswith("s"):
