@@ -203,7 +203,7 @@ class LocalPipelineBackend(Backend):
                                     f"({exc})") from None
         cls = getattr(diffusers, self.pipeline_class)
         try:
-            pipeline = cls.from_pretrained(directory, torch_dtype=self.torch_dtype(),
+            pipeline = cls.from_pretrained(directory, dtype=self.torch_dtype(),
                                            local_files_only=not self.options.allow_download)
         except (OSError, ValueError) as exc:
             raise BackendStartError(f"backend {self.name}: could not load {self.pipeline_class} from {directory}: "

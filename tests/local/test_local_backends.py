@@ -1,0 +1,263 @@
+"""The local diffusers backends, run for real on CPU with tiny random-weight pipelines saved to disk
+with save_pretrained and loaded back through the production loading path."""
+
+import asyncio
+import io
+import json
+import shutil
+import textwrap
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("diffusers")
+
+from safelight.backends import BackendStartError, Job  # noqa: E402
+from safelight.backends.local.flux2 import Flux2Backend  # noqa: E402
+from safelight.backends.local.tiny import save_tiny_pipeline  # noqa: E402
+from safelight.backends.local.zimage import ZImageBackend  # noqa: E402
+from safelight.catalog import get_model, validate_input  # noqa: E402
+from safelight.routing import BackendConfig  # noqa: E402
+from safelight.worker import Worker  # noqa: E402
+from tests.conftest import free_port, start_server  # noqa: E402
+
+# Tiny pipelines on CPU: float32, 2 steps, short prompts, one-layer prompt embedding for FLUX.2.
+ZIMAGE_OPTIONS = {"device": "cpu", "dtype": "float32", "steps": 2, "max_sequence_length": 128}
+FLUX2_OPTIONS = {**ZIMAGE_OPTIONS, "variant": "klein", "text_encoder_out_layers": [1]}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    root = tmp_path_factory.mktemp("weights")
+    return {kind: save_tiny_pipeline(kind, root / kind) for kind in ("zimage", "flux2-klein")}
+
+
+def params_for(model, model_input):
+    spec = get_model(model)
+    return spec.to_params(validate_input(spec, model_input))
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+
+
+# --- loading ---
+
+
+async def test_an_incomplete_weights_directory_fails_at_start_naming_the_missing_files(weights, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(weights["zimage"], broken)
+    for path in (broken / "transformer").glob("*.safetensors"):
+        path.unlink()
+    (broken / "vae" / "config.json").unlink()
+    backend = ZImageBackend("local", BackendConfig(type="diffusers.zimage", weights=str(broken), **ZIMAGE_OPTIONS))
+    with pytest.raises(BackendStartError) as caught:
+        await backend.start()
+    message = str(caught.value)
+    assert message.startswith(f"backend local: weights directory {broken} is incomplete; missing: ")
+    assert "transformer/*.safetensors" in message and "vae/config.json" in message
+    assert "text_encoder" not in message  # only what is actually missing
+
+    (broken / "model_index.json").unlink()
+    with pytest.raises(BackendStartError, match="missing: model_index.json"):
+        backend.preflight()
+
+
+def test_weights_that_are_neither_a_directory_nor_cached_say_how_to_fix_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    backend = ZImageBackend("local", BackendConfig(type="diffusers.zimage", weights="Tongyi-MAI/Z-Image-Turbo"))
+    with pytest.raises(BackendStartError) as caught:
+        backend.preflight()
+    assert "not in the local Hugging Face cache" in str(caught.value)
+    assert "huggingface-cli download Tongyi-MAI/Z-Image-Turbo" in str(caught.value)
+    missing_dir = ZImageBackend("local", BackendConfig(type="diffusers.zimage", weights=str(tmp_path / "nope")))
+    with pytest.raises(BackendStartError, match=f"backend local: weights directory {tmp_path / 'nope'} does not exist"):
+        missing_dir.preflight()
+
+
+def test_the_server_refuses_to_start_with_missing_weights(settings, tmp_path):
+    from safelight.api.app import create_app
+
+    config = tmp_path / "safelight.toml"
+    config.write_text(textwrap.dedent(f"""
+        [backends.local]
+        type = "diffusers.zimage"
+        weights = "{tmp_path / 'absent'}"
+
+        [models."z-image"]
+        route = ["local"]
+    """))
+    with pytest.raises(BackendStartError, match="backend local: weights directory .* does not exist"):
+        create_app(settings.model_copy(update={"config": str(config)}), preflight=True)
+
+
+# --- generation through the real worker ---
+
+
+@pytest.fixture
+async def local_server(settings, weights, tmp_path):
+    config = tmp_path / "safelight.toml"
+    options = "\n".join(f"{k} = {json.dumps(v)}" for k, v in ZIMAGE_OPTIONS.items())
+    flux_options = "\n".join(f"{k} = {json.dumps(v)}" for k, v in FLUX2_OPTIONS.items())
+    config.write_text(f"""
+[backends.zimage]
+type = "diffusers.zimage"
+weights = "{weights['zimage']}"
+max_batch = 4
+{options}
+
+[backends.flux]
+type = "diffusers.flux2"
+weights = "{weights['flux2-klein']}"
+{flux_options}
+
+[models."z-image"]
+route = ["zimage"]
+
+[models."flux-2/pro-image-to-image"]
+route = ["flux"]
+""")
+    port = free_port()
+    settings = settings.model_copy(update={"config": str(config), "port": port,
+                                           "public_url": f"http://127.0.0.1:{port}", "task_timeout_seconds": 120})
+    server, task = await start_server(settings)
+    runtime = server.config.app.state.runtime
+    key = (await runtime.store.accounts.create_key("local", credits=1000)).key
+    client = httpx.AsyncClient(base_url=settings.public_url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    try:
+        yield client, runtime
+    finally:
+        await client.aclose()
+        server.should_exit = True
+        await task
+
+
+async def run_task(client, body, timeout=90.0):
+    created = (await client.post("/api/v1/jobs/createTask", json=body)).json()
+    assert created["code"] == 200, created
+    task_id = created["data"]["taskId"]
+    deadline = asyncio.get_running_loop().time() + timeout
+    progress_seen = set()
+    while True:
+        record = (await client.get("/api/v1/jobs/recordInfo", params={"taskId": task_id})).json()["data"]
+        if record.get("progress") is not None:
+            progress_seen.add(record["progress"])
+        if record["state"] in ("success", "fail"):
+            return record, progress_seen
+        assert asyncio.get_running_loop().time() < deadline, record
+        await asyncio.sleep(0.05)
+
+
+async def fetch_results(client, record):
+    urls = json.loads(record["resultJson"])["resultUrls"]
+    return [(await client.get(url)).content for url in urls]
+
+
+async def test_z_image_task_gives_a_png_of_its_bucket_size(local_server):
+    client, runtime = local_server
+    record, _ = await run_task(client, {"model": "z-image", "input": {"prompt": "a red fox", "aspect_ratio": "16:9"}})
+    assert record["state"] == "success", record
+    (image,) = await fetch_results(client, record)
+    assert image[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Image.open(io.BytesIO(image)).size == (1344, 768)
+    row = await runtime.store.tasks.get(record["taskId"])
+    assert row["backend"] == "zimage"
+    assert isinstance(json.loads(record["resultJson"])["seeds"][0], int)
+
+
+async def test_flux2_with_three_references_and_auto_follows_the_first_reference(local_server, image_server):
+    client, _ = local_server
+    refs = [f"{image_server}/img/96x64.png", f"{image_server}/img/64x64.png", f"{image_server}/img/128x80.png"]
+    record, _ = await run_task(client, {"model": "flux-2/pro-image-to-image", "input": {
+        "prompt": "put the hat from image 2 on the cat in image 1", "input_urls": refs,
+        "aspect_ratio": "auto", "resolution": "1K"}})
+    assert record["state"] == "success", record
+    (image,) = await fetch_results(client, record)
+    assert Image.open(io.BytesIO(image)).size == (96, 64)
+
+
+# --- batching, seeds, progress ---
+
+
+async def test_a_batch_of_four_matches_four_unbatched_runs_with_the_same_seeds(runtime, weights):
+    backend = ZImageBackend("zimage", BackendConfig(type="diffusers.zimage", weights=str(weights["zimage"]),
+                                                    max_batch=4, **ZIMAGE_OPTIONS))
+    calls = []
+    original = backend.generate_batch
+
+    async def spy(jobs):
+        calls.append(len(jobs))
+        return await original(jobs)
+
+    backend.generate_batch = spy
+    worker = Worker(store=runtime.store, storage=runtime.storage, loader=runtime.build_worker().loader,
+                    backends={"zimage": backend}, routes={"z-image": ["zimage"]}, task_timeout_seconds=120)
+    prompts = ["a lighthouse", "a red fox", "a teapot", "a city at night"]
+    ids = []
+    for prompt in prompts:
+        body = {"model": "z-image", "input": {"prompt": prompt, "aspect_ratio": "1:1"}}
+        params = params_for("z-image", body["input"])
+        ids.append(await runtime.store.tasks.create(account_id=runtime.test_account, model="z-image",
+                                                    param=json.dumps(body), callback_url=None, num_images=1, cost=1,
+                                                    batch_key=params.batch_key))
+    await worker.start()  # the four are waiting already: one claim takes them all
+    try:
+        rows = []
+        for task_id in ids:
+            for _ in range(1200):
+                row = await runtime.store.tasks.get(task_id)
+                if row["state"] in ("success", "fail"):
+                    break
+                await asyncio.sleep(0.05)
+            rows.append(row)
+        assert [row["state"] for row in rows] == ["success"] * 4, [row["fail_msg"] for row in rows]
+        assert calls == [4]
+        for prompt, row in zip(prompts, rows, strict=True):
+            result = json.loads(row["result"])
+            batched = pixels(await runtime.storage.get(result["files"][0]))
+            seed = result["seeds"][0]
+            alone = await backend.generate(Job(task_id="again", params=params_for("z-image", {
+                "prompt": prompt, "aspect_ratio": "1:1"}), seeds=[seed]))
+            difference = np.abs(batched - pixels(alone[0].data))
+            # Same seed, same image: CPU matmuls over a batch of 4 may round differently from a
+            # batch of 1, so allow a rounding step of the 8-bit output, never a different picture.
+            assert difference.max() <= 2 and difference.mean() < 0.05, (difference.max(), difference.mean())
+        # Different seeds do give different pictures (the comparison above could not pass by accident).
+        first, second = [pixels(await runtime.storage.get(json.loads(r["result"])["files"][0])) for r in rows[:2]]
+        assert np.abs(first - second).mean() > 1
+    finally:
+        await worker.stop()
+
+
+async def test_progress_follows_the_denoising_steps(weights):
+    backend = ZImageBackend("zimage", BackendConfig(type="diffusers.zimage", weights=str(weights["zimage"]),
+                                                    **ZIMAGE_OPTIONS))
+    await backend.start()
+    seen = []
+    job = Job(task_id="p", params=params_for("z-image", {"prompt": "x", "aspect_ratio": "1:1"}), seeds=[3],
+              report_progress=seen.append)
+    await backend.generate(job)
+    assert seen == [50, 95]  # 2 steps: 5 + 90 * step / steps
+    await backend.close()
+
+
+async def test_imagen_on_z_image_turbo_runs_num_images_with_consecutive_seeds(weights):
+    backend = ZImageBackend("zimage", BackendConfig(type="diffusers.zimage", weights=str(weights["zimage"]),
+                                                    **ZIMAGE_OPTIONS))
+    await backend.start()
+    params = params_for("google/imagen4-fast", {"prompt": "x", "num_images": "2", "seed": 41, "aspect_ratio": "1:1"})
+    images = await backend.generate(Job(task_id="i", params=params, seeds=[41, 42]))
+    assert [image.seed for image in images] == [41, 42]
+    assert np.abs(pixels(images[0].data) - pixels(images[1].data)).mean() > 1
+    await backend.close()
+
+
+def test_flux2_options_pick_the_pipeline_and_its_defaults(weights):
+    klein = Flux2Backend("f", BackendConfig(type="diffusers.flux2", weights="w"))
+    dev = Flux2Backend("f", BackendConfig(type="diffusers.flux2", weights="w", variant="dev"))
+    assert (klein.pipeline_class, klein.steps, klein.guidance) == ("Flux2KleinPipeline", 4, 1.0)
+    assert (dev.pipeline_class, dev.steps, dev.guidance) == ("Flux2Pipeline", 28, 4.0)
+    with pytest.raises(ValueError, match="backends.f.variant: Input should be 'klein' or 'dev'"):
+        Flux2Backend("f", BackendConfig(type="diffusers.flux2", weights="w", variant="pro"))
