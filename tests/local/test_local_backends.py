@@ -261,3 +261,46 @@ def test_flux2_options_pick_the_pipeline_and_its_defaults(weights):
     assert (dev.pipeline_class, dev.steps, dev.guidance) == ("Flux2Pipeline", 28, 4.0)
     with pytest.raises(ValueError, match="backends.f.variant: Input should be 'klein' or 'dev'"):
         Flux2Backend("f", BackendConfig(type="diffusers.flux2", weights="w", variant="pro"))
+
+
+# --- nsfw_checker with a configured safety checker ---
+
+
+def save_safety_checker(directory, *, flag_everything: bool):
+    """A tiny random CLIP safety checker; its concept thresholds decide the verdict for any image."""
+    import torch
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    torch.manual_seed(0)
+    small = {"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
+    checker = StableDiffusionSafetyChecker(CLIPConfig(text_config={**small, "vocab_size": 99}, projection_dim=16,
+                                                      vision_config={**small, "image_size": 32, "patch_size": 8}))
+    with torch.no_grad():  # score = similarity - threshold: -10 flags everything, +10 nothing
+        checker.concept_embeds_weights.fill_(-10.0 if flag_everything else 10.0)
+        checker.special_care_embeds_weights.fill_(-10.0 if flag_everything else 10.0)
+    checker.save_pretrained(directory)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("flag_everything", [True, False])
+async def test_a_configured_safety_checker_judges_only_the_tasks_that_ask(weights, tmp_path, flag_everything):
+    checker = save_safety_checker(tmp_path / "checker", flag_everything=flag_everything)
+    config = BackendConfig(type="diffusers.zimage", weights=str(weights["zimage"]), max_batch=2,
+                           safety_checker=str(checker), **ZIMAGE_OPTIONS)
+    assert ZImageBackend.offers_safety_checker(config.options)
+    assert not ZImageBackend.offers_safety_checker({"weights": "w"})
+    backend = ZImageBackend("zimage", config)
+    await backend.start()
+    checked = Job(task_id="checked", seeds=[1], params=params_for(
+        "z-image", {"prompt": "x", "aspect_ratio": "1:1", "nsfw_checker": True}))
+    unchecked = Job(task_id="unchecked", seeds=[2], params=params_for("z-image", {"prompt": "x", "aspect_ratio": "1:1"}))
+    first, second = await backend.generate_batch([checked, unchecked])
+    if flag_everything:
+        assert first.fail_code == "451" and not first.transient
+        assert "safety checker" in first.message
+    else:
+        assert len(first) == 1 and first[0].data.startswith(b"\x89PNG")
+    assert len(second) == 1  # never judged: it did not ask
+    await backend.close()
