@@ -197,7 +197,6 @@ class LocalPipelineBackend(Backend):
     def _load(self, directory: Path) -> None:
         try:
             import diffusers
-            import torch
         except ImportError as exc:
             raise BackendStartError(f"backend {self.name} needs the GPU extra: pip install 'safelight[gpu]' "
                                     f"({exc})") from None
@@ -208,6 +207,13 @@ class LocalPipelineBackend(Backend):
         except (OSError, ValueError) as exc:
             raise BackendStartError(f"backend {self.name}: could not load {self.pipeline_class} from {directory}: "
                                     f"{exc}") from None
+        self.use_pipeline(pipeline)
+
+    def use_pipeline(self, pipeline) -> None:
+        """Place a loaded pipeline on its device with the configured speed-ups. Public so that the
+        benchmark can hand over a full-size random-weight pipeline built directly on the GPU."""
+        import torch
+
         pipeline.set_progress_bar_config(disable=True)
         if self.options.fp8:
             try:
@@ -229,6 +235,11 @@ class LocalPipelineBackend(Backend):
         self.pipeline = pipeline
         if self.options.safety_checker:
             self.safety = self._load_safety_checker(Path(self.options.safety_checker).expanduser())
+
+    def warm_up(self) -> None:
+        """Run each configured size bucket at batch 1 and max_batch once, so compiled graphs exist
+        before the first task (called at start when compile is on)."""
+        self._warm_up()
 
     def _load_safety_checker(self, directory: Path) -> tuple[Any, Any]:
         from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker

@@ -2,7 +2,7 @@
 
 Used by the test suite and by `safelight`'s CPU demo/bench. Each builder returns the components of a real
 diffusers pipeline class (`ZImagePipeline`, `Flux2KleinPipeline`, `Flux2Pipeline`) with the production
-architecture shrunk to a few hundred thousand parameters (spec/backends.md §A.4) and byte-level tokenizers built
+architecture shrunk to under half a million parameters (spec/backends.md §A.4) and byte-level tokenizers built
 from a table (§A.5). `save_tiny_pipeline` writes the ordinary diffusers directory layout, which
 `<Pipeline>.from_pretrained(directory, local_files_only=True)` loads back with `HF_HUB_OFFLINE=1`.
 
@@ -15,7 +15,7 @@ rules and token counts and stay fast at the catalog's 1024-px buckets:
 * Z-Image's `axes_lens` are the production [1024, 512, 512]; §A.4's [256, 32, 32] caps images at 512 px per side
   once the VAE downsamples 8x.
 * Text-encoder vocabularies are 512 (just above the tokenizers' 261/267 ids) instead of 151936/32000, so a saved
-  directory is a few hundred KB.
+  directory is 0.4-1.8 MB.
 
 This module imports torch, diffusers and transformers at import time: import it only where the `[gpu]` extra
 is installed.

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from safelight.backends.base import FAIL_GENERATION, FAIL_MODERATED, Backend, BackendError, GeneratedImage, Job
 from safelight.backends.upstream.google import (
@@ -49,6 +49,12 @@ class GeminiImageOptions(GoogleOptions):
     thinking_level: Literal["MINIMAL", "LOW", "MEDIUM", "HIGH"] | None = Field(
         None, description="ThinkingConfig.thinking_level (Google suggests MINIMAL for Imagen-like latency); "
                           "unset sends none, for models that take no thinking config.")
+
+    @model_validator(mode="after")
+    def _developer_api_needs_a_key(self) -> GeminiImageOptions:
+        if not self.vertexai and not self.api_key_env:
+            raise ValueError("the Gemini Developer API needs api_key_env (or set vertexai = true)")
+        return self
 
 
 def _name(value: Any) -> str:

@@ -114,7 +114,14 @@ class GoogleClient:
 
     sdk: genai.Client
     http: httpx.AsyncClient
-    secrets: list[str]
+    keys: list[str]
+    # Vertex OAuth credentials, whose access token the SDK refreshes as it goes.
+    credentials: Any = None
+
+    @property
+    def secrets(self) -> list[str]:
+        token = getattr(self.credentials, "token", None)
+        return [*self.keys, token] if token else list(self.keys)
 
     async def close(self) -> None:
         await self.sdk.aio.aclose()
@@ -138,6 +145,7 @@ async def open_client(backend: str, options: GoogleOptions, context: BackendCont
                                   "(pip install 'safelight[google]')") from None
 
     secrets: list[str] = []
+    credentials: Any = None
     kwargs: dict[str, Any] = {"vertexai": vertexai}
     if options.api_key_env:
         key = read_secret(context, backend, options.api_key_env)
@@ -148,8 +156,6 @@ async def open_client(backend: str, options: GoogleOptions, context: BackendCont
                            detail=f"backend {backend}: the Gemini Developer API needs api_key_env")
     else:
         credentials, project = await _vertex_credentials(backend, options, context)
-        if credentials.token:
-            secrets.append(credentials.token)
         kwargs.update(credentials=credentials, project=project, location=options.location)
 
     http = httpx.AsyncClient(timeout=httpx.Timeout(options.timeout, connect=10.0), follow_redirects=False)
@@ -161,8 +167,8 @@ async def open_client(backend: str, options: GoogleOptions, context: BackendCont
         await http.aclose()
         raise BackendError(FAIL_UNAVAILABLE, "provider unavailable", transient=True,
                            detail=redact(f"backend {backend}: google-genai refused the settings: {exc}",
-                                         secrets)) from None
-    return GoogleClient(sdk, http, secrets)
+                                         secrets + [getattr(credentials, "token", None) or ""])) from None
+    return GoogleClient(sdk, http, secrets, credentials)
 
 
 async def _vertex_credentials(backend: str, options: GoogleOptions, context: BackendContext) -> tuple[Any, str]:
@@ -241,7 +247,7 @@ class GoogleCall:
 
     backend: str
     model: str
-    secrets: list[str]
+    client: GoogleClient
     retries: int = 2
     backoff_seconds: float = 1.0
     max_wait: float = 30.0
@@ -251,8 +257,12 @@ class GoogleCall:
     @classmethod
     def of(cls, backend: str, model: str, client: GoogleClient, options: GoogleOptions,
            not_found_hint: str = "") -> GoogleCall:
-        return cls(backend, model, client.secrets, options.retries, options.backoff_seconds, options.max_wait,
-                   not_found_hint)
+        return cls(backend, model, client, options.retries, options.backoff_seconds, options.max_wait, not_found_hint)
+
+    @property
+    def secrets(self) -> list[str]:
+        # Read each time: the SDK may have refreshed the OAuth token since the call began.
+        return self.client.secrets
 
     def fail(self, code: str, message: str, detail: str, *, transient: bool) -> BackendError:
         detail = redact(f"backend {self.backend}: {detail}", self.secrets)
