@@ -295,7 +295,8 @@ async def test_a_configured_safety_checker_judges_only_the_tasks_that_ask(weight
     await backend.start()
     checked = Job(task_id="checked", seeds=[1], params=params_for(
         "z-image", {"prompt": "x", "aspect_ratio": "1:1", "nsfw_checker": True}))
-    unchecked = Job(task_id="unchecked", seeds=[2], params=params_for("z-image", {"prompt": "x", "aspect_ratio": "1:1"}))
+    unchecked = Job(task_id="unchecked", seeds=[2],
+                    params=params_for("z-image", {"prompt": "x", "aspect_ratio": "1:1"}))
     first, second = await backend.generate_batch([checked, unchecked])
     if flag_everything:
         assert first.fail_code == "451" and not first.transient
