@@ -1,0 +1,222 @@
+"""A fake Black Forest Labs API on loopback, following the documented protocol (spec/backends.md §C.3).
+
+`POST /v1/{endpoint}` (header `x-key`, JSON body) answers `{"id", "polling_url"}`; `GET` on the
+polling URL answers `{"id", "status", "result", "progress"}`; Ready results point at a sample URL
+on this server (`/samples/{id}.png`), as BFL's delivery hosts do, without needing the key.
+
+Set `mode` to script a behaviour:
+    "ok"               every request succeeds (after `pending_polls` Pending answers)
+    "moderated"        the poll answers "Content Moderated"
+    "request_moderated" the poll answers "Request Moderated"
+    "error"            the poll answers "Error"
+    "task_not_found"   the poll answers "Task not found"
+    "stuck"            the poll answers Pending forever
+    "server_error"     every submit answers HTTP 500
+    "expired"          the sample URL answers 404 (expired signed URL)
+    "not_image"        the sample URL answers text
+    "malformed_submit" the submit answers 200 with a body that is not JSON
+    "missing_id"       the submit answers 200 with `{}`
+    "malformed_poll"   the poll answers 200 with a body that is not JSON
+    "no_status"        the poll answers 200 with `{"id": ...}` only
+    "no_sample"        the poll answers Ready without result.sample
+    "reject"           the submit answers 422 with FastAPI-style validation errors
+    "bad_request"      the submit answers 400 echoing the key it received
+    "no_credits"       the submit answers 402
+    "foreign_polling"  the polling URL is on another host (the key must not be sent there)
+`rate_limited` makes the next N submits answer 429 with `retry_after` in the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from conftest import free_port, png_bytes, serve_app
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+AUTO_SIZE = (96, 64)  # the "auto" output size: stands for the first reference's size
+
+
+def seed_colour(seed: int | None) -> tuple[int, int, int]:
+    """Each image's colour encodes its seed, so tests can tell which image came from which request."""
+    seed = seed or 0
+    return (seed % 256, (seed // 256) % 256, 77)
+
+
+@dataclass
+class Recorded:
+    kind: str  # submit | poll | sample
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    json: Any = None
+
+
+@dataclass
+class FakeJob:
+    id: str
+    body: dict[str, Any]
+    polls: int = 0
+    sample: bytes = b""
+
+
+@dataclass
+class FakeBfl:
+    key: str = "bfl-secret-key-0123456789"
+    mode: str = "ok"
+    pending_polls: int = 0
+    # Progress values reported on the Pending polls, in turn (e.g. 0.25 or 25).
+    progress: list[float] = field(default_factory=list)
+    rate_limited: int = 0
+    retry_after: float = 0.05
+    # Where polling URLs point (BFL routes them per cluster; clients must use the URL as given).
+    polling_path: str = "/v1/get_result"
+    # Hold each submit until this many are in flight at once (proves parallel submissions).
+    hold_submits_until: int = 0
+    requests: list[Recorded] = field(default_factory=list)
+    jobs: dict[str, FakeJob] = field(default_factory=dict)
+    events: list[tuple[str, str]] = field(default_factory=list)
+    base_url: str = ""
+
+    def __post_init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._in_flight = 0
+        self._all_in = asyncio.Event()
+        self.app = Starlette(routes=[
+            Route("/v1/{endpoint}", self.submit, methods=["POST"]),
+            Route("/v1/get_result", self.poll, methods=["GET"]),
+            Route("/cluster-7/v1/get_result", self.poll, methods=["GET"]),
+            Route("/samples/{id}.png", self.sample, methods=["GET"]),
+        ])
+
+    async def __aenter__(self) -> FakeBfl:
+        port = free_port()
+        self.base_url = f"http://127.0.0.1:{port}"
+        self._server, self._task = await serve_app(self.app, port, lifespan="off")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        await self._task
+
+    # What the tests look at.
+    @property
+    def submits(self) -> list[Recorded]:
+        return [r for r in self.requests if r.kind == "submit"]
+
+    @property
+    def polls(self) -> list[Recorded]:
+        return [r for r in self.requests if r.kind == "poll"]
+
+    @property
+    def downloads(self) -> list[Recorded]:
+        return [r for r in self.requests if r.kind == "sample"]
+
+    def _record(self, kind: str, request: Request, body: Any = None) -> None:
+        self.requests.append(Recorded(kind, request.method, request.url.path, dict(request.query_params),
+                                      {k.lower(): v for k, v in request.headers.items()}, body))
+
+    def _unauthorized(self, request: Request) -> Response | None:
+        given = request.headers.get("x-key")
+        if given != self.key:
+            # Echo what we got, as some providers do: the client must redact it.
+            return JSONResponse({"detail": f"Invalid or missing API key: {given}"}, status_code=401)
+        return None
+
+    async def submit(self, request: Request) -> Response:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        self._record("submit", request, body)
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        if self.rate_limited > 0:
+            self.rate_limited -= 1
+            return JSONResponse({"detail": "Too many active tasks", "retry_after": self.retry_after},
+                                status_code=429)
+        if self.mode == "server_error":
+            return JSONResponse({"detail": "Internal Server Error"}, status_code=500)
+        if self.mode == "no_credits":
+            return JSONResponse({"detail": "Insufficient credits"}, status_code=402)
+        if self.mode == "reject":
+            return JSONResponse({"detail": [{"loc": ["body", "width"], "msg": "Input should be a multiple of 16",
+                                             "type": "value_error", "input": body.get("width")}]},
+                                status_code=422)
+        if self.mode == "bad_request":
+            return JSONResponse({"detail": f"Bad request from x-key {request.headers.get('x-key')}\x00\n"
+                                           "input_image could not be downloaded"}, status_code=400)
+        if self.mode == "malformed_submit":
+            return PlainTextResponse("<html>gateway hiccup</html>")
+        if self.mode == "missing_id":
+            return JSONResponse({})
+        if not isinstance(body, dict) or not body.get("prompt"):
+            return JSONResponse({"detail": [{"loc": ["body", "prompt"], "msg": "Field required"}]},
+                                status_code=422)
+        if self.hold_submits_until:
+            self._in_flight += 1
+            if self._in_flight >= self.hold_submits_until:
+                self._all_in.set()
+            try:
+                await asyncio.wait_for(self._all_in.wait(), 2.0)
+            except TimeoutError:
+                return JSONResponse({"detail": "submissions were not concurrent"}, status_code=409)
+        job_id = f"req-{next(self._ids)}"
+        self.jobs[job_id] = FakeJob(job_id, body)
+        self.events.append(("submit", job_id))
+        host = "http://127.0.0.2:9" if self.mode == "foreign_polling" else self.base_url
+        return JSONResponse({"id": job_id, "polling_url": f"{host}{self.polling_path}?id={job_id}",
+                             "cost": 3.0})
+
+    async def poll(self, request: Request) -> Response:
+        self._record("poll", request)
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
+        job = self.jobs.get(request.query_params.get("id", ""))
+        if job is None:
+            return JSONResponse({"id": request.query_params.get("id"), "status": "Task not found"})
+        job.polls += 1
+        if self.mode == "malformed_poll":
+            return PlainTextResponse("not json at all")
+        if self.mode == "no_status":
+            return JSONResponse({"id": job.id})
+        status = {"moderated": "Content Moderated", "request_moderated": "Request Moderated", "error": "Error",
+                  "task_not_found": "Task not found"}.get(self.mode)
+        if status:
+            return JSONResponse({"id": job.id, "status": status, "result": None,
+                                 "details": {"Moderation Reasons": ["Derivative Works"]}
+                                 if "moderated" in self.mode else None})
+        if self.mode == "stuck" or job.polls <= self.pending_polls:
+            progress = self.progress[job.polls - 1] if job.polls - 1 < len(self.progress) else None
+            return JSONResponse({"id": job.id, "status": "Pending", "result": None, "progress": progress})
+        if self.mode == "no_sample":
+            return JSONResponse({"id": job.id, "status": "Ready", "result": {"prompt": job.body["prompt"]}})
+        width, height = job.body.get("width"), job.body.get("height")
+        if not (width and height):
+            width, height = AUTO_SIZE
+        job.sample = png_bytes(width, height, seed_colour(job.body.get("seed")))
+        self.events.append(("ready", job.id))
+        return JSONResponse({
+            "id": job.id, "status": "Ready", "progress": None,
+            "result": {"sample": f"{self.base_url}/samples/{job.id}.png?se=2099&sig=abc",
+                       "prompt": job.body["prompt"], "seed": job.body.get("seed"),
+                       "start_time": 1.0, "end_time": 2.0, "duration": 1.0},
+        })
+
+    async def sample(self, request: Request) -> Response:
+        self._record("sample", request)
+        job = self.jobs.get(request.path_params["id"])
+        self.events.append(("download", request.path_params["id"]))
+        if job is None or not job.sample or self.mode == "expired":
+            return PlainTextResponse("<Error><Code>AuthenticationFailed</Code></Error>", status_code=404)
+        if self.mode == "not_image":
+            return PlainTextResponse("this is not an image")
+        return Response(job.sample, media_type="image/png")

@@ -1,0 +1,448 @@
+"""The `kie` upstream backend against a fake kie.ai on loopback, and against a real Safelight."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from conftest import free_port, serve_app
+from fake_kie_upstream import FakeKieUpstream, Script
+from PIL import Image
+
+from safelight.backends.base import (
+    FAIL_GENERATION,
+    FAIL_INPUT,
+    FAIL_MODERATED,
+    FAIL_TIMEOUT,
+    FAIL_UNAVAILABLE,
+    BackendContext,
+    BackendError,
+    Job,
+)
+from safelight.backends.upstream.common import PROVIDER_UNAVAILABLE
+from safelight.backends.upstream.kie import KieBackend
+from safelight.catalog import get_model, validate_input
+from safelight.net import OutboundPolicy
+from safelight.routing import BackendConfig
+
+KEY = "kie-sk-7Hq2ZpW9xLmT4vRb"
+ENV = "KIE_TEST_KEY"
+CREATE = "/api/v1/jobs/createTask"
+RECORD = "/api/v1/jobs/recordInfo"
+FAST = {"poll_interval_seconds": 0.01, "poll_max_interval_seconds": 0.02, "retry_backoff_seconds": 0.01,
+        "retries": 2, "request_timeout_seconds": 5}
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeKieUpstream]:
+    fake = FakeKieUpstream(api_key=KEY)
+    port = free_port()
+    server, task = await serve_app(fake.app(), port, lifespan="off")
+    fake.base_url = f"http://127.0.0.1:{port}"
+    try:
+        yield fake
+    finally:
+        server.should_exit = True
+        await task
+
+
+def make_backend(base_url: str, key: str = KEY, **options: Any) -> KieBackend:
+    config = BackendConfig(type="kie", **{"base_url": base_url, "api_key_env": ENV, **FAST, **options})
+    context = BackendContext(policy=OutboundPolicy.from_string("127.0.0.1/32"), env={ENV: key})
+    return KieBackend("kie-up", config, context)
+
+
+@pytest.fixture
+async def backend(fake: FakeKieUpstream) -> AsyncIterator[KieBackend]:
+    backend = make_backend(fake.base_url)
+    await backend.start()
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+def make_job(raw: dict[str, Any], model: str = "z-image") -> tuple[Job, list[int]]:
+    spec = get_model(model)
+    assert spec is not None
+    params = spec.to_params(validate_input(spec, raw))
+    progress: list[int] = []
+    job = Job(task_id="local-task-1", params=params, seeds=[1000 + n for n in range(params.num_images)],
+              raw_input=raw, report_progress=progress.append)
+    return job, progress
+
+
+Z_INPUT = {"prompt": "a lighthouse at dusk", "aspect_ratio": "16:9", "nsfw_checker": True}
+IMAGEN_INPUT = {"prompt": "two foxes", "num_images": "2", "seed": 7, "aspect_ratio": "3:4"}
+
+
+async def fails(backend: KieBackend, job: Job) -> BackendError:
+    with pytest.raises(BackendError) as info:
+        await backend.generate(job)
+    return info.value
+
+
+# --- the happy path ------------------------------------------------------------------------------
+
+
+async def test_forwards_the_input_unchanged_under_the_mapped_model_and_copies_the_result(fake):
+    backend = make_backend(fake.base_url, model_map={"z-image": "z-image-turbo"})
+    job, _ = make_job(dict(Z_INPUT))
+    try:
+        images = await backend.generate(job)
+    finally:
+        await backend.close()
+
+    (create,) = fake.calls(CREATE)
+    assert create["headers"]["authorization"] == f"Bearer {KEY}"
+    assert create["json"] == {"model": "z-image-turbo", "input": Z_INPUT}  # no callBackUrl: we poll
+    (task_id,) = fake.tasks
+    polls = fake.calls(RECORD)
+    assert polls and all(p["query"] == {"taskId": task_id} for p in polls)
+    assert all(p["headers"]["authorization"] == f"Bearer {KEY}" for p in polls)
+    # The result was downloaded (without our key) and its bytes are ours now.
+    (download,) = fake.calls(f"/results/{task_id}/0.png")
+    assert "authorization" not in download["headers"]
+    assert len(images) == 1
+    assert images[0].data == fake.results[task_id][0]
+    assert images[0].content_type == "image/png" and images[0].extension == "png"
+    assert Image.open(io.BytesIO(images[0].data)).size == (32, 24)
+    assert images[0].seed is None  # kie does not say which seed it used
+
+
+async def test_identity_mapping_and_several_images_in_order(fake, backend):
+    job, _ = make_job(dict(IMAGEN_INPUT), model="google/imagen4-fast")
+    images = await backend.generate(job)
+    (create,) = fake.calls(CREATE)
+    assert create["json"] == {"model": "google/imagen4-fast", "input": IMAGEN_INPUT}
+    (task_id,) = fake.tasks
+    assert [i.data for i in images] == fake.results[task_id]
+    assert [Image.open(io.BytesIO(i.data)).size for i in images] == [(32, 24), (33, 24)]
+
+
+async def test_takes_num_images_of_more_urls_and_seeds_from_result_json(fake, backend):
+    fake.scripts.append(Script(result_count=3, seeds=[41, 42, 43]))
+    job, _ = make_job(dict(IMAGEN_INPUT), model="google/imagen4-fast")
+    images = await backend.generate(job)
+    (task_id,) = fake.tasks
+    assert [i.data for i in images] == fake.results[task_id][:2]
+    assert [i.seed for i in images] == [41, 42]
+    assert not fake.calls(f"/results/{task_id}/2.png")
+
+
+async def test_result_json_as_an_object_is_tolerated(fake, backend):
+    fake.scripts.append(Script(result_as_object=True))
+    job, _ = make_job(dict(Z_INPUT))
+    images = await backend.generate(job)
+    (task_id,) = fake.tasks
+    assert images[0].data == fake.results[task_id][0]
+
+
+async def test_progress_is_reported_while_generating(fake, backend):
+    fake.scripts.append(Script(generating_polls=4, progress=[10, 40, 40, 85]))
+    job, progress = make_job(dict(Z_INPUT))
+    await backend.generate(job)
+    assert progress == [10, 40, 85]  # repeats are not reported again
+    assert len(fake.calls(RECORD)) == 1 + 4 + 1  # waiting, 4 x generating, success
+
+
+async def test_record_info_null_right_after_creation_keeps_polling(fake, backend):
+    fake.scripts.append(Script(null_polls=3))
+    job, _ = make_job(dict(Z_INPUT))
+    images = await backend.generate(job)
+    assert len(images) == 1
+    assert len(fake.calls(RECORD)) == 3 + 1 + 1 + 1  # null x3, waiting, generating, success
+
+
+async def test_record_info_null_past_the_grace_period_is_transient(fake):
+    backend = make_backend(fake.base_url, null_grace_seconds=0.1)
+    fake.scripts.append(Script(null_polls=10_000))
+    job, _ = make_job(dict(Z_INPUT))
+    try:
+        error = await fails(backend, job)
+    finally:
+        await backend.close()
+    assert (error.fail_code, error.transient) == (FAIL_GENERATION, True)
+    assert "lost the task" in error.message
+    assert len(fake.calls(RECORD)) >= 3
+
+
+async def test_create_retries_a_429_envelope_then_succeeds(fake, backend):
+    fake.submit_answers.append((200, {"code": 429, "msg": "Rate limit exceeded"}))
+    fake.submit_answers.append((429, {"code": 429, "msg": "Rate limit exceeded"}, {"Retry-After": "0.01"}))
+    job, _ = make_job(dict(Z_INPUT))
+    images = await backend.generate(job)
+    assert len(images) == 1
+    assert len(fake.calls(CREATE)) == 3
+
+
+async def test_http_500_once_is_retried(fake, backend):
+    fake.submit_answers.append((500, "upstream exploded"))
+    fake.poll_answers.append((503, "busy"))
+    fake.poll_answers.append((200, {"code": 500, "msg": "Server Error", "data": None}))
+    job, _ = make_job(dict(Z_INPUT))
+    assert len(await backend.generate(job)) == 1
+    assert len(fake.calls(CREATE)) == 2
+
+
+# --- failures ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answers", "fail_code", "transient", "creates"),
+    [
+        ([(200, {"code": 402, "msg": "Credits insufficient"})], FAIL_UNAVAILABLE, True, 1),
+        ([(200, {"code": 433, "msg": "Sub-key usage exceeds limit"})], FAIL_UNAVAILABLE, True, 1),
+        ([(402, {"error": "payment required"})], FAIL_UNAVAILABLE, True, 1),
+        ([(200, {"code": 455, "msg": "Service under maintenance"})], FAIL_UNAVAILABLE, True, 1),
+        ([(200, {"code": 505, "msg": "nsfw_checker is disabled"})], FAIL_UNAVAILABLE, True, 1),
+        ([(200, {"code": 501, "msg": "generation failed"})], FAIL_GENERATION, True, 1),
+        ([(200, {"code": 422, "msg": "The page does not exist or is not published", "data": None})],
+         FAIL_UNAVAILABLE, True, 1),
+        ([(200, {"code": 429, "msg": "Rate limit exceeded"})] * 3, FAIL_UNAVAILABLE, True, 3),
+        ([(500, "Internal Server Error")] * 3, FAIL_UNAVAILABLE, True, 3),
+        ([(200, {"code": 500, "msg": "Server Error"})] * 3, FAIL_UNAVAILABLE, True, 3),
+        ([(404, "Not Found")], FAIL_UNAVAILABLE, True, 1),
+        ([(200, "<html>maintenance</html>")], FAIL_GENERATION, True, 1),
+        ([(200, {"code": 200, "msg": "success", "data": {}})], FAIL_GENERATION, True, 1),
+    ],
+)
+async def test_create_task_errors(fake, backend, answers, fail_code, transient, creates):
+    fake.submit_answers.extend(answers)
+    job, _ = make_job(dict(Z_INPUT))
+    error = await fails(backend, job)
+    assert (error.fail_code, error.transient) == (fail_code, transient)
+    assert len(fake.calls(CREATE)) == creates
+    assert not fake.calls(RECORD)
+    if fail_code == FAIL_UNAVAILABLE:
+        assert error.message == PROVIDER_UNAVAILABLE
+        assert error.detail.startswith("backend kie-up: ")
+
+
+async def test_a_422_envelope_is_the_users_input_error_with_kies_message(fake, backend):
+    fake.submit_answers.append((200, {"code": 422, "msg": "input.prompt\n is too long\x00", "data": None}))
+    job, _ = make_job(dict(Z_INPUT))
+    error = await fails(backend, job)
+    assert (error.fail_code, error.transient) == (FAIL_INPUT, False)
+    assert error.message == "the provider rejected the input: input.prompt is too long"
+
+
+async def test_a_wrong_key_is_an_operator_problem(fake):
+    backend = make_backend(fake.base_url, key="not-the-right-key")
+    job, _ = make_job(dict(Z_INPUT))
+    try:
+        error = await fails(backend, job)
+    finally:
+        await backend.close()
+    assert (error.fail_code, error.message, error.transient) == (FAIL_UNAVAILABLE, PROVIDER_UNAVAILABLE, True)
+    assert "code 401" in error.detail
+    assert fake.calls(CREATE)[0]["headers"]["authorization"] == "Bearer not-the-right-key"
+
+
+async def test_a_missing_key_fails_at_start_naming_the_variable():
+    backend = make_backend("http://127.0.0.1:9", key="")
+    with pytest.raises(BackendError) as info:
+        await backend.start()
+    assert (info.value.fail_code, info.value.transient) == (FAIL_UNAVAILABLE, True)
+    assert ENV in info.value.detail
+
+
+@pytest.mark.parametrize(
+    ("fail", "fail_code", "transient", "shown"),
+    [
+        ((500, "Content flagged as NSFW by the safety system"), FAIL_MODERATED, False, True),
+        (("400", "Your prompt violates our content policy"), FAIL_MODERATED, False, True),
+        (("422", "image_size landscape_21_9 is not supported"), FAIL_INPUT, False, True),
+        (("400", "reference image could not be decoded"), FAIL_INPUT, False, True),
+        ((500, "internal error, please try again later."), FAIL_GENERATION, True, True),
+        (("501", "generation timed out upstream"), FAIL_GENERATION, True, True),
+        ((None, None), FAIL_GENERATION, True, False),
+        (("504", "the image did not finish in time"), FAIL_TIMEOUT, True, False),
+        (("503", "provider unavailable; credits refunded"), FAIL_UNAVAILABLE, True, False),
+    ],
+)
+async def test_upstream_task_failures(fake, backend, fail, fail_code, transient, shown):
+    fake.scripts.append(Script(fail=fail))
+    job, _ = make_job(dict(Z_INPUT))
+    error = await fails(backend, job)
+    assert (error.fail_code, error.transient) == (fail_code, transient)
+    (task_id,) = fake.tasks
+    assert task_id in error.detail  # the operator can find the upstream task
+    assert task_id not in error.message
+    if shown:
+        assert fail[1] in error.message
+    if fail_code == FAIL_MODERATED:
+        assert error.message.startswith("the prompt or image was blocked by the provider's safety filter")
+
+
+async def test_fail_msg_is_sanitized_and_truncated(fake, backend):
+    fake.scripts.append(Script(fail=("422", "task {task} rejected: " + "x" * 1000)))
+    job, _ = make_job(dict(Z_INPUT))
+    error = await fails(backend, job)
+    (task_id,) = fake.tasks
+    assert error.fail_code == FAIL_INPUT
+    assert task_id not in error.message
+    assert "task <upstream task> rejected: xxx" in error.message
+    assert len(error.message) <= len("the provider rejected the input: ") + 300
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        Script(result_json="{not json"),
+        Script(result_json=json.dumps({"urls": ["http://127.0.0.1:9/x.png"]})),
+        Script(result_json=json.dumps({"resultUrls": [17]})),
+        Script(result_count=1),  # two images asked for, one URL
+        Script(result_count=0),
+    ],
+)
+async def test_malformed_or_short_results_are_transient(fake, backend, script):
+    fake.scripts.append(script)
+    job, _ = make_job(dict(IMAGEN_INPUT), model="google/imagen4-fast")
+    error = await fails(backend, job)
+    assert (error.fail_code, error.transient) == (FAIL_GENERATION, True)
+    assert error.message == "the provider returned a malformed response; credits refunded"
+
+
+async def test_an_expired_result_url_is_transient(fake, backend):
+    fake.scripts.append(Script(expired=True))
+    job, _ = make_job(dict(Z_INPUT))
+    error = await fails(backend, job)
+    assert (error.fail_code, error.transient) == (FAIL_GENERATION, True)
+    assert "could not be downloaded" in error.message
+    (task_id,) = fake.tasks
+    assert fake.calls(f"/results/{task_id}/0.png")
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        [(200, {"code": 500, "msg": "Server Error", "data": None})] * 3,
+        [(200, {"code": 429, "msg": "Rate limit exceeded"})] * 3,
+        [(200, {"code": 402, "msg": "Credits insufficient"})],
+    ],
+)
+async def test_record_info_errors(fake, backend, answers):
+    fake.poll_answers.extend(answers)
+    job, _ = make_job(dict(Z_INPUT))
+    error = await fails(backend, job)
+    assert (error.fail_code, error.message, error.transient) == (FAIL_UNAVAILABLE, PROVIDER_UNAVAILABLE, True)
+    assert len(fake.calls(RECORD)) == len(answers)
+
+
+async def test_a_malformed_record_is_transient(fake, backend):
+    fake.poll_answers.append((200, "<html>oops</html>"))
+    job, _ = make_job(dict(Z_INPUT))
+    error = await fails(backend, job)
+    assert (error.fail_code, error.transient) == (FAIL_GENERATION, True)
+
+
+async def test_the_deadline_is_a_transient_timeout(fake):
+    backend = make_backend(fake.base_url, deadline_seconds=0.3)
+    fake.scripts.append(Script(generating_polls=100_000))
+    job, _ = make_job(dict(Z_INPUT))
+    try:
+        error = await fails(backend, job)
+    finally:
+        await backend.close()
+    assert (error.fail_code, error.transient) == (FAIL_TIMEOUT, True)
+    assert len(fake.calls(RECORD)) >= 5
+
+
+# --- secrets -------------------------------------------------------------------------------------
+
+
+async def test_the_key_never_reaches_logs_messages_or_details(fake, caplog):
+    caplog.set_level(logging.DEBUG)
+    for name in ("httpx", "httpcore", "safelight"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    errors: list[BackendError] = []
+    echo = f"Authorization: Bearer {KEY} is not valid here"
+    scenarios = [
+        lambda: fake.submit_answers.append((200, {"code": 422, "msg": echo})),
+        lambda: fake.submit_answers.append((200, {"code": 402, "msg": echo})),
+        lambda: fake.submit_answers.extend([(500, echo)] * 3),
+        lambda: fake.submit_answers.append((200, echo)),
+        lambda: fake.scripts.append(Script(fail=("400", echo))),
+        lambda: fake.scripts.append(Script(fail=("500", f"NSFW: {echo}"))),
+        lambda: fake.scripts.append(Script(result_json=echo)),
+        lambda: fake.scripts.append(Script(expired=True)),
+        lambda: fake.poll_answers.extend([(200, {"code": 500, "msg": echo, "data": None})] * 3),
+        lambda: fake.poll_answers.append((200, {"code": 401, "msg": echo})),
+    ]
+    backend = make_backend(fake.base_url)
+    try:
+        for arrange in scenarios:
+            arrange()
+            job, _ = make_job(dict(Z_INPUT))
+            errors.append(await fails(backend, job))
+        assert len(await backend.generate(make_job(dict(Z_INPUT))[0])) == 1
+    finally:
+        await backend.close()
+
+    assert {e.fail_code for e in errors} == {FAIL_INPUT, FAIL_UNAVAILABLE, FAIL_GENERATION, FAIL_MODERATED}
+    assert any(r.name.startswith("httpx") for r in caplog.records)  # the capture really saw httpx
+    assert any(r.name.startswith("httpcore") for r in caplog.records)
+    texts = [caplog.text, *(r.getMessage() for r in caplog.records)]
+    texts += [t for e in errors for t in (e.message, e.detail, str(e), repr(e.args))]
+    assert all(KEY not in text for text in texts)
+    assert any("***" in e.detail or "***" in e.message for e in errors)  # redacted, not just absent
+
+
+# --- options -------------------------------------------------------------------------------------
+
+
+def test_options_are_checked_and_the_backend_serves_any_model():
+    assert KieBackend.models is None
+    assert KieBackend.offers_safety_checker({}) is True
+    KieBackend.check_options("k", BackendConfig(type="kie", model_map={"z-image": "z-image"}))
+    with pytest.raises(ValueError, match="backends.k.poll_intervall"):
+        KieBackend.check_options("k", BackendConfig(type="kie", poll_intervall=1))
+    with pytest.raises(ValueError, match="backends.k.base_url"):
+        KieBackend.check_options("k", BackendConfig(type="kie", base_url="ftp://example.com"))
+    backend = KieBackend("k", BackendConfig(type="kie"))
+    assert backend.options.base_url == "https://api.kie.ai"
+    assert backend.options.poll_interval_seconds == 1.0 and backend.options.poll_max_interval_seconds == 10.0
+    assert backend.options.deadline_seconds == 600
+
+
+# --- another Safelight as the upstream -----------------------------------------------------------
+
+
+async def test_a_real_safelight_server_as_the_upstream(live_server):
+    config = BackendConfig(type="kie", base_url=live_server.base_url, api_key_env="UPSTREAM_KEY", **FAST)
+    context = BackendContext(policy=OutboundPolicy.from_string("127.0.0.1/32"),
+                             env={"UPSTREAM_KEY": live_server.api_key})
+    backend = KieBackend("safelight-up", config, context)
+    upstream_ids: list[str] = []
+    create = backend._create
+
+    async def spy(job: Job) -> str:  # to look the upstream task up afterwards
+        upstream_ids.append(await create(job))
+        return upstream_ids[-1]
+
+    backend._create = spy  # type: ignore[method-assign]
+    raw = {"prompt": "a lighthouse at dusk", "aspect_ratio": "1:1", "nsfw_checker": True}
+    job, _ = make_job(dict(raw))
+    try:
+        images = await backend.generate(job)
+    finally:
+        await backend.close()
+
+    assert len(images) == 1
+    image = Image.open(io.BytesIO(images[0].data))
+    assert image.format == "PNG" and image.size == (1024, 1024)
+    assert images[0].content_type == "image/png"
+    assert isinstance(images[0].seed, int)  # Safelight's resultJson carries the seeds
+
+    (upstream_id,) = upstream_ids
+    record = await live_server.wait_terminal(upstream_id)
+    assert json.loads(record["param"]) == {"model": "z-image", "input": raw}  # unchanged, no callBackUrl
+    result = json.loads(record["resultJson"])
+    assert result["seeds"] == [images[0].seed]
+    async with live_server.client() as client:
+        assert (await client.get(result["resultUrls"][0])).content == images[0].data
