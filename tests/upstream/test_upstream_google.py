@@ -10,7 +10,6 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from conftest import free_port
 from fake_google import PROMPT_REFUSED, RAI_REASON, FakeGoogle
 from PIL import Image
 
@@ -31,6 +30,7 @@ from safelight.backends.upstream.google import GoogleImagenBackend
 from safelight.catalog import GenerationParams, get_model, validate_input
 from safelight.net import OutboundPolicy
 from safelight.routing import BackendConfig
+from tests.conftest import free_port
 
 IMAGEN = "imagen-4.0-fast-generate-001"
 GEMINI = "gemini-3.1-flash-image"

@@ -7,7 +7,6 @@ import logging
 import time
 
 import pytest
-from conftest import png_bytes
 from fake_ideogram import SIZES, FakeIdeogram
 from PIL import Image
 
@@ -25,6 +24,7 @@ from safelight.catalog import get_model, validate_input
 from safelight.net import OutboundPolicy
 from safelight.routing import BackendConfig
 from safelight.worker import pick_seeds
+from tests.conftest import png_bytes
 
 REFERENCE = png_bytes(40, 50, (10, 120, 30))
 FAST = {"retries": 2, "backoff_seconds": 0.01, "timeout_seconds": 3.0, "download_timeout_seconds": 3.0}

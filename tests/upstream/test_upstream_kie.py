@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conftest import free_port, serve_app
 from fake_kie_upstream import FakeKieUpstream, Script
 from PIL import Image
 
@@ -28,6 +27,7 @@ from safelight.backends.upstream.kie import KieBackend
 from safelight.catalog import get_model, validate_input
 from safelight.net import OutboundPolicy
 from safelight.routing import BackendConfig
+from tests.conftest import free_port, serve_app
 
 KEY = "kie-sk-7Hq2ZpW9xLmT4vRb"
 ENV = "KIE_TEST_KEY"

@@ -78,8 +78,10 @@ def resolve_weights(weights: str, allow_download: bool) -> Path:
 
 
 def missing_files(directory: Path) -> list[str]:
-    """What a diffusers pipeline directory lacks: model_index.json, and for every component it
-    lists, its folder, its config and (for models) a weights file. Relative paths, for the operator."""
+    """What a diffusers pipeline directory lacks, as relative paths for the operator: model_index.json;
+    for every component it lists, the folder and its config; for models a weights file, and every
+    shard a `*.safetensors.index.json` names; for tokenizers the tokenizer files and a chat template
+    (both pipelines format prompts with one)."""
     index_path = directory / "model_index.json"
     if not index_path.is_file():
         return ["model_index.json"]
@@ -95,16 +97,44 @@ def missing_files(directory: Path) -> list[str]:
         class_name = str(spec[1])
         if not folder.is_dir():
             missing.append(f"{component}/")
+        elif "Tokenizer" in class_name or "Processor" in class_name:
+            missing += _missing_tokenizer_files(folder, component)
+        elif "Scheduler" in class_name:
+            if not (folder / "scheduler_config.json").is_file():
+                missing.append(f"{component}/scheduler_config.json")
+        else:
+            missing += _missing_model_files(folder, component)
+    return missing
+
+
+def _missing_model_files(folder: Path, component: str) -> list[str]:
+    missing = [] if (folder / "config.json").is_file() else [f"{component}/config.json"]
+    if not any(path.suffix in WEIGHT_SUFFIXES for path in folder.iterdir()):
+        return [*missing, f"{component}/*.safetensors"]
+    for index in sorted(folder.glob("*.safetensors.index.json")):
+        try:
+            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        except (ValueError, AttributeError):
+            missing.append(f"{component}/{index.name} (unreadable)")
             continue
-        if "Tokenizer" in class_name or "Processor" in class_name:
-            if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
-                missing.append(f"{component}/tokenizer.json")
-            continue
-        config = "scheduler_config.json" if "Scheduler" in class_name else "config.json"
-        if not (folder / config).is_file():
-            missing.append(f"{component}/{config}")
-        if "Scheduler" not in class_name and not any(p.suffix in WEIGHT_SUFFIXES for p in folder.iterdir()):
-            missing.append(f"{component}/*.safetensors")
+        missing += [f"{component}/{shard}" for shard in sorted(shards) if not (folder / shard).is_file()]
+    return missing
+
+
+def _missing_tokenizer_files(folder: Path, component: str) -> list[str]:
+    if not (folder / "tokenizer_config.json").is_file():
+        return [f"{component}/tokenizer_config.json"]
+    missing = []
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.json", "tokenizer.model")):
+        missing.append(f"{component}/tokenizer.json")
+    has_template = any((folder / name).is_file() for name in ("chat_template.jinja", "chat_template.json"))
+    if not has_template:
+        try:
+            has_template = bool(json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template"))
+        except (ValueError, AttributeError):
+            has_template = False
+    if not has_template:
+        missing.append(f"{component}/chat_template.jinja")
     return missing
 
 

@@ -30,8 +30,6 @@ is installed.
 
 from __future__ import annotations
 
-import fnmatch
-import json
 from pathlib import Path
 from typing import Any, Final
 
@@ -59,12 +57,9 @@ from transformers import (
 
 __all__ = [
     "KINDS",
-    "OPTIONAL_FILES",
     "PIPELINE_CLASSES",
-    "REQUIRED_FILES",
     "TINY_CALL_DEFAULTS",
     "build_tiny_pipeline",
-    "missing_files",
     "mistral_tokenizer",
     "qwen_tokenizer",
     "save_tiny_pipeline",
@@ -422,76 +417,3 @@ def save_tiny_pipeline(kind: str, directory: Path, seed: int = 0, **options: Any
     directory = Path(directory)
     build_tiny_pipeline(kind, seed, **options).save_pretrained(directory, safe_serialization=True)
     return directory
-
-
-# --------------------------------------------------------------------------------------------- file layout
-
-_COMPONENT_FILES: Final = [
-    "model_index.json",
-    "scheduler/scheduler_config.json",
-    "text_encoder/config.json",
-    "text_encoder/*.safetensors",
-    "tokenizer/tokenizer_config.json",
-    "tokenizer/tokenizer.json",
-    "transformer/config.json",
-    "transformer/*.safetensors",
-    "vae/config.json",
-    "vae/*.safetensors",
-]
-
-# What a pipeline directory must hold for `from_pretrained` to load it offline, as paths relative to it.
-# Rule: a path with "*" is satisfied by any matching file (weights may be one file, e.g.
-# transformer/diffusion_pytorch_model.safetensors, or shards with a *.safetensors.index.json); when an index
-# exists, every shard it names must exist too (see `missing_files`). Besides these, the tokenizer needs a chat
-# template: tokenizer/chat_template.jinja (what transformers 5 writes), tokenizer/chat_template.json (processors)
-# or a "chat_template" key in tokenizer/tokenizer_config.json (older checkpoints).
-# save_pretrained also writes tokenizer/chat_template.jinja and, for the FLUX.2 encoders,
-# text_encoder/generation_config.json; the second is optional (not read by the pipelines).
-# Real checkpoints may add files (vocab.json/merges.txt, processor configs); they are not required here.
-REQUIRED_FILES: Final[dict[str, list[str]]] = {kind: list(_COMPONENT_FILES) for kind in KINDS}
-
-# Files save_pretrained writes that a loader does not need to insist on by name.
-OPTIONAL_FILES: Final[list[str]] = [
-    "tokenizer/chat_template.jinja",
-    "tokenizer/chat_template.json",
-    "tokenizer/special_tokens_map.json",
-    "text_encoder/generation_config.json",
-    "*/*.safetensors.index.json",
-]
-
-_CHAT_TEMPLATE_FILES: Final = ("tokenizer/chat_template.jinja", "tokenizer/chat_template.json")
-
-
-def _has_chat_template(directory: Path) -> bool:
-    if any((directory / name).is_file() for name in _CHAT_TEMPLATE_FILES):
-        return True
-    try:
-        config = json.loads((directory / "tokenizer/tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return bool(isinstance(config, dict) and config.get("chat_template"))
-
-
-def missing_files(kind: str, directory: Path) -> list[str]:
-    """Relative paths (or patterns) `directory` lacks to be a loadable `kind` pipeline; [] when complete."""
-    _check_kind(kind)
-    directory = Path(directory)
-    present = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
-    missing: list[str] = []
-    for pattern in REQUIRED_FILES[kind]:
-        if not any(fnmatch.fnmatchcase(path, pattern) for path in present):
-            missing.append(pattern)
-    for index in sorted(p for p in present if p.endswith(".safetensors.index.json")):
-        folder = index.rpartition("/")[0]
-        try:
-            weight_map = json.loads((directory / index).read_text(encoding="utf-8")).get("weight_map", {})
-        except (OSError, ValueError, AttributeError):
-            missing.append(index + " (unreadable)")
-            continue
-        for shard in sorted(set(weight_map.values())):
-            path = f"{folder}/{shard}" if folder else shard
-            if path not in present:
-                missing.append(path)
-    if "tokenizer/tokenizer_config.json" in present and not _has_chat_template(directory):
-        missing.append("tokenizer/chat_template.jinja")
-    return missing

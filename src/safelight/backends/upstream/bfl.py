@@ -14,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from ipaddress import ip_address
 from typing import Any, TypeVar
 
@@ -29,12 +28,19 @@ from safelight.backends.base import (
     FAIL_TIMEOUT,
     FAIL_UNAVAILABLE,
     Backend,
-    BackendError,
     GeneratedImage,
     Job,
     read_secret,
 )
-from safelight.backends.upstream.common import PROVIDER_UNAVAILABLE, ProviderClient, download_result, generated
+from safelight.backends.upstream.common import (
+    PROVIDER_UNAVAILABLE,
+    ProviderClient,
+    download_result,
+    gather_or_cancel,
+    generated,
+    malformed,
+    rejection_message,
+)
 
 log = logging.getLogger("safelight.backends.upstream.bfl")
 
@@ -246,49 +252,3 @@ def progress_fraction(value: Any) -> float | None:
     if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
         return None
     return value if value <= 1 else min(value / 100, 1.0)
-
-
-def malformed(client: ProviderClient, detail: str) -> BackendError:
-    return client.fail(FAIL_GENERATION, "the provider returned a malformed response; credits refunded", detail,
-                       transient=True)
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
-
-
-def rejection_message(response: httpx.Response, redact: Callable[[str], str]) -> str:
-    """A user-facing message for a provider's 400/422: its own words, trimmed and without secrets."""
-    reason = ""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        found = body.get("detail") or body.get("message") or body.get("error")
-        if isinstance(found, list):  # FastAPI validation errors: [{"loc": [...], "msg": "..."}]
-            parts = []
-            for item in found[:3]:
-                if isinstance(item, dict) and isinstance(item.get("msg"), str):
-                    loc = [str(p) for p in item.get("loc") or [] if p != "body"]
-                    parts.append(f"{'.'.join(loc)}: {item['msg']}" if loc else item["msg"])
-            reason = "; ".join(parts)
-        elif isinstance(found, str):
-            reason = found
-    reason = " ".join(_CONTROL.sub(" ", redact(reason)).split())
-    if len(reason) > 200:
-        reason = reason[:197] + "..."
-    if reason:
-        return f"the provider rejected the request: {reason}"
-    return f"the provider rejected the request (HTTP {response.status_code}); check the prompt and reference images"
-
-
-async def gather_or_cancel(coros: list[Awaitable[T]]) -> list[T]:
-    """Run the coroutines together; on the first failure cancel the rest and raise it."""
-    tasks = [asyncio.ensure_future(coro) for coro in coros]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -21,6 +22,8 @@ from safelight.backends.base import FAIL_GENERATION, FAIL_UNAVAILABLE, BackendCo
 from safelight.net import FetchError, ImageError, OutboundPolicy, UnsafeURLError, fetch, sniff_image_type
 
 log = logging.getLogger("safelight.backends.upstream")
+
+T = TypeVar("T")
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 OPERATOR_STATUSES = frozenset({401, 402, 403})
@@ -155,3 +158,49 @@ EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 def generated(data: bytes, mime: str, seed: int | None) -> GeneratedImage:
     return GeneratedImage(data=data, seed=seed, content_type=mime, extension=EXTENSIONS.get(mime, "png"))
+
+
+def malformed(client: ProviderClient, detail: str) -> BackendError:
+    return client.fail(FAIL_GENERATION, "the provider returned a malformed response; credits refunded", detail,
+                       transient=True)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def rejection_message(response: httpx.Response, redact: Callable[[str], str]) -> str:
+    """A user-facing message for a provider's 400/422: its own words, trimmed and without secrets."""
+    reason = ""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        found = body.get("detail") or body.get("message") or body.get("error")
+        if isinstance(found, list):  # FastAPI validation errors: [{"loc": [...], "msg": "..."}]
+            parts = []
+            for item in found[:3]:
+                if isinstance(item, dict) and isinstance(item.get("msg"), str):
+                    loc = [str(p) for p in item.get("loc") or [] if p != "body"]
+                    parts.append(f"{'.'.join(loc)}: {item['msg']}" if loc else item["msg"])
+            reason = "; ".join(parts)
+        elif isinstance(found, str):
+            reason = found
+    reason = " ".join(_CONTROL.sub(" ", redact(reason)).split())
+    if len(reason) > 200:
+        reason = reason[:197] + "..."
+    if reason:
+        return f"the provider rejected the request: {reason}"
+    return f"the provider rejected the request (HTTP {response.status_code}); check the prompt and reference images"
+
+
+async def gather_or_cancel(coros: list[Awaitable[T]]) -> list[T]:
+    """Run the coroutines together; on the first failure cancel the rest and raise it."""
+    tasks = [asyncio.ensure_future(coro) for coro in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

@@ -24,13 +24,15 @@ from safelight.backends.base import (
     Job,
     read_secret,
 )
-from safelight.backends.upstream.bfl import gather_or_cancel, malformed, rejection_message
 from safelight.backends.upstream.common import (
     EXTENSIONS,
     PROVIDER_UNAVAILABLE,
     ProviderClient,
     download_result,
+    gather_or_cancel,
     generated,
+    malformed,
+    rejection_message,
 )
 
 GENERATE_PATH = "/v1/ideogram-v3/generate"
