@@ -73,6 +73,10 @@ def test_a_full_file_is_read_with_routes_in_order(tmp_path):
     ("[models.'z-image']\nroute = ['sandbox', 'sandbox']\n", "a backend may appear only once in a route"),
     ("[models.'z-image']\nroutes = ['sandbox']\n", "models.z-image.route: Field required"),
     ("this is = not toml [", "is not valid TOML"),
+    ("[backends.g]\ntype = 'diffusers.zimage'\nweights = 'w'\nconcurrency = 2\n",
+     "backends.g.concurrency: a local pipeline runs one call at a time"),
+    ("[backends.g]\ntype = 'diffusers.flux2'\nweights = 'w'\nvariant = 'pro'\n",
+     "backends.g.variant: Input should be 'klein' or 'dev'"),
 ])
 def test_mistakes_are_reported_with_the_key_that_is_wrong(tmp_path, text, message):
     with pytest.raises(RoutingError) as caught:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import logging
 import time
 
@@ -116,6 +117,18 @@ async def test_eight_references_use_numbered_fields(fake):
     assert [body[k] for k in ["input_image"] + [f"input_image_{n}" for n in range(2, 9)]] == URLS
     assert "input_image_1" not in body and "input_image_9" not in body
     assert (body["width"], body["height"]) == (896, 1152)
+
+
+async def test_inline_references_send_the_fetched_bytes_as_base64(fake):
+    import base64
+
+    job, _ = make_job()
+    job.reference_files = [(b"\x89PNG first", "image/png"), (b"\xff\xd8 second", "image/jpeg")]
+    await run(fake, job, send_references="inline")
+    body = fake.submits[0].json
+    assert base64.b64decode(body["input_image"]) == b"\x89PNG first"
+    assert base64.b64decode(body["input_image_2"]) == b"\xff\xd8 second"
+    assert URLS[0] not in json.dumps(body)
 
 
 async def test_auto_aspect_omits_width_and_height(fake):

@@ -159,11 +159,18 @@ class LocalPipelineBackend(Backend):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # A pipeline object is never shared across concurrent calls; max_batch gives the throughput.
+        # A pipeline object is never shared across concurrent calls (check_options refuses more).
         self.concurrency = 1
         self.pipeline: Any = None
         self.safety: tuple[Any, Any] | None = None
         self._executor: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def check_options(cls, name: str, config) -> None:
+        super().check_options(name, config)
+        if config.concurrency != 1:
+            raise ValueError(f"backends.{name}.concurrency: a local pipeline runs one call at a time; "
+                             "use max_batch for throughput, or one worker process per GPU")
 
     @classmethod
     def offers_safety_checker(cls, options) -> bool:

@@ -6,17 +6,20 @@ at once (signed URLs expire after 10 minutes). One request makes one image, so a
 images makes N submissions in parallel, each with its own seed.
 
 Reference images are passed as URLs (`input_image`, `input_image_2` … `input_image_8`): BFL
-downloads them itself, so they must be reachable from the internet.
+downloads them itself, so they must be reachable from the internet. With
+`send_references = "inline"` the bytes the worker already fetched are sent base64-encoded instead,
+for references BFL cannot reach (uploads to a Safelight on a private network).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import math
 from collections.abc import Callable
 from ipaddress import ip_address
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
@@ -75,6 +78,8 @@ class BflOptions(BaseModel):
     max_poll_interval_seconds: float = Field(5.0, gt=0, description="cap on the poll delay")
     poll_deadline_seconds: float = Field(300.0, gt=0, description="give up (failCode 504) after this long")
     download_timeout_seconds: float = Field(60.0, gt=0, description="deadline for downloading one result")
+    send_references: Literal["url", "inline"] = Field(
+        "url", description='"url": BFL downloads the input URLs; "inline": send the fetched bytes as base64')
 
 
 class BflBackend(Backend):
@@ -122,8 +127,12 @@ class BflBackend(Backend):
     def request_body(self, job: Job, seed: int | None) -> dict[str, Any]:
         params = job.params
         body: dict[str, Any] = {"prompt": params.prompt}
-        for index, url in enumerate(params.reference_urls[:MAX_REFERENCES]):
-            body["input_image" if index == 0 else f"input_image_{index + 1}"] = url
+        if self.options.send_references == "inline":
+            references = [base64.b64encode(data).decode() for data, _mime in job.reference_files]
+        else:
+            references = list(params.reference_urls)
+        for index, reference in enumerate(references[:MAX_REFERENCES]):
+            body["input_image" if index == 0 else f"input_image_{index + 1}"] = reference
         if params.width and params.height:  # None = "auto": the output follows the first reference
             body["width"], body["height"] = fit_pixels(params.width, params.height, self.options.max_pixels)
         if seed is not None:
