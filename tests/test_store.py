@@ -103,7 +103,7 @@ async def test_a_worker_that_lost_its_lease_cannot_finish_the_task(store):
     await store.tasks.claim(["z-image"], 1, "slow", lease_ms=-1)
     await store.tasks.requeue_expired(max_attempts=3)
     await store.tasks.claim(["z-image"], 1, "fresh", lease_ms=60_000)
-    assert not await store.tasks.mark_generating(task_id, "slow", "sandbox")
+    assert not await store.tasks.mark_generating([task_id], "slow", "sandbox")
     assert not await store.tasks.succeed(task_id, "slow", files=["x"], seeds=[1])
     assert await store.tasks.succeed(task_id, "fresh", files=["y"], seeds=[2])
     assert json.loads((await store.tasks.get(task_id))["result"])["files"] == ["y"]

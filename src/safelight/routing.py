@@ -24,7 +24,7 @@ provider never takes the other models offline; `route = []` takes a model off th
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,15 +78,9 @@ class Routing:
     backends: dict[str, BackendConfig]
     # Public model id -> ordered backend names; the first is tried first.
     routes: dict[str, list[str]]
-    source: Path | None = None
-    notes: list[str] = field(default_factory=list)
 
     def route_for(self, model: str) -> list[str]:
         return self.routes.get(model, [])
-
-    def primary(self, model: str) -> BackendConfig | None:
-        route = self.route_for(model)
-        return self.backends[route[0]] if route else None
 
     def used_backends(self) -> list[str]:
         """Backends some route uses, in first-use order."""
@@ -130,7 +124,6 @@ def load_routing(path: str | Path | None, *, sandbox_concurrency: int = 4) -> Ro
             raise RoutingError(f"routing file {path}: {exc.args[0]}") from None
 
     routes = {model: [SANDBOX] for model in MODELS}
-    notes = []
     for model, entry in parsed.models.items():
         if model not in MODELS:
             raise RoutingError(f"routing file {path}: models.{model!r} is not a known model; "
@@ -144,7 +137,4 @@ def load_routing(path: str | Path | None, *, sandbox_concurrency: int = 4) -> Ro
                 raise RoutingError(f"routing file {path}: backend {name!r} (type {backends[name].type}) "
                                    f"cannot serve {model}; it serves {', '.join(sorted(cls.models))}")
         routes[model] = list(entry.route)
-    for model in MODELS:
-        if model not in parsed.models:
-            notes.append(f"{model} is not in the routing file and stays on the sandbox")
-    return Routing(backends=backends, routes=routes, source=path, notes=notes)
+    return Routing(backends=backends, routes=routes)

@@ -188,19 +188,16 @@ class TaskStore:
                 .returning(*tasks.c))).mappings().all()
         return sorted(rows, key=lambda row: row["create_time"])
 
-    async def record_backend_attempt(self, task_id: str, worker_id: str, entry: dict[str, Any]) -> None:
-        """Append to the task's backend log (operator-facing: which backends were tried, and why not)."""
+    async def mark_generating(self, task_ids: Sequence[str], worker_id: str, backend: str) -> set[str]:
+        """Move a claimed batch to generating on `backend`, in one statement; returns the ids this
+        worker still holds (a lost lease drops a task from the batch)."""
         async with self.db.write() as conn:
-            current = (await conn.execute(
-                select(tasks.c.backend_attempts).where(tasks.c.id == task_id, tasks.c.lease_owner == worker_id)
-            )).scalar_one_or_none()
-            log = json.loads(current) if current else []
-            log.append(entry)
-            await conn.execute(update(tasks).where(tasks.c.id == task_id, tasks.c.lease_owner == worker_id)
-                               .values(backend_attempts=json.dumps(log)))
-
-    async def mark_generating(self, task_id: str, worker_id: str, backend: str) -> bool:
-        return await self._owned_update(task_id, worker_id, state="generating", backend=backend, progress=0)
+            rows = await conn.execute(
+                update(tasks).where(tasks.c.id.in_(list(task_ids)), tasks.c.lease_owner == worker_id,
+                                    tasks.c.state.in_(ACTIVE_STATES))
+                .values(state="generating", backend=backend, progress=0, update_time=now_ms())
+                .returning(tasks.c.id))
+            return set(rows.scalars())
 
     async def set_progress(self, task_id: str, worker_id: str, progress: int) -> bool:
         return await self._owned_update(task_id, worker_id, progress=max(0, min(100, progress)))
@@ -224,8 +221,9 @@ class TaskStore:
         self.wakeup.poke()
 
     async def succeed(self, task_id: str, worker_id: str, *, files: list[str], seeds: list[int | None],
-                      extra: dict[str, Any] | None = None) -> bool:
-        """success, charging the reservation. False if this worker no longer holds the task."""
+                      extra: dict[str, Any] | None = None, backend_attempts: list[dict] | None = None) -> bool:
+        """success, charging the reservation. False if this worker no longer holds the task.
+        `backend_attempts` (which backends were tried) is written in the same statement."""
         at = now_ms()
         result = json.dumps({"files": files, "seeds": seeds, **(extra or {})})
         async with self.db.write() as conn:
@@ -233,7 +231,8 @@ class TaskStore:
                 update(tasks).where(tasks.c.id == task_id, tasks.c.lease_owner == worker_id,
                                     tasks.c.state.in_(ACTIVE_STATES))
                 .values(state="success", result=result, credits_consumed=tasks.c.credits_reserved, progress=100,
-                        complete_time=at, update_time=at, lease_owner=None, lease_expires_at=None)
+                        complete_time=at, update_time=at, lease_owner=None, lease_expires_at=None,
+                        **_attempt_log(backend_attempts))
                 .returning(tasks.c.account_id, tasks.c.callback_url))).first()
             if row is None:
                 return False
@@ -242,10 +241,12 @@ class TaskStore:
             self.callbacks.enqueued()
         return True
 
-    async def fail(self, task_id: str, fail_code: str, fail_msg: str, *, worker_id: str | None = None) -> bool:
+    async def fail(self, task_id: str, fail_code: str, fail_msg: str, *, worker_id: str | None = None,
+                   backend_attempts: list[dict] | None = None) -> bool:
         """fail, refunding the reservation. With worker_id, only if that worker still holds the task."""
         async with self.db.write() as conn:
-            failed = await self._fail_in(conn, task_id, fail_code, fail_msg, worker_id=worker_id)
+            failed = await self._fail_in(conn, task_id, fail_code, fail_msg, worker_id=worker_id,
+                                         backend_attempts=backend_attempts)
         if failed:
             self.callbacks.enqueued()
         return failed
@@ -284,7 +285,7 @@ class TaskStore:
             return result.rowcount == 1
 
     async def _fail_in(self, conn: AsyncConnection, task_id: str, fail_code: str, fail_msg: str, *,
-                       worker_id: str | None = None) -> bool:
+                       worker_id: str | None = None, backend_attempts: list[dict] | None = None) -> bool:
         at = now_ms()
         condition = and_(tasks.c.id == task_id, tasks.c.state.not_in(TERMINAL_STATES))
         if worker_id is not None:
@@ -292,7 +293,8 @@ class TaskStore:
         row = (await conn.execute(
             update(tasks).where(condition)
             .values(state="fail", fail_code=fail_code, fail_msg=fail_msg[:2000], credits_consumed=0,
-                    complete_time=at, update_time=at, lease_owner=None, lease_expires_at=None)
+                    complete_time=at, update_time=at, lease_owner=None, lease_expires_at=None,
+                    **_attempt_log(backend_attempts))
             .returning(tasks.c.account_id, tasks.c.credits_reserved, tasks.c.callback_url))).first()
         if row is None:
             return False
@@ -307,3 +309,7 @@ class TaskStore:
         # Same transaction as the state change: the callback is owed exactly when the task ends.
         if url:
             await enqueue_callback(conn, task_id=task_id, account_id=account_id, url=url, at=at)
+
+
+def _attempt_log(backend_attempts: list[dict] | None) -> dict[str, str]:
+    return {} if backend_attempts is None else {"backend_attempts": json.dumps(backend_attempts)}

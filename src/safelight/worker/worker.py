@@ -63,6 +63,8 @@ class Worker:
         # Claimed batches per primary backend: claiming stops when the primary has no free slot.
         self._claimed = {name: 0 for name in self.backends}
         self._running: dict[str, asyncio.Task] = {}  # task id -> the asyncio task running its batch
+        # task id -> backends tried so far; written with the task's final state, in the same statement.
+        self._attempts: dict[str, list[dict]] = {}
         self._loops: list[asyncio.Task] = []
         self._stopping = False
 
@@ -171,6 +173,7 @@ class Worker:
         finally:
             for row in rows:
                 self._running.pop(row["id"], None)
+                self._attempts.pop(row["id"], None)
             self._claimed[primary] -= 1
             self.store.wakeup.poke()  # a slot is free
 
@@ -216,7 +219,8 @@ class Worker:
         for position, name in enumerate(route):
             backend = self.backends[name]
             async with self._slots[name]:
-                jobs = [job for job in jobs if await self.store.tasks.mark_generating(job.task_id, self.id, name)]
+                held = await self.store.tasks.mark_generating([job.task_id for job in jobs], self.id, name)
+                jobs = [job for job in jobs if job.task_id in held]
                 if not jobs:
                     return  # leases lost: other workers own these tasks now
                 try:
@@ -225,7 +229,7 @@ class Worker:
                     last = position == len(route) - 1
                     outcome = "fallback" if exc.transient and not last else "fail"
                     for job in jobs:
-                        await self._record_attempt(job.task_id, name, outcome, exc.fail_code, exc.detail or exc.message)
+                        self._record_attempt(job.task_id, name, outcome, exc.fail_code, exc.detail or exc.message)
                     if outcome == "fallback":
                         log.warning("backend %s failed transiently for %d task(s) (%s); trying %s",
                                     name, len(jobs), exc.fail_code, route[position + 1])
@@ -235,11 +239,10 @@ class Worker:
                     return
             for job, images in zip(jobs, results, strict=True):
                 if isinstance(images, BackendError):  # one task of a batch refused (its safety check)
-                    await self._record_attempt(job.task_id, name, "fail", images.fail_code,
-                                               images.detail or images.message)
+                    self._record_attempt(job.task_id, name, "fail", images.fail_code, images.detail or images.message)
                     await self._fail(job.task_id, images.fail_code, images.message, open_ids)
                     continue
-                await self._record_attempt(job.task_id, name, "success", "", "")
+                self._record_attempt(job.task_id, name, "success", "", "")
                 await self._finish(job, images, backend, open_ids)
             return
 
@@ -273,21 +276,22 @@ class Worker:
             await self.storage.put(key, image.data)
             keys.append(key)
         open_ids.discard(task_id)
-        if not await self.store.tasks.succeed(task_id, self.id, files=keys, seeds=[i.seed for i in images]):
+        if not await self.store.tasks.succeed(task_id, self.id, files=keys, seeds=[i.seed for i in images],
+                                              backend_attempts=self._attempts.get(task_id)):
             log.warning("task %s finished after its lease was lost; result discarded", task_id)
             for key in keys:
                 await self.storage.delete(key)
 
-    async def _record_attempt(self, task_id: str, backend: str, outcome: str, code: str, detail: str) -> None:
+    def _record_attempt(self, task_id: str, backend: str, outcome: str, code: str, detail: str) -> None:
         entry = {"backend": backend, "outcome": outcome, "failCode": code, "detail": detail[:500], "at": now_ms()}
-        with contextlib.suppress(Exception):  # the log is for operators; never fail a task over it
-            await self.store.tasks.record_backend_attempt(task_id, self.id, entry)
+        self._attempts.setdefault(task_id, []).append(entry)
 
     async def _fail(self, task_id: str, code: str, message: str, open_ids: set[str] | None = None) -> None:
         if open_ids is not None:
             open_ids.discard(task_id)
         with contextlib.suppress(Exception):
-            if await self.store.tasks.fail(task_id, code, message, worker_id=self.id):
+            if await self.store.tasks.fail(task_id, code, message, worker_id=self.id,
+                                           backend_attempts=self._attempts.get(task_id)):
                 log.info("task %s failed: %s %s", task_id, code, message)
                 return
         log.warning("could not record failure of task %s (lease lost?)", task_id)

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from safelight.backends.base import (
     FAIL_GENERATION,
@@ -54,6 +54,14 @@ class LocalOptions(BaseModel):
     safety_checker: str | None = Field(
         None, description="directory of a diffusers StableDiffusionSafetyChecker (with its preprocessor_config.json); "
                           "enables nsfw_checker for this backend")
+
+    @field_validator("compile_buckets")
+    @classmethod
+    def _known_buckets(cls, value: list[str]) -> list[str]:
+        unknown = [aspect for aspect in value if aspect not in BUCKETS["1K"]]
+        if unknown:
+            raise ValueError(f"unknown aspect ratio {unknown[0]!r}; known: {', '.join(BUCKETS['1K'])}")
+        return value
 
 
 def resolve_weights(weights: str, allow_download: bool) -> Path:
@@ -273,11 +281,6 @@ class LocalPipelineBackend(Backend):
         if self.options.safety_checker:
             self.safety = self._load_safety_checker(Path(self.options.safety_checker).expanduser())
 
-    def warm_up(self) -> None:
-        """Run each configured size bucket at batch 1 and max_batch once, so compiled graphs exist
-        before the first task (called at start when compile is on)."""
-        self._warm_up()
-
     def _load_safety_checker(self, directory: Path) -> tuple[Any, Any]:
         from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
         from transformers import CLIPImageProcessor
@@ -287,17 +290,16 @@ class LocalPipelineBackend(Backend):
         return checker, CLIPImageProcessor.from_pretrained(directory, local_files_only=True)
 
     def _warm_up(self) -> None:
-        sizes = [BUCKETS["1K"][aspect] for aspect in self.options.compile_buckets if aspect in BUCKETS["1K"]]
-        for width, height in sizes:
-            for batch in sorted({1, self.max_batch}):
-                self._run([self.warm_up_job(width, height, batch)])
-
-    def warm_up_job(self, width: int, height: int, count: int) -> Job:
+        """Run each configured size bucket at batch 1 and max_batch once, so the compiled graphs
+        exist before the first task."""
         from safelight.catalog import GenerationParams
 
-        params = GenerationParams(model="warm-up", prompt="a lighthouse at dusk", width=width, height=height,
-                                  num_images=count)
-        return Job(task_id="warm-up", params=params, seeds=list(range(count)))
+        for aspect in self.options.compile_buckets:
+            width, height = BUCKETS["1K"][aspect]
+            for batch in sorted({1, self.max_batch}):
+                params = GenerationParams(model="warm-up", prompt="a lighthouse at dusk", width=width, height=height,
+                                          num_images=batch)
+                self._run([Job(task_id="warm-up", params=params, seeds=list(range(batch)))])
 
     # --- generation ---
 

@@ -30,13 +30,13 @@ from safelight.backends.base import (
     FAIL_MODERATED,
     FAIL_TIMEOUT,
     FAIL_UNAVAILABLE,
-    Backend,
     GeneratedImage,
     Job,
     read_secret,
 )
 from safelight.backends.upstream.common import (
     PROVIDER_UNAVAILABLE,
+    ProviderBackend,
     ProviderClient,
     download_result,
     gather_or_cancel,
@@ -82,34 +82,18 @@ class BflOptions(BaseModel):
         "url", description='"url": BFL downloads the input URLs; "inline": send the fetched bytes as base64')
 
 
-class BflBackend(Backend):
+class BflBackend(ProviderBackend):
     """FLUX.2 [pro] (or another FLUX.2 endpoint) on the Black Forest Labs API."""
 
     kind = "bfl"
     models = frozenset({"flux-2/pro-image-to-image"})
     Options = BflOptions
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.client: ProviderClient | None = None
-
-    @classmethod
-    def offers_safety_checker(cls, options) -> bool:
-        return True  # BFL moderates every request and every output
-
-    async def start(self) -> None:
-        if self.client is not None:
-            return
+    async def open_client(self) -> ProviderClient:
         key = read_secret(self.context, self.name, self.options.api_key_env)
-        self.client = ProviderClient(self.name, self.options.base_url, headers={"x-key": key}, secrets=[key],
-                                     timeout=self.options.timeout_seconds, retries=self.options.retries,
-                                     backoff_seconds=self.options.backoff_seconds,
-                                     max_wait=self.options.max_wait_seconds)
-
-    async def close(self) -> None:
-        if self.client is not None:
-            await self.client.close()
-            self.client = None
+        return ProviderClient(self.name, self.options.base_url, headers={"x-key": key}, secrets=[key],
+                              timeout=self.options.timeout_seconds, retries=self.options.retries,
+                              backoff_seconds=self.options.backoff_seconds, max_wait=self.options.max_wait_seconds)
 
     async def generate(self, job: Job) -> list[GeneratedImage]:
         await self.start()

@@ -18,7 +18,14 @@ from typing import Any, TypeVar
 
 import httpx
 
-from safelight.backends.base import FAIL_GENERATION, FAIL_UNAVAILABLE, BackendContext, BackendError, GeneratedImage
+from safelight.backends.base import (
+    FAIL_GENERATION,
+    FAIL_UNAVAILABLE,
+    Backend,
+    BackendContext,
+    BackendError,
+    GeneratedImage,
+)
 from safelight.net import FetchError, ImageError, OutboundPolicy, UnsafeURLError, fetch, sniff_image_type
 
 log = logging.getLogger("safelight.backends.upstream")
@@ -58,6 +65,34 @@ def retry_after_seconds(response: httpx.Response, default: float) -> float:
     except ValueError:
         pass
     return default
+
+
+class ProviderBackend(Backend):
+    """An upstream provider: one API client, opened at start() and closed with the backend.
+
+    Providers moderate every request, so `nsfw_checker` is always honoured.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.client: Any = None
+
+    @classmethod
+    def offers_safety_checker(cls, options) -> bool:
+        return True
+
+    async def open_client(self) -> Any:
+        """The provider's client (credentials read here, so a missing key fails the start)."""
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        if self.client is None:
+            self.client = await self.open_client()
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
 
 
 class ProviderClient:

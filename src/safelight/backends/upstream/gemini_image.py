@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from safelight.backends.base import FAIL_GENERATION, FAIL_MODERATED, Backend, BackendError, GeneratedImage, Job
+from safelight.backends.base import FAIL_GENERATION, FAIL_MODERATED, BackendError, GeneratedImage, Job
+from safelight.backends.upstream.common import ProviderBackend
 from safelight.backends.upstream.google import (
     MALFORMED,
     MODERATED,
@@ -62,28 +63,15 @@ def _name(value: Any) -> str:
     return str(getattr(value, "value", value) or "")
 
 
-class GeminiImageBackend(Backend):
+class GeminiImageBackend(ProviderBackend):
     """Gemini image models; serves `google/imagen4-fast` (and `z-image` text-to-image as overflow)."""
 
     kind = "gemini-image"
     models = frozenset({"google/imagen4-fast", "z-image"})
     Options = GeminiImageOptions
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.client: GoogleClient | None = None
-
-    @classmethod
-    def offers_safety_checker(cls, options) -> bool:
-        return True  # Gemini filters every prompt and image
-
-    async def start(self) -> None:
-        self.client = await open_client(self.name, self.options, self.context, vertexai=self.options.vertexai)
-
-    async def close(self) -> None:
-        if self.client is not None:
-            await self.client.close()
-            self.client = None
+    async def open_client(self) -> GoogleClient:
+        return await open_client(self.name, self.options, self.context, vertexai=self.options.vertexai)
 
     async def generate(self, job: Job) -> list[GeneratedImage]:
         if self.client is None:

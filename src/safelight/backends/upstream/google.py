@@ -39,14 +39,19 @@ from safelight.backends.base import (
     FAIL_MODERATED,
     FAIL_TIMEOUT,
     FAIL_UNAVAILABLE,
-    Backend,
     BackendContext,
     BackendError,
     GeneratedImage,
     Job,
     read_secret,
 )
-from safelight.backends.upstream.common import PROVIDER_UNAVAILABLE, generated, redact, retry_after_seconds
+from safelight.backends.upstream.common import (
+    PROVIDER_UNAVAILABLE,
+    ProviderBackend,
+    generated,
+    redact,
+    retry_after_seconds,
+)
 from safelight.net import sniff_image_type
 
 if TYPE_CHECKING:
@@ -342,7 +347,7 @@ def image_of(call: GoogleCall, data: bytes, seed: int) -> GeneratedImage:
     return generated(data, mime, seed)
 
 
-class GoogleImagenBackend(Backend):
+class GoogleImagenBackend(ProviderBackend):
     """Imagen 4 Fast on Vertex AI. Also takes `z-image` text-to-image as overflow.
 
     Seeds: Imagen takes one seed per request and derives the other images' seeds from it. We send
@@ -358,24 +363,11 @@ class GoogleImagenBackend(Backend):
     NOT_FOUND_HINT = ("Imagen 4 was shut down on 2026-08-17: route google/imagen4-fast to a `gemini-image` "
                       "backend (or a local one) in the routing file.")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.client: GoogleClient | None = None
-
-    @classmethod
-    def offers_safety_checker(cls, options) -> bool:
-        return True  # Imagen's safety filter runs on every request
-
-    async def start(self) -> None:
+    async def open_client(self) -> GoogleClient:
         # The SDK warns on every generate_images call that the method is deprecated (Imagen's
         # shutdown, above); the 404 handling covers that, so keep the warning out of the logs.
         warnings.filterwarnings("ignore", message="The generate_images method is deprecated")
-        self.client = await open_client(self.name, self.options, self.context, vertexai=True)
-
-    async def close(self) -> None:
-        if self.client is not None:
-            await self.client.close()
-            self.client = None
+        return await open_client(self.name, self.options, self.context, vertexai=True)
 
     async def generate(self, job: Job) -> list[GeneratedImage]:
         from google.genai import types

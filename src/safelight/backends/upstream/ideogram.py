@@ -18,7 +18,6 @@ from safelight.backends.base import (
     FAIL_INPUT,
     FAIL_MODERATED,
     FAIL_UNAVAILABLE,
-    Backend,
     BackendError,
     GeneratedImage,
     Job,
@@ -27,6 +26,7 @@ from safelight.backends.base import (
 from safelight.backends.upstream.common import (
     EXTENSIONS,
     PROVIDER_UNAVAILABLE,
+    ProviderBackend,
     ProviderClient,
     download_result,
     gather_or_cancel,
@@ -66,34 +66,18 @@ class IdeogramOptions(BaseModel):
     download_timeout_seconds: float = Field(60.0, gt=0, description="deadline for downloading one result")
 
 
-class IdeogramBackend(Backend):
+class IdeogramBackend(ProviderBackend):
     """Ideogram v3 "character reference" generation."""
 
     kind = "ideogram"
     models = frozenset({"ideogram/character"})
     Options = IdeogramOptions
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.client: ProviderClient | None = None
-
-    @classmethod
-    def offers_safety_checker(cls, options) -> bool:
-        return True  # Ideogram checks every prompt and every image
-
-    async def start(self) -> None:
-        if self.client is not None:
-            return
+    async def open_client(self) -> ProviderClient:
         key = read_secret(self.context, self.name, self.options.api_key_env)
-        self.client = ProviderClient(self.name, self.options.base_url, headers={"Api-Key": key}, secrets=[key],
-                                     timeout=self.options.timeout_seconds, retries=self.options.retries,
-                                     backoff_seconds=self.options.backoff_seconds,
-                                     max_wait=self.options.max_wait_seconds)
-
-    async def close(self) -> None:
-        if self.client is not None:
-            await self.client.close()
-            self.client = None
+        return ProviderClient(self.name, self.options.base_url, headers={"Api-Key": key}, secrets=[key],
+                              timeout=self.options.timeout_seconds, retries=self.options.retries,
+                              backoff_seconds=self.options.backoff_seconds, max_wait=self.options.max_wait_seconds)
 
     def form_fields(self, job: Job) -> dict[str, str]:
         params, extra = job.params, job.params.options

@@ -26,14 +26,20 @@ from safelight.backends.base import (
     FAIL_MODERATED,
     FAIL_TIMEOUT,
     FAIL_UNAVAILABLE,
-    Backend,
     BackendError,
     GeneratedImage,
     Job,
     read_secret,
 )
 
-from .common import PROVIDER_UNAVAILABLE, ProviderClient, download_result, generated, retry_after_seconds
+from .common import (
+    PROVIDER_UNAVAILABLE,
+    ProviderBackend,
+    ProviderClient,
+    download_result,
+    generated,
+    retry_after_seconds,
+)
 
 log = logging.getLogger("safelight.backends.upstream.kie")
 
@@ -74,31 +80,19 @@ class KieOptions(BaseModel):
     request_timeout_seconds: float = Field(60.0, gt=0, description="per HTTP request, result downloads included")
 
 
-class KieBackend(Backend):
+class KieBackend(ProviderBackend):
     kind = "kie"
     models = None  # any public model: the upstream decides what it serves
     Options = KieOptions
 
-    client: ProviderClient | None = None
+    # kie applies `nsfw_checker` itself: the input is forwarded unchanged.
 
-    @classmethod
-    def offers_safety_checker(cls, options) -> bool:
-        # kie applies `nsfw_checker` itself; the input is forwarded unchanged.
-        return True
-
-    async def start(self) -> None:
-        if self.client is not None:
-            return
+    async def open_client(self) -> ProviderClient:
         opts: KieOptions = self.options
         key = read_secret(self.context, self.name, opts.api_key_env)
-        self.client = ProviderClient(self.name, opts.base_url, headers={"Authorization": f"Bearer {key}"},
-                                     secrets=[key], timeout=opts.request_timeout_seconds, retries=opts.retries,
-                                     backoff_seconds=opts.retry_backoff_seconds)
-
-    async def close(self) -> None:
-        if self.client is not None:
-            await self.client.close()
-            self.client = None
+        return ProviderClient(self.name, opts.base_url, headers={"Authorization": f"Bearer {key}"},
+                              secrets=[key], timeout=opts.request_timeout_seconds, retries=opts.retries,
+                              backoff_seconds=opts.retry_backoff_seconds)
 
     def upstream_model(self, model: str) -> str:
         return self.options.model_map.get(model, model)
