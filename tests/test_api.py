@@ -148,7 +148,7 @@ async def test_authentication(live_server):
     async with live_server.client(created.key) as client:
         assert (await create(client, body))["code"] == 200
         await live_server.runtime.store.accounts.revoke_key(str(created.key_id))
-        live_server.runtime.auth_cache.clear()
+        live_server.app.state.api_keys.cache.clear()
         assert (await create(client, body))["code"] == 401
 
 
@@ -188,24 +188,24 @@ async def test_maintenance_and_disabled_models(live_server):
     async with live_server.client() as client:
         task_id = (await create(client, body))["data"]["taskId"]
         await state.set_maintenance(True)
-        live_server.runtime.flags_cache.clear()
+        live_server.app.state.admission.forget_flags()
         assert (await create(client, body))["code"] == 455
         # polling keeps working during maintenance
         assert (await client.get(RECORD, params={"taskId": task_id})).json()["code"] == 200
         await state.set_maintenance(False)
         await state.set_model_enabled("z-image", False)
-        live_server.runtime.flags_cache.clear()
+        live_server.app.state.admission.forget_flags()
         response = await create(client, body)
         assert response["code"] == 505 and "z-image" in response["msg"]
         models = (await client.get("/api/v1/models")).json()["data"]
         assert {m["id"]: m["enabled"] for m in models}["z-image"] is False
         await state.set_model_enabled("z-image", True)
-        live_server.runtime.flags_cache.clear()
+        live_server.app.state.admission.forget_flags()
         assert (await create(client, body))["code"] == 200
 
 
 async def test_rate_limit_per_key(settings):
-    from tests.conftest import free_port, start_server
+    from tests.helpers import free_port, start_server
 
     port = free_port()
     limited = settings.model_copy(update={"port": port, "public_url": f"http://127.0.0.1:{port}",

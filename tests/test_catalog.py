@@ -2,7 +2,7 @@
 
 import pytest
 
-from safelight.catalog import MODELS, InputError, bucket_size, get_model, nearest_bucket, validate_input
+from safelight.catalog import MODELS, InvalidInputError, bucket_size, get_model, nearest_bucket, validate_input
 
 URL = "https://example.com/a.png"
 VALID = {
@@ -15,7 +15,7 @@ VALID = {
 
 
 def error_for(model_id, raw):
-    with pytest.raises(InputError) as info:
+    with pytest.raises(InvalidInputError) as info:
         validate_input(get_model(model_id), raw)
     return str(info.value)
 

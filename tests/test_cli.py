@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from safelight.cli import app
 from safelight.store import Store
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 runner = CliRunner()
 

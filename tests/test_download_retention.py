@@ -18,7 +18,7 @@ from safelight.storage import LocalStorage
 from safelight.storage.retention import SweepReport, run_periodically, sweep
 from safelight.store import Store
 from safelight.store.tasks import tasks
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 
 CREATE = "/api/v1/jobs/createTask"
 RECORD = "/api/v1/jobs/recordInfo"
@@ -174,7 +174,7 @@ async def test_sweep_deletes_old_results_and_keeps_the_record(live_server):
         await backdate_task(runtime, old_id, 15 * DAY)
         await backdate_task(runtime, new_id, 13 * DAY)
 
-        report = await sweep(runtime)
+        report = await sweep(runtime.store.tasks, runtime.storage, runtime.settings)
         assert report.tasks == 1 and report.result_bytes > 0
         assert not (runtime.storage.root / "results" / old_id).exists()
         assert (runtime.storage.root / "results" / new_id / "0.png").is_file()
@@ -189,7 +189,7 @@ async def test_sweep_deletes_old_results_and_keeps_the_record(live_server):
         fresh = json.loads((await client.get(RECORD, params={"taskId": new_id})).json()["data"]["resultJson"])
         assert len(fresh["resultUrls"]) == 1
 
-        assert await sweep(runtime) == SweepReport()  # idempotent
+        assert await sweep(runtime.store.tasks, runtime.storage, runtime.settings) == SweepReport()  # idempotent
 
 
 async def test_sweep_deletes_old_uploads_by_modification_time(live_server):
@@ -203,7 +203,7 @@ async def test_sweep_deletes_old_uploads_by_modification_time(live_server):
         backdate_file(root / "c/again.png", 3 * DAY + 60)
         await upload(client, "again.png", "c")  # re-uploading replaces the file: it is new again
 
-        report = await sweep(runtime)
+        report = await sweep(runtime.store.tasks, runtime.storage, runtime.settings)
         assert (report.uploads, report.upload_bytes) == (1, len(png_bytes(8, 8)))
         assert not (root / "a/b").exists()  # emptied directories go too
         assert (root / "a/new.png").is_file() and (root / "c/again.png").is_file()
@@ -233,7 +233,7 @@ async def test_sweep_on_each_engine_with_retention_settings(database_url, tmp_pa
         await runtime.storage.put("uploads/1/x/old.png", b"y")
         backdate_file(runtime.storage.path("uploads/1/x/old.png"), 30 * DAY)
 
-        report = await sweep(runtime, batch_size=1)  # several batches
+        report = await sweep(runtime.store.tasks, runtime.storage, runtime.settings, batch_size=1)  # several batches
         assert report == SweepReport(tasks=2, result_bytes=20, uploads=0, upload_bytes=0)  # 0: keep uploads
         rows = {task_id: await store.tasks.get(task_id) for task_id in ids}
         assert [rows[i]["files_deleted"] for i in ids] == [True, True, False]
@@ -249,7 +249,7 @@ async def test_run_periodically_sweeps_until_cancelled(live_server):
         await upload(client, "stale.png")
     path = runtime.storage.root / "uploads" / str(live_server.account_id) / "refs" / "stale.png"
     backdate_file(path, 4 * DAY)
-    task = asyncio.create_task(run_periodically(runtime, 0.05))
+    task = asyncio.create_task(run_periodically(runtime.store.tasks, runtime.storage, runtime.settings, 0.05))
     try:
         for _ in range(100):
             if not path.exists():

@@ -11,8 +11,7 @@ from safelight.backends import Backend, BackendError, GeneratedImage
 from safelight.catalog import MODELS, get_model, validate_input
 from safelight.routing import SANDBOX, RoutingError, load_routing
 from safelight.worker import Worker
-from tests.conftest import png_bytes
-from tests.test_worker import BODY, wait_state
+from tests.helpers import BODY, png_bytes, wait_state
 
 
 async def create(runtime, body=BODY):
@@ -95,7 +94,7 @@ def test_a_missing_file_is_an_error_not_a_silent_default(tmp_path):
 class Scripted(Backend):
     """Fails or succeeds as told; records the jobs of every call."""
 
-    kind = "scripted"
+    type_name = "scripted"
 
     def __init__(self, name, *, error=None, max_batch=1, safety=False, per_job_error=None):
         super().__init__(name, concurrency=2, max_batch=max_batch)
@@ -119,8 +118,7 @@ class Scripted(Backend):
 
 
 def route_worker(runtime, backends, route, model="google/imagen4-fast"):
-    base = runtime.build_worker()
-    return Worker(store=runtime.store, storage=runtime.storage, loader=base.loader,
+    return Worker(store=runtime.store, storage=runtime.storage, loader=runtime.input_loader(),
                   backends={b.name: b for b in backends}, routes={model: route}, lease_seconds=60)
 
 
@@ -214,19 +212,19 @@ async def test_nsfw_tasks_skip_backends_without_a_safety_checker(runtime):
 
 
 async def test_nsfw_checker_without_a_checker_is_refused_at_create_with_505(settings, tmp_path):
-    from tests.conftest import free_port, start_server
+    from tests.helpers import free_port, start_server
 
     config = write(tmp_path, """
         [models."google/imagen4-fast"]
         route = []
     """)
     port = free_port()
-    settings = settings.model_copy(update={"config": str(config), "port": port,
+    settings = settings.model_copy(update={"routing_file": str(config), "port": port,
                                            "public_url": f"http://127.0.0.1:{port}"})
     server, task = await start_server(settings)
     runtime = server.config.app.state.runtime
     # A backend type without a checker: pretend the sandbox has none for z-image on this server.
-    runtime.safety_checked_models.discard("z-image")
+    server.config.app.state.admission.safety_checked_models.discard("z-image")
     key = (await runtime.store.accounts.create_key("nsfw", credits=100)).key
     try:
         async with httpx.AsyncClient(base_url=settings.public_url, headers={"Authorization": f"Bearer {key}"}) as c:

@@ -8,7 +8,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from safelight.store import InsufficientCredits, Store
-from safelight.store.tables import Base
+from safelight.store.tables import metadata
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ async def test_migrations_match_the_tables_and_are_idempotent(store):
     await store.migrate()  # a second run is a no-op
 
     def diff(sync_conn):
-        return compare_metadata(MigrationContext.configure(sync_conn), Base.metadata)
+        return compare_metadata(MigrationContext.configure(sync_conn), metadata)
 
     async with store.db.read() as conn:
         assert await conn.run_sync(diff) == []
@@ -53,7 +53,7 @@ async def test_success_charges_and_failure_refunds_exactly_once(store):
     ok, bad = await new_task(store, created.account_id), await new_task(store, created.account_id)
     claimed = await store.tasks.claim(["z-image"], 10, "w1", 60_000)
     assert [row["id"] for row in claimed] == [ok, bad]
-    assert all(row["state"] == "queuing" and row["attempts"] == 1 for row in claimed)
+    assert all(row["state"] == "queuing" and row["claims"] == 1 for row in claimed)
     assert await store.tasks.succeed(ok, "w1", files=["results/x/0.png"], seeds=[1])
     assert await store.tasks.fail(bad, "501", "boom", worker_id="w1")
     assert not await store.tasks.fail(bad, "501", "boom again")  # terminal: no second refund
@@ -86,8 +86,8 @@ async def test_expired_leases_are_requeued_then_failed_with_refund(store):
     task_id = await new_task(store, created.account_id)
     for attempt in range(1, 4):
         rows = await store.tasks.claim(["z-image"], 1, f"dead-{attempt}", lease_ms=-1)  # already expired
-        assert [row["id"] for row in rows] == [task_id] and rows[0]["attempts"] == attempt
-        report = await store.tasks.requeue_expired(max_attempts=3)
+        assert [row["id"] for row in rows] == [task_id] and rows[0]["claims"] == attempt
+        report = await store.tasks.requeue_expired(max_claims=3)
         if attempt < 3:
             assert report.requeued == [task_id] and (await store.tasks.get(task_id))["state"] == "waiting"
     assert report.failed == [task_id]
@@ -101,7 +101,7 @@ async def test_a_worker_that_lost_its_lease_cannot_finish_the_task(store):
     created = await store.accounts.create_key("lease", credits=10)
     task_id = await new_task(store, created.account_id)
     await store.tasks.claim(["z-image"], 1, "slow", lease_ms=-1)
-    await store.tasks.requeue_expired(max_attempts=3)
+    await store.tasks.requeue_expired(max_claims=3)
     await store.tasks.claim(["z-image"], 1, "fresh", lease_ms=60_000)
     assert not await store.tasks.mark_generating([task_id], "slow", "sandbox")
     assert not await store.tasks.succeed(task_id, "slow", files=["x"], seeds=[1])
@@ -115,7 +115,7 @@ async def test_release_hands_tasks_back_without_burning_an_attempt(store):
     await store.tasks.claim(["z-image"], 1, "w", 60_000)
     await store.tasks.release([task_id], "w")
     row = await store.tasks.get(task_id)
-    assert (row["state"], row["attempts"], row["lease_owner"]) == ("waiting", 0, None)
+    assert (row["state"], row["claims"], row["lease_owner"]) == ("waiting", 0, None)
 
 
 async def test_accounts_keys_and_state(store):

@@ -6,14 +6,23 @@ Which backend serves which model lives in the routing file named by SAFELIGHT_CO
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Environment variables renamed since 0.1: old name -> new name. The old one still works, with a warning.
+DEPRECATED_ENV = {
+    "SAFELIGHT_WORKER_CONCURRENCY": "SAFELIGHT_SANDBOX_CONCURRENCY",
+    "SAFELIGHT_MAX_ATTEMPTS": "SAFELIGHT_MAX_CLAIMS",
+}
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SAFELIGHT_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SAFELIGHT_", extra="ignore", populate_by_name=True)
 
     # Where the embedded store and local result files live.
     data_dir: Path = Path(".safelight")
@@ -25,13 +34,14 @@ class Settings(BaseSettings):
     port: int = 8000
 
     # The routing file (safelight.toml): backends and each model's route. Empty: all on the sandbox.
-    config: str = ""
+    # Its variable keeps the name users already set: SAFELIGHT_CONFIG.
+    routing_file: str = Field("", validation_alias=AliasChoices("routing_file", "SAFELIGHT_CONFIG"))
 
     # Worker
-    run_worker: bool = True
-    worker_concurrency: int = Field(4, ge=1, description="tasks in flight on the built-in sandbox backend")
+    sandbox_concurrency: int = Field(4, ge=1, description="tasks in flight on the built-in sandbox backend")
     lease_seconds: float = Field(60.0, gt=0)
-    max_attempts: int = Field(3, ge=1)
+    # A task claimed this many times without finishing (its workers died) fails, refunded.
+    max_claims: int = Field(3, ge=1)
     task_timeout_seconds: float = Field(600.0, gt=0)
 
     # Results
@@ -55,7 +65,6 @@ class Settings(BaseSettings):
     outbound_allow: str = ""
 
     # Callbacks: at least once, signed, retried with exponential backoff and full jitter.
-    run_delivery: bool = True
     callback_timeout_seconds: float = Field(15.0, gt=0)
     callback_concurrency: int = Field(16, ge=1)
     callback_retry_base_seconds: float = Field(5.0, gt=0)
@@ -75,6 +84,18 @@ class Settings(BaseSettings):
     # Demo key printed on the first start of an empty embedded server.
     bootstrap_demo_key: bool = True
     demo_credits: int = 1000
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_variables(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for old, new in DEPRECATED_ENV.items():
+            field_name = new.removeprefix("SAFELIGHT_").lower()
+            if old in os.environ and field_name not in data and new not in os.environ:
+                warnings.warn(f"{old} is deprecated; set {new} instead", DeprecationWarning, stacklevel=2)
+                data = {**data, field_name: os.environ[old]}
+        return data
 
     @field_validator("public_url")
     @classmethod

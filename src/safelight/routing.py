@@ -26,31 +26,18 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from safelight.backends import BackendConfig, backend_class
 from safelight.catalog import MODELS
+from safelight.validation import config_error
 
 SANDBOX = "sandbox"
 
 
 class RoutingError(ValueError):
     """The routing file is missing, malformed or inconsistent; the message names the key."""
-
-
-class BackendConfig(BaseModel):
-    """One `[backends.NAME]` table: the shared keys; everything else is type-specific options."""
-
-    model_config = ConfigDict(extra="allow")
-
-    type: str
-    concurrency: int = Field(1, ge=1, le=1024, description="calls in flight on this backend, per worker process")
-    max_batch: int = Field(1, ge=1, le=64, description="tasks run together in one call")
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
 
 
 class ModelRoute(BaseModel):
@@ -110,13 +97,9 @@ def load_routing(path: str | Path | None, *, sandbox_concurrency: int = 4) -> Ro
     try:
         parsed = _RoutingFile.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise RoutingError(f"routing file {path}: {where}: {first['msg']}") from None
+        raise RoutingError(f"routing file {path}: {config_error(exc)}") from None
 
     backends = {SANDBOX: BackendConfig(type=SANDBOX, concurrency=sandbox_concurrency), **parsed.backends}
-    from safelight.backends import backend_class  # late: backends import catalog, not routing
-
     for name, config in backends.items():
         try:
             backend_class(config.type).check_options(name, config)

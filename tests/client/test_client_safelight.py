@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from safelight.client import AsyncClient, Flux2ProImageToImageInput, ValidationError
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 
 
 @pytest.fixture

@@ -14,14 +14,17 @@ from PIL import Image
 
 pytest.importorskip("diffusers")
 
-from safelight.backends import BackendStartError, Job  # noqa: E402
+from safelight.backends import (  # noqa: E402
+    BackendConfig,  # noqa: E402
+    BackendStartError,
+    Job,
+)
 from safelight.backends.local.flux2 import Flux2Backend  # noqa: E402
 from safelight.backends.local.tiny import save_tiny_pipeline  # noqa: E402
 from safelight.backends.local.zimage import ZImageBackend  # noqa: E402
 from safelight.catalog import get_model, validate_input  # noqa: E402
-from safelight.routing import BackendConfig  # noqa: E402
 from safelight.worker import Worker  # noqa: E402
-from tests.conftest import free_port, start_server  # noqa: E402
+from tests.helpers import free_port, start_server  # noqa: E402
 
 # Tiny pipelines on CPU: float32, 2 steps, short prompts, one-layer prompt embedding for FLUX.2.
 ZIMAGE_OPTIONS = {"device": "cpu", "dtype": "float32", "steps": 2, "max_sequence_length": 128}
@@ -90,7 +93,7 @@ def test_the_server_refuses_to_start_with_missing_weights(settings, tmp_path):
         route = ["local"]
     """))
     with pytest.raises(BackendStartError, match="backend local: weights directory .* does not exist"):
-        create_app(settings.model_copy(update={"config": str(config)}), preflight=True)
+        create_app(settings.model_copy(update={"routing_file": str(config)}), check_backends=True)
 
 
 # --- generation through the real worker ---
@@ -120,7 +123,7 @@ route = ["zimage"]
 route = ["flux"]
 """)
     port = free_port()
-    settings = settings.model_copy(update={"config": str(config), "port": port,
+    settings = settings.model_copy(update={"routing_file": str(config), "port": port,
                                            "public_url": f"http://127.0.0.1:{port}", "task_timeout_seconds": 120})
     server, task = await start_server(settings)
     runtime = server.config.app.state.runtime
@@ -192,7 +195,7 @@ async def test_a_batch_of_four_matches_four_unbatched_runs_with_the_same_seeds(r
         return await original(jobs)
 
     backend.generate_batch = spy
-    worker = Worker(store=runtime.store, storage=runtime.storage, loader=runtime.build_worker().loader,
+    worker = Worker(store=runtime.store, storage=runtime.storage, loader=runtime.input_loader(),
                     backends={"zimage": backend}, routes={"z-image": ["zimage"]}, task_timeout_seconds=120)
     prompts = ["a lighthouse", "a red fox", "a teapot", "a city at night"]
     ids = []

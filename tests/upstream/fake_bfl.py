@@ -39,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from tests.conftest import free_port, png_bytes, serve_app
+from tests.helpers import free_port, png_bytes, serve_app
 
 AUTO_SIZE = (96, 64)  # the "auto" output size: stands for the first reference's size
 

@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.conftest import free_port, serve_app
+from tests.helpers import free_port, serve_app
 
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 IMAGEN_ASPECTS = {"1:1", "3:4", "4:3", "9:16", "16:9"}

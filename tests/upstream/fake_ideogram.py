@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from tests.conftest import free_port, png_bytes, serve_app
+from tests.helpers import free_port, png_bytes, serve_app
 
 # Ideogram answers at about 1 MP; these are scaled-down stand-ins with the same aspect ratios.
 SIZES = {"1x1": (128, 128), "16x9": (164, 92), "9x16": (92, 164), "4x3": (144, 108), "3x4": (108, 144)}

@@ -11,7 +11,7 @@ import pytest
 from fake_bfl import FakeBfl
 from fake_kie_upstream import FakeKieUpstream
 
-from tests.conftest import free_port, serve_app, start_server
+from tests.helpers import free_port, serve_app, start_server
 
 KIE_KEY = "kie-upstream-secret-9876543210"
 FAST_BFL = ('retries = 1\nbackoff_seconds = 0.01\npoll_interval_seconds = 0.01\nmax_poll_interval_seconds = 0.02\n'
@@ -45,7 +45,7 @@ async def serve_with(settings, tmp_path, routing: str, env: dict, monkeypatch):
     config = tmp_path / "safelight.toml"
     config.write_text(routing)
     port = free_port()
-    settings = settings.model_copy(update={"config": str(config), "port": port,
+    settings = settings.model_copy(update={"routing_file": str(config), "port": port,
                                            "public_url": f"http://127.0.0.1:{port}"})
     server, task = await start_server(settings)
     runtime = server.config.app.state.runtime

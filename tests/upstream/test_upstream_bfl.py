@@ -12,24 +12,20 @@ import pytest
 from fake_bfl import AUTO_SIZE, FakeBfl, seed_colour
 from PIL import Image
 
+from safelight.backends import BackendConfig
 from safelight.backends.base import (
-    FAIL_GENERATION,
-    FAIL_INPUT,
-    FAIL_MODERATED,
-    FAIL_TIMEOUT,
-    FAIL_UNAVAILABLE,
     BackendContext,
     BackendError,
     Job,
 )
 from safelight.backends.upstream.bfl import BflBackend, fit_pixels
 from safelight.catalog import get_model, validate_input
+from safelight.kie import FailCode
 from safelight.net import OutboundPolicy
-from safelight.routing import BackendConfig
 
 URLS = [f"https://images.example.com/ref-{i}.png" for i in range(1, 9)]
 FAST = {"retries": 2, "backoff_seconds": 0.01, "poll_interval_seconds": 0.01, "max_poll_interval_seconds": 0.02,
-        "poll_deadline_seconds": 3.0, "timeout_seconds": 3.0, "download_timeout_seconds": 3.0}
+        "deadline_seconds": 3.0, "timeout_seconds": 3.0, "download_timeout_seconds": 3.0}
 
 
 @pytest.fixture
@@ -217,7 +213,7 @@ async def test_result_seed_is_reported(fake):
 async def test_moderation_is_permanent(fake, mode):
     fake.mode = mode
     error = await failure(fake)
-    assert (error.fail_code, error.transient) == (FAIL_MODERATED, False)
+    assert (error.fail_code, error.transient) == (FailCode.MODERATED, False)
     assert "safety filter" in error.message
     assert "Derivative Works" in error.detail
     assert fake.downloads == []
@@ -227,14 +223,14 @@ async def test_moderation_is_permanent(fake, mode):
 async def test_failed_generation_is_transient(fake, mode):
     fake.mode = mode
     error = await failure(fake)
-    assert (error.fail_code, error.transient) == (FAIL_GENERATION, True)
+    assert (error.fail_code, error.transient) == (FailCode.GENERATION, True)
 
 
 async def test_poll_deadline_gives_timeout(fake):
     fake.mode = "stuck"
     started = time.monotonic()
-    error = await failure(fake, poll_deadline_seconds=0.2)
-    assert (error.fail_code, error.transient) == (FAIL_TIMEOUT, True)
+    error = await failure(fake, deadline_seconds=0.2)
+    assert (error.fail_code, error.transient) == (FailCode.TIMEOUT, True)
     assert 0.2 <= time.monotonic() - started < 1.5
     assert len(fake.polls) >= 3
 
@@ -252,14 +248,14 @@ async def test_429_retry_after_is_honoured(fake):
 async def test_429_beyond_budget_is_transient(fake):
     fake.rate_limited = 10
     error = await failure(fake, retries=1)
-    assert (error.fail_code, error.transient) == (FAIL_UNAVAILABLE, True)
+    assert (error.fail_code, error.transient) == (FailCode.UNAVAILABLE, True)
     assert len(fake.submits) == 2
 
 
 async def test_persistent_5xx_fails_transiently_after_the_retry_budget(fake):
     fake.mode = "server_error"
     error = await failure(fake, retries=2)
-    assert (error.fail_code, error.transient) == (FAIL_UNAVAILABLE, True)
+    assert (error.fail_code, error.transient) == (FailCode.UNAVAILABLE, True)
     assert len(fake.submits) == 3
     assert "HTTP 500" in error.detail
 
@@ -268,7 +264,7 @@ async def test_persistent_5xx_fails_transiently_after_the_retry_budget(fake):
 async def test_undownloadable_result_is_transient(fake, mode):
     fake.mode = mode
     error = await failure(fake)
-    assert (error.fail_code, error.transient) == (FAIL_GENERATION, True)
+    assert (error.fail_code, error.transient) == (FailCode.GENERATION, True)
     assert len(fake.downloads) == 1
 
 
@@ -276,21 +272,21 @@ async def test_undownloadable_result_is_transient(fake, mode):
 async def test_malformed_responses_are_transient(fake, mode):
     fake.mode = mode
     error = await failure(fake)
-    assert (error.fail_code, error.transient) == (FAIL_GENERATION, True)
+    assert (error.fail_code, error.transient) == (FailCode.GENERATION, True)
     assert "malformed" in error.message
 
 
 async def test_422_is_a_permanent_input_error_with_the_reason(fake):
     fake.mode = "reject"
     error = await failure(fake)
-    assert (error.fail_code, error.transient) == (FAIL_INPUT, False)
+    assert (error.fail_code, error.transient) == (FailCode.INPUT, False)
     assert error.message == "the provider rejected the request: width: Input should be a multiple of 16"
 
 
 async def test_400_message_is_sanitized(fake):
     fake.mode = "bad_request"
     error = await failure(fake)
-    assert (error.fail_code, error.transient) == (FAIL_INPUT, False)
+    assert (error.fail_code, error.transient) == (FailCode.INPUT, False)
     assert "input_image could not be downloaded" in error.message
     assert fake.key not in error.message and fake.key not in error.detail
     assert "\x00" not in error.message and "\n" not in error.message
@@ -299,14 +295,14 @@ async def test_400_message_is_sanitized(fake):
 async def test_402_is_an_operator_problem(fake):
     fake.mode = "no_credits"
     error = await failure(fake)
-    assert (error.fail_code, error.transient) == (FAIL_UNAVAILABLE, True)
+    assert (error.fail_code, error.transient) == (FailCode.UNAVAILABLE, True)
     assert error.message == "provider unavailable; credits refunded"
     assert "402" in error.detail and len(fake.submits) == 1
 
 
 async def test_wrong_key_is_an_operator_problem(fake):
     error = await failure(fake, key="not-the-right-key-123")
-    assert (error.fail_code, error.transient) == (FAIL_UNAVAILABLE, True)
+    assert (error.fail_code, error.transient) == (FailCode.UNAVAILABLE, True)
     assert "401" in error.detail
     assert "not-the-right-key-123" not in error.detail  # the fake echoed it; redacted
     assert fake.submits[0].headers["x-key"] == "not-the-right-key-123"
@@ -316,7 +312,7 @@ async def test_missing_key_fails_at_start(fake):
     backend = make_backend(fake, key="")
     with pytest.raises(BackendError) as caught:
         await backend.start()
-    assert (caught.value.fail_code, caught.value.transient) == (FAIL_UNAVAILABLE, True)
+    assert (caught.value.fail_code, caught.value.transient) == (FailCode.UNAVAILABLE, True)
     assert "BFL_API_KEY" in caught.value.detail
     assert fake.requests == []
 
@@ -324,7 +320,7 @@ async def test_missing_key_fails_at_start(fake):
 async def test_polling_url_on_a_foreign_host_is_never_called(fake):
     fake.mode = "foreign_polling"
     error = await failure(fake)
-    assert (error.fail_code, error.transient) == (FAIL_GENERATION, True)
+    assert (error.fail_code, error.transient) == (FailCode.GENERATION, True)
     assert "polling_url" in error.detail and fake.polls == []
 
 
@@ -341,13 +337,26 @@ def test_polling_url_host_rule():
 
 
 def test_options_and_class_facts():
-    assert BflBackend.kind == "bfl"
+    assert BflBackend.type_name == "bfl"
     assert BflBackend.models == frozenset({"flux-2/pro-image-to-image"})
     assert BflBackend.offers_safety_checker({}) is True
     with pytest.raises(ValueError, match="backends.b.colour"):
         BflBackend.check_options("b", BackendConfig(type="bfl", colour="red"))
     with pytest.raises(ValueError, match="safety_tolerance"):
         BflBackend.check_options("b", BackendConfig(type="bfl", safety_tolerance=9))
+    options = BflBackend("b", BackendConfig(type="bfl"), BackendContext(env={})).options
+    assert (options.timeout_seconds, options.retries, options.backoff_seconds,
+            options.max_wait_seconds) == (60, 3, 1, 30)
+    assert (options.poll_interval_seconds, options.max_poll_interval_seconds, options.deadline_seconds) == (0.5, 5, 300)
+    with pytest.raises(ValueError) as caught:
+        BflBackend.check_options("b", BackendConfig(type="bfl", poll_deadline_seconds=60))
+    assert str(caught.value) == "backends.b.poll_deadline_seconds was renamed to deadline_seconds"
+
+
+async def test_generate_on_a_backend_never_started_is_an_internal_error(fake):
+    with pytest.raises(RuntimeError, match="backend bfl-test was not started"):
+        await make_backend(fake).generate(make_job()[0])
+    assert fake.requests == []
 
 
 async def test_provider_key_never_leaks(fake, caplog):
@@ -359,7 +368,7 @@ async def test_provider_key_never_leaks(fake, caplog):
         fake.mode = mode
         fake.pending_polls = 1
         try:
-            await run(fake, make_job()[0], retries=1, poll_deadline_seconds=0.1)
+            await run(fake, make_job()[0], retries=1, deadline_seconds=0.1)
         except BackendError as exc:
             texts += [exc.message, exc.detail, str(exc)]
     fake.mode, fake.rate_limited = "ok", 1

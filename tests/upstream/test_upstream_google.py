@@ -13,24 +13,19 @@ import pytest
 from fake_google import PROMPT_REFUSED, RAI_REASON, FakeGoogle
 from PIL import Image
 
-from safelight.backends import backend_class
+from safelight.backends import BackendConfig, backend_class
 from safelight.backends.base import (
-    FAIL_GENERATION,
-    FAIL_INPUT,
-    FAIL_MODERATED,
-    FAIL_TIMEOUT,
-    FAIL_UNAVAILABLE,
     BackendContext,
     BackendError,
     Job,
 )
-from safelight.backends.upstream.common import PROVIDER_UNAVAILABLE
 from safelight.backends.upstream.gemini_image import GeminiImageBackend
 from safelight.backends.upstream.google import GoogleImagenBackend
+from safelight.backends.upstream.provider import PROVIDER_UNAVAILABLE
 from safelight.catalog import GenerationParams, get_model, validate_input
+from safelight.kie import FailCode
 from safelight.net import OutboundPolicy
-from safelight.routing import BackendConfig
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 IMAGEN = "imagen-4.0-fast-generate-001"
 GEMINI = "gemini-3.1-flash-image"
@@ -209,7 +204,7 @@ async def test_imagen_without_credentials_fails_at_start(fake, tmp_path, monkeyp
                                   context(fake))
     with pytest.raises(BackendError) as caught:
         await backend.start()
-    assert caught.value.fail_code == FAIL_UNAVAILABLE and caught.value.transient
+    assert caught.value.fail_code == FailCode.UNAVAILABLE and caught.value.transient
     assert "Application Default Credentials" in caught.value.detail
 
     unset = GoogleImagenBackend("vertex-imagen", BackendConfig(type="google", project="p", access_token_env="NOPE"),
@@ -223,7 +218,7 @@ async def test_imagen_all_filtered_is_moderated(fake, opened):
     backend = await imagen(fake, opened)
     fake.script.append("moderated")
     error = await failure(backend, job(params(num_images="2")))
-    assert (error.fail_code, error.transient) == (FAIL_MODERATED, False)
+    assert (error.fail_code, error.transient) == (FailCode.MODERATED, False)
     assert "safety filter" in error.message and "Support codes: 58061214" in error.message
 
 
@@ -231,7 +226,7 @@ async def test_imagen_fewer_images_than_asked_is_moderated(fake, opened):
     backend = await imagen(fake, opened)
     fake.script.append("partial")
     error = await failure(backend, job(params(num_images="3")))
-    assert (error.fail_code, error.transient) == (FAIL_MODERATED, False)
+    assert (error.fail_code, error.transient) == (FailCode.MODERATED, False)
     assert RAI_REASON[:40] in error.message
     assert "2 of 3" in error.detail
 
@@ -240,7 +235,7 @@ async def test_imagen_prompt_refused_with_400_is_moderated(fake, opened):
     backend = await imagen(fake, opened)
     fake.script.append("400_safety")
     error = await failure(backend, job(params()))
-    assert (error.fail_code, error.transient) == (FAIL_MODERATED, False)
+    assert (error.fail_code, error.transient) == (FailCode.MODERATED, False)
     assert "Responsible AI" in error.message and PROMPT_REFUSED[-20:] in error.message
 
 
@@ -248,7 +243,7 @@ async def test_imagen_invalid_argument_is_a_permanent_input_error(fake, opened):
     backend = await imagen(fake, opened)
     fake.script.append("400")
     error = await failure(backend, job(params()))
-    assert (error.fail_code, error.transient) == (FAIL_INPUT, False)
+    assert (error.fail_code, error.transient) == (FailCode.INPUT, False)
     assert error.message.startswith("the provider rejected the request: Request contains an invalid argument")
     assert "secret-project" not in error.message  # project paths are scrubbed from user-facing text
     assert len(fake.requests) == 1
@@ -259,7 +254,7 @@ async def test_imagen_auth_refusal_is_the_operators_problem(fake, opened, mode):
     backend = await imagen(fake, opened)
     fake.script.append(mode)
     error = await failure(backend, job(params()))
-    assert (error.fail_code, error.transient, error.message) == (FAIL_UNAVAILABLE, True, PROVIDER_UNAVAILABLE)
+    assert (error.fail_code, error.transient, error.message) == (FailCode.UNAVAILABLE, True, PROVIDER_UNAVAILABLE)
     assert f"HTTP {mode}" in error.detail and "credentials" in error.detail
     assert len(fake.requests) == 1  # not retried
 
@@ -267,13 +262,13 @@ async def test_imagen_auth_refusal_is_the_operators_problem(fake, opened, mode):
 async def test_imagen_wrong_token_and_wrong_key(fake, opened):
     backend = await imagen(fake, opened, access_token_env="WRONG_TOKEN")
     error = await failure(backend, job(params()))
-    assert (error.fail_code, error.transient) == (FAIL_UNAVAILABLE, True)
+    assert (error.fail_code, error.transient) == (FailCode.UNAVAILABLE, True)
     assert "UNAUTHENTICATED" in error.detail
 
     # Google answers a bad API key with 400 INVALID_ARGUMENT; that is still not the user's fault.
     express = await imagen(fake, opened, access_token_env=None, project=None, api_key_env="WRONG_KEY")
     error = await failure(express, job(params()))
-    assert (error.fail_code, error.transient, error.message) == (FAIL_UNAVAILABLE, True, PROVIDER_UNAVAILABLE)
+    assert (error.fail_code, error.transient, error.message) == (FailCode.UNAVAILABLE, True, PROVIDER_UNAVAILABLE)
     assert "API key not valid" in error.detail
 
 
@@ -281,7 +276,7 @@ async def test_imagen_retired_model_points_the_operator_at_gemini(fake, opened):
     backend = await imagen(fake, opened)
     fake.script.append("404")
     error = await failure(backend, job(params()))
-    assert (error.fail_code, error.transient, error.message) == (FAIL_UNAVAILABLE, True, PROVIDER_UNAVAILABLE)
+    assert (error.fail_code, error.transient, error.message) == (FailCode.UNAVAILABLE, True, PROVIDER_UNAVAILABLE)
     assert "gemini-image" in error.detail and "2026-08-17" in error.detail
     assert len(fake.requests) == 1
 
@@ -298,7 +293,7 @@ async def test_imagen_429_waits_for_retry_after_then_succeeds(fake, opened):
 
 
 async def test_imagen_retry_after_is_capped_by_max_wait(fake, opened):
-    backend = await imagen(fake, opened, max_wait=0.05)
+    backend = await imagen(fake, opened, max_wait_seconds=0.05)
     fake.script.extend(["429:3600", "ok"])
     started = time.monotonic()
     assert len(await backend.generate(job(params()))) == 1
@@ -309,7 +304,7 @@ async def test_imagen_429_beyond_the_budget_is_transient(fake, opened):
     backend = await imagen(fake, opened, retries=2)
     fake.script.extend(["429"] * 5)
     error = await failure(backend, job(params()))
-    assert (error.fail_code, error.transient, error.message) == (FAIL_UNAVAILABLE, True, PROVIDER_UNAVAILABLE)
+    assert (error.fail_code, error.transient, error.message) == (FailCode.UNAVAILABLE, True, PROVIDER_UNAVAILABLE)
     assert "RESOURCE_EXHAUSTED" in error.detail and "gave up after 3 attempts" in error.detail
     assert len(fake.requests) == 3
 
@@ -323,16 +318,16 @@ async def test_imagen_server_errors_are_retried(fake, opened, mode):
 
     fake.script.extend([mode] * 3)
     error = await failure(backend, job(params()))
-    assert (error.fail_code, error.transient) == (FAIL_UNAVAILABLE, True)
+    assert (error.fail_code, error.transient) == (FailCode.UNAVAILABLE, True)
     assert f"HTTP {mode}" in error.detail and len(fake.requests) == 5
 
 
 async def test_imagen_timeout_is_transient_and_not_retried(fake, opened):
-    backend = await imagen(fake, opened, timeout=0.2)
+    backend = await imagen(fake, opened, timeout_seconds=0.2)
     fake.script.append("slow:0.6")
     started = time.monotonic()
     error = await failure(backend, job(params()))
-    assert (error.fail_code, error.transient) == (FAIL_TIMEOUT, True)
+    assert (error.fail_code, error.transient) == (FailCode.TIMEOUT, True)
     assert time.monotonic() - started < 0.55
     assert len(fake.requests) == 1
 
@@ -340,7 +335,7 @@ async def test_imagen_timeout_is_transient_and_not_retried(fake, opened):
 async def test_imagen_connection_refused_is_transient(fake, opened):
     backend = await imagen(fake, opened, base_url=f"http://127.0.0.1:{free_port()}", retries=1)
     error = await failure(backend, job(params()))
-    assert (error.fail_code, error.transient) == (FAIL_UNAVAILABLE, True)
+    assert (error.fail_code, error.transient) == (FailCode.UNAVAILABLE, True)
     assert "could not connect" in error.detail and "gave up after 2 attempts" in error.detail
 
 
@@ -349,7 +344,7 @@ async def test_imagen_malformed_responses_are_transient(fake, opened, mode):
     backend = await imagen(fake, opened)
     fake.script.append(mode)
     error = await failure(backend, job(params()))
-    assert (error.fail_code, error.transient) == (FAIL_GENERATION, True)
+    assert (error.fail_code, error.transient) == (FailCode.GENERATION, True)
     assert "malformed" in error.message
 
 
@@ -418,7 +413,7 @@ async def test_gemini_safety_blocks_are_moderated(fake, opened, mode, reason):
     backend = await gemini(fake, opened)
     fake.script.append(mode)
     error = await failure(backend, job(params()))
-    assert (error.fail_code, error.transient) == (FAIL_MODERATED, False)
+    assert (error.fail_code, error.transient) == (FailCode.MODERATED, False)
     assert reason in error.message and "safety filter" in error.message
 
 
@@ -426,7 +421,7 @@ async def test_gemini_one_moderated_call_fails_the_task_permanently(fake, opened
     backend = await gemini(fake, opened, retries=1)
     fake.script.extend(["503", "moderated", "ok", "503"])  # another call runs out of retries: moderation wins
     error = await failure(backend, job(params(num_images="3")))
-    assert (error.fail_code, error.transient) == (FAIL_MODERATED, False)
+    assert (error.fail_code, error.transient) == (FailCode.MODERATED, False)
 
 
 @pytest.mark.parametrize("mode", ["no_image", "empty", "malformed", "not_image"])
@@ -434,7 +429,7 @@ async def test_gemini_no_image_for_other_reasons_is_transient(fake, opened, mode
     backend = await gemini(fake, opened)
     fake.script.append(mode)
     error = await failure(backend, job(params()))
-    assert (error.fail_code, error.transient) == (FAIL_GENERATION, True)
+    assert (error.fail_code, error.transient) == (FailCode.GENERATION, True)
     if mode == "no_image":
         assert "finishReason STOP" in error.detail and "a poem" in error.detail
 
@@ -444,8 +439,9 @@ async def test_gemini_error_mapping(fake, opened):
     fake.script.extend(["429:0.05", "ok"])
     assert len(await backend.generate(job(params()))) == 1
 
-    cases = [("400", FAIL_INPUT, False), ("400_safety", FAIL_MODERATED, False), ("401", FAIL_UNAVAILABLE, True),
-             ("403", FAIL_UNAVAILABLE, True), ("404", FAIL_UNAVAILABLE, True)]
+    cases = [("400", FailCode.INPUT, False), ("400_safety", FailCode.MODERATED, False),
+             ("401", FailCode.UNAVAILABLE, True), ("403", FailCode.UNAVAILABLE, True),
+             ("404", FailCode.UNAVAILABLE, True)]
     for mode, code, transient in cases:
         fake.script.append(mode)
         error = await failure(backend, job(params()))
@@ -453,11 +449,11 @@ async def test_gemini_error_mapping(fake, opened):
 
     fake.script.extend(["500", "500"])
     error = await failure(backend, job(params()))
-    assert (error.fail_code, error.transient) == (FAIL_UNAVAILABLE, True) and "gave up after 2" in error.detail
+    assert (error.fail_code, error.transient) == (FailCode.UNAVAILABLE, True) and "gave up after 2" in error.detail
 
     wrong = await gemini(fake, opened, api_key_env="WRONG_KEY")
     error = await failure(wrong, job(params()))
-    assert (error.fail_code, error.transient, error.message) == (FAIL_UNAVAILABLE, True, PROVIDER_UNAVAILABLE)
+    assert (error.fail_code, error.transient, error.message) == (FailCode.UNAVAILABLE, True, PROVIDER_UNAVAILABLE)
 
 
 # --- Both ------------------------------------------------------------------------------------
@@ -479,6 +475,22 @@ def test_registration_and_options():
     GeminiImageBackend.check_options("g", BackendConfig(type="gemini-image", vertexai=True, project="p"))
     with pytest.raises(ValueError, match="backends.g.image_size"):
         GoogleImagenBackend.check_options("g", BackendConfig(type="google", image_size="4K"))
+    for cls, type_name in ((GoogleImagenBackend, "google"), (GeminiImageBackend, "gemini-image")):
+        for old, new in (("timeout", "timeout_seconds"), ("max_wait", "max_wait_seconds")):
+            with pytest.raises(ValueError) as caught:
+                cls.check_options("g", BackendConfig(type=type_name, api_key_env="K", **{old: 5}))
+            assert str(caught.value) == f"backends.g.{old} was renamed to {new}"
+    options = GeminiImageBackend("g", BackendConfig(type="gemini-image", api_key_env="K")).options
+    assert (options.timeout_seconds, options.retries, options.backoff_seconds,
+            options.max_wait_seconds) == (120, 2, 1, 30)
+
+
+async def test_generate_on_a_backend_never_started_is_an_internal_error(fake):
+    backend = GoogleImagenBackend("vertex-imagen", BackendConfig(type="google", project="p", base_url=fake.base_url,
+                                                                 access_token_env="GOOGLE_TOKEN"), context(fake))
+    with pytest.raises(RuntimeError, match="backend vertex-imagen was not started"):
+        await backend.generate(job(params()))
+    assert fake.requests == []
 
 
 async def test_keys_never_reach_logs_or_errors(fake, opened, caplog, tmp_path, monkeypatch):

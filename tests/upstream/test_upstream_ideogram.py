@@ -10,21 +10,18 @@ import pytest
 from fake_ideogram import SIZES, FakeIdeogram
 from PIL import Image
 
+from safelight.backends import BackendConfig
 from safelight.backends.base import (
-    FAIL_GENERATION,
-    FAIL_INPUT,
-    FAIL_MODERATED,
-    FAIL_UNAVAILABLE,
     BackendContext,
     BackendError,
     Job,
 )
 from safelight.backends.upstream.ideogram import IdeogramBackend
 from safelight.catalog import get_model, validate_input
+from safelight.kie import FailCode
 from safelight.net import OutboundPolicy
-from safelight.routing import BackendConfig
 from safelight.worker import pick_seeds
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 
 REFERENCE = png_bytes(40, 50, (10, 120, 30))
 FAST = {"retries": 2, "backoff_seconds": 0.01, "timeout_seconds": 3.0, "download_timeout_seconds": 3.0}
@@ -171,7 +168,7 @@ async def test_decoded_reference_is_encoded_when_bytes_are_missing(fake):
 async def test_missing_reference_is_an_input_error(fake):
     job, _ = make_job(reference_files=[])
     error = await failure(fake, job)
-    assert (error.fail_code, error.transient) == (FAIL_INPUT, False)
+    assert (error.fail_code, error.transient) == (FailCode.INPUT, False)
     assert fake.requests == []
 
 
@@ -190,7 +187,7 @@ async def test_large_seed_is_folded_into_ideograms_range(fake):
 async def test_unsafe_or_missing_images_are_a_permanent_moderation_failure(fake, mode, withheld):
     fake.mode = mode
     error = await failure(fake, make_job(num_images="3")[0])
-    assert (error.fail_code, error.transient) == (FAIL_MODERATED, False)
+    assert (error.fail_code, error.transient) == (FailCode.MODERATED, False)
     assert f"withheld {withheld} of 3 images" in error.message
     assert fake.downloads == []
 
@@ -198,14 +195,14 @@ async def test_unsafe_or_missing_images_are_a_permanent_moderation_failure(fake,
 async def test_422_is_the_safety_check(fake):
     fake.mode = "safety_422"
     error = await failure(fake)
-    assert (error.fail_code, error.transient) == (FAIL_MODERATED, False)
+    assert (error.fail_code, error.transient) == (FailCode.MODERATED, False)
     assert "safety" in error.message
 
 
 async def test_400_is_a_permanent_input_error_without_secrets(fake):
     fake.mode = "bad_request"
     error = await failure(fake)
-    assert (error.fail_code, error.transient) == (FAIL_INPUT, False)
+    assert (error.fail_code, error.transient) == (FailCode.INPUT, False)
     assert error.message.startswith("the provider rejected the request: Invalid aspect ratio")
     assert fake.key not in error.message and fake.key not in error.detail
 
@@ -222,21 +219,21 @@ async def test_429_retry_after_is_honoured(fake):
 async def test_persistent_5xx_fails_transiently_after_the_retry_budget(fake):
     fake.mode = "server_error"
     error = await failure(fake, retries=2)
-    assert (error.fail_code, error.transient) == (FAIL_UNAVAILABLE, True)
+    assert (error.fail_code, error.transient) == (FailCode.UNAVAILABLE, True)
     assert len(fake.requests) == 3
 
 
 async def test_slow_answer_times_out_transiently(fake):
     fake.mode, fake.delay = "slow", 0.5
     error = await failure(fake, timeout_seconds=0.2, retries=1)
-    assert (error.fail_code, error.transient) == (FAIL_UNAVAILABLE, True)
+    assert (error.fail_code, error.transient) == (FailCode.UNAVAILABLE, True)
     assert "timed out" in error.detail and len(fake.requests) == 2
 
 
 async def test_expired_image_url_is_transient(fake):
     fake.mode = "expired"
     error = await failure(fake)
-    assert (error.fail_code, error.transient) == (FAIL_GENERATION, True)
+    assert (error.fail_code, error.transient) == (FailCode.GENERATION, True)
     assert len(fake.downloads) == 1
 
 
@@ -244,13 +241,13 @@ async def test_expired_image_url_is_transient(fake):
 async def test_malformed_answer_is_transient(fake, mode):
     fake.mode = mode
     error = await failure(fake)
-    assert (error.fail_code, error.transient) == (FAIL_GENERATION, True)
+    assert (error.fail_code, error.transient) == (FailCode.GENERATION, True)
     assert "malformed" in error.message
 
 
 async def test_wrong_key_is_an_operator_problem(fake):
     error = await failure(fake, key="not-the-right-key-456")
-    assert (error.fail_code, error.transient) == (FAIL_UNAVAILABLE, True)
+    assert (error.fail_code, error.transient) == (FailCode.UNAVAILABLE, True)
     assert error.message == "provider unavailable; credits refunded"
     assert "401" in error.detail and "not-the-right-key-456" not in error.detail
 
@@ -259,16 +256,25 @@ async def test_missing_key_fails_at_start(fake):
     backend = make_backend(fake, key="")
     with pytest.raises(BackendError) as caught:
         await backend.start()
-    assert (caught.value.fail_code, caught.value.transient) == (FAIL_UNAVAILABLE, True)
+    assert (caught.value.fail_code, caught.value.transient) == (FailCode.UNAVAILABLE, True)
     assert "IDEOGRAM_API_KEY" in caught.value.detail
 
 
 def test_options_and_class_facts():
-    assert IdeogramBackend.kind == "ideogram"
+    assert IdeogramBackend.type_name == "ideogram"
     assert IdeogramBackend.models == frozenset({"ideogram/character"})
     assert IdeogramBackend.offers_safety_checker({}) is True
     with pytest.raises(ValueError, match="backends.i.style"):
         IdeogramBackend.check_options("i", BackendConfig(type="ideogram", style="x"))
+    options = IdeogramBackend("i", BackendConfig(type="ideogram")).options
+    assert (options.timeout_seconds, options.retries, options.backoff_seconds,
+            options.max_wait_seconds) == (180, 2, 1, 30)
+
+
+async def test_generate_on_a_backend_never_started_is_an_internal_error(fake):
+    with pytest.raises(RuntimeError, match="backend ideogram-test was not started"):
+        await make_backend(fake).generate(make_job()[0])
+    assert fake.requests == []
 
 
 async def test_provider_key_never_leaks(fake, caplog):

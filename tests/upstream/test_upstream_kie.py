@@ -12,29 +12,25 @@ import pytest
 from fake_kie_upstream import FakeKieUpstream, Script
 from PIL import Image
 
+from safelight.backends import BackendConfig
 from safelight.backends.base import (
-    FAIL_GENERATION,
-    FAIL_INPUT,
-    FAIL_MODERATED,
-    FAIL_TIMEOUT,
-    FAIL_UNAVAILABLE,
     BackendContext,
     BackendError,
     Job,
 )
-from safelight.backends.upstream.common import PROVIDER_UNAVAILABLE
 from safelight.backends.upstream.kie import KieBackend
+from safelight.backends.upstream.provider import PROVIDER_UNAVAILABLE
 from safelight.catalog import get_model, validate_input
+from safelight.kie import FailCode
 from safelight.net import OutboundPolicy
-from safelight.routing import BackendConfig
-from tests.conftest import free_port, serve_app
+from tests.helpers import free_port, serve_app
 
 KEY = "kie-sk-7Hq2ZpW9xLmT4vRb"
 ENV = "KIE_TEST_KEY"
 CREATE = "/api/v1/jobs/createTask"
 RECORD = "/api/v1/jobs/recordInfo"
-FAST = {"poll_interval_seconds": 0.01, "poll_max_interval_seconds": 0.02, "retry_backoff_seconds": 0.01,
-        "retries": 2, "request_timeout_seconds": 5}
+FAST = {"poll_interval_seconds": 0.01, "max_poll_interval_seconds": 0.02, "backoff_seconds": 0.01,
+        "retries": 2, "timeout_seconds": 5}
 
 
 @pytest.fixture
@@ -56,10 +52,16 @@ def make_backend(base_url: str, key: str = KEY, **options: Any) -> KieBackend:
     return KieBackend("kie-up", config, context)
 
 
+async def started_backend(base_url: str, key: str = KEY, **options: Any) -> KieBackend:
+    """A backend the way the worker hands it tasks: started first."""
+    backend = make_backend(base_url, key, **options)
+    await backend.start()
+    return backend
+
+
 @pytest.fixture
 async def backend(fake: FakeKieUpstream) -> AsyncIterator[KieBackend]:
-    backend = make_backend(fake.base_url)
-    await backend.start()
+    backend = await started_backend(fake.base_url)
     try:
         yield backend
     finally:
@@ -90,7 +92,7 @@ async def fails(backend: KieBackend, job: Job) -> BackendError:
 
 
 async def test_forwards_the_input_unchanged_under_the_mapped_model_and_copies_the_result(fake):
-    backend = make_backend(fake.base_url, model_map={"z-image": "z-image-turbo"})
+    backend = await started_backend(fake.base_url, model_map={"z-image": "z-image-turbo"})
     job, _ = make_job(dict(Z_INPUT))
     try:
         images = await backend.generate(job)
@@ -159,14 +161,14 @@ async def test_record_info_null_right_after_creation_keeps_polling(fake, backend
 
 
 async def test_record_info_null_past_the_grace_period_is_transient(fake):
-    backend = make_backend(fake.base_url, null_grace_seconds=0.1)
+    backend = await started_backend(fake.base_url, null_grace_seconds=0.1)
     fake.scripts.append(Script(null_polls=10_000))
     job, _ = make_job(dict(Z_INPUT))
     try:
         error = await fails(backend, job)
     finally:
         await backend.close()
-    assert (error.fail_code, error.transient) == (FAIL_GENERATION, True)
+    assert (error.fail_code, error.transient) == (FailCode.GENERATION, True)
     assert "lost the task" in error.message
     assert len(fake.calls(RECORD)) >= 3
 
@@ -195,20 +197,20 @@ async def test_http_500_once_is_retried(fake, backend):
 @pytest.mark.parametrize(
     ("answers", "fail_code", "transient", "creates"),
     [
-        ([(200, {"code": 402, "msg": "Credits insufficient"})], FAIL_UNAVAILABLE, True, 1),
-        ([(200, {"code": 433, "msg": "Sub-key usage exceeds limit"})], FAIL_UNAVAILABLE, True, 1),
-        ([(402, {"error": "payment required"})], FAIL_UNAVAILABLE, True, 1),
-        ([(200, {"code": 455, "msg": "Service under maintenance"})], FAIL_UNAVAILABLE, True, 1),
-        ([(200, {"code": 505, "msg": "nsfw_checker is disabled"})], FAIL_UNAVAILABLE, True, 1),
-        ([(200, {"code": 501, "msg": "generation failed"})], FAIL_GENERATION, True, 1),
+        ([(200, {"code": 402, "msg": "Credits insufficient"})], FailCode.UNAVAILABLE, True, 1),
+        ([(200, {"code": 433, "msg": "Sub-key usage exceeds limit"})], FailCode.UNAVAILABLE, True, 1),
+        ([(402, {"error": "payment required"})], FailCode.UNAVAILABLE, True, 1),
+        ([(200, {"code": 455, "msg": "Service under maintenance"})], FailCode.UNAVAILABLE, True, 1),
+        ([(200, {"code": 505, "msg": "nsfw_checker is disabled"})], FailCode.UNAVAILABLE, True, 1),
+        ([(200, {"code": 501, "msg": "generation failed"})], FailCode.GENERATION, True, 1),
         ([(200, {"code": 422, "msg": "The page does not exist or is not published", "data": None})],
-         FAIL_UNAVAILABLE, True, 1),
-        ([(200, {"code": 429, "msg": "Rate limit exceeded"})] * 3, FAIL_UNAVAILABLE, True, 3),
-        ([(500, "Internal Server Error")] * 3, FAIL_UNAVAILABLE, True, 3),
-        ([(200, {"code": 500, "msg": "Server Error"})] * 3, FAIL_UNAVAILABLE, True, 3),
-        ([(404, "Not Found")], FAIL_UNAVAILABLE, True, 1),
-        ([(200, "<html>maintenance</html>")], FAIL_GENERATION, True, 1),
-        ([(200, {"code": 200, "msg": "success", "data": {}})], FAIL_GENERATION, True, 1),
+         FailCode.UNAVAILABLE, True, 1),
+        ([(200, {"code": 429, "msg": "Rate limit exceeded"})] * 3, FailCode.UNAVAILABLE, True, 3),
+        ([(500, "Internal Server Error")] * 3, FailCode.UNAVAILABLE, True, 3),
+        ([(200, {"code": 500, "msg": "Server Error"})] * 3, FailCode.UNAVAILABLE, True, 3),
+        ([(404, "Not Found")], FailCode.UNAVAILABLE, True, 1),
+        ([(200, "<html>maintenance</html>")], FailCode.GENERATION, True, 1),
+        ([(200, {"code": 200, "msg": "success", "data": {}})], FailCode.GENERATION, True, 1),
     ],
 )
 async def test_create_task_errors(fake, backend, answers, fail_code, transient, creates):
@@ -218,7 +220,7 @@ async def test_create_task_errors(fake, backend, answers, fail_code, transient, 
     assert (error.fail_code, error.transient) == (fail_code, transient)
     assert len(fake.calls(CREATE)) == creates
     assert not fake.calls(RECORD)
-    if fail_code == FAIL_UNAVAILABLE:
+    if fail_code == FailCode.UNAVAILABLE:
         assert error.message == PROVIDER_UNAVAILABLE
         assert error.detail.startswith("backend kie-up: ")
 
@@ -227,18 +229,18 @@ async def test_a_422_envelope_is_the_users_input_error_with_kies_message(fake, b
     fake.submit_answers.append((200, {"code": 422, "msg": "input.prompt\n is too long\x00", "data": None}))
     job, _ = make_job(dict(Z_INPUT))
     error = await fails(backend, job)
-    assert (error.fail_code, error.transient) == (FAIL_INPUT, False)
+    assert (error.fail_code, error.transient) == (FailCode.INPUT, False)
     assert error.message == "the provider rejected the input: input.prompt is too long"
 
 
 async def test_a_wrong_key_is_an_operator_problem(fake):
-    backend = make_backend(fake.base_url, key="not-the-right-key")
+    backend = await started_backend(fake.base_url, key="not-the-right-key")
     job, _ = make_job(dict(Z_INPUT))
     try:
         error = await fails(backend, job)
     finally:
         await backend.close()
-    assert (error.fail_code, error.message, error.transient) == (FAIL_UNAVAILABLE, PROVIDER_UNAVAILABLE, True)
+    assert (error.fail_code, error.message, error.transient) == (FailCode.UNAVAILABLE, PROVIDER_UNAVAILABLE, True)
     assert "code 401" in error.detail
     assert fake.calls(CREATE)[0]["headers"]["authorization"] == "Bearer not-the-right-key"
 
@@ -247,22 +249,22 @@ async def test_a_missing_key_fails_at_start_naming_the_variable():
     backend = make_backend("http://127.0.0.1:9", key="")
     with pytest.raises(BackendError) as info:
         await backend.start()
-    assert (info.value.fail_code, info.value.transient) == (FAIL_UNAVAILABLE, True)
+    assert (info.value.fail_code, info.value.transient) == (FailCode.UNAVAILABLE, True)
     assert ENV in info.value.detail
 
 
 @pytest.mark.parametrize(
     ("fail", "fail_code", "transient", "shown"),
     [
-        ((500, "Content flagged as NSFW by the safety system"), FAIL_MODERATED, False, True),
-        (("400", "Your prompt violates our content policy"), FAIL_MODERATED, False, True),
-        (("422", "image_size landscape_21_9 is not supported"), FAIL_INPUT, False, True),
-        (("400", "reference image could not be decoded"), FAIL_INPUT, False, True),
-        ((500, "internal error, please try again later."), FAIL_GENERATION, True, True),
-        (("501", "generation timed out upstream"), FAIL_GENERATION, True, True),
-        ((None, None), FAIL_GENERATION, True, False),
-        (("504", "the image did not finish in time"), FAIL_TIMEOUT, True, False),
-        (("503", "provider unavailable; credits refunded"), FAIL_UNAVAILABLE, True, False),
+        ((500, "Content flagged as NSFW by the safety system"), FailCode.MODERATED, False, True),
+        (("400", "Your prompt violates our content policy"), FailCode.MODERATED, False, True),
+        (("422", "image_size landscape_21_9 is not supported"), FailCode.INPUT, False, True),
+        (("400", "reference image could not be decoded"), FailCode.INPUT, False, True),
+        ((500, "internal error, please try again later."), FailCode.GENERATION, True, True),
+        (("501", "generation timed out upstream"), FailCode.GENERATION, True, True),
+        ((None, None), FailCode.GENERATION, True, False),
+        (("504", "the image did not finish in time"), FailCode.TIMEOUT, True, False),
+        (("503", "provider unavailable; credits refunded"), FailCode.UNAVAILABLE, True, False),
     ],
 )
 async def test_upstream_task_failures(fake, backend, fail, fail_code, transient, shown):
@@ -275,7 +277,7 @@ async def test_upstream_task_failures(fake, backend, fail, fail_code, transient,
     assert task_id not in error.message
     if shown:
         assert fail[1] in error.message
-    if fail_code == FAIL_MODERATED:
+    if fail_code == FailCode.MODERATED:
         assert error.message.startswith("the prompt or image was blocked by the provider's safety filter")
 
 
@@ -284,7 +286,7 @@ async def test_fail_msg_is_sanitized_and_truncated(fake, backend):
     job, _ = make_job(dict(Z_INPUT))
     error = await fails(backend, job)
     (task_id,) = fake.tasks
-    assert error.fail_code == FAIL_INPUT
+    assert error.fail_code == FailCode.INPUT
     assert task_id not in error.message
     assert "task <upstream task> rejected: xxx" in error.message
     assert len(error.message) <= len("the provider rejected the input: ") + 300
@@ -304,7 +306,7 @@ async def test_malformed_or_short_results_are_transient(fake, backend, script):
     fake.scripts.append(script)
     job, _ = make_job(dict(IMAGEN_INPUT), model="google/imagen4-fast")
     error = await fails(backend, job)
-    assert (error.fail_code, error.transient) == (FAIL_GENERATION, True)
+    assert (error.fail_code, error.transient) == (FailCode.GENERATION, True)
     assert error.message == "the provider returned a malformed response; credits refunded"
 
 
@@ -312,7 +314,7 @@ async def test_an_expired_result_url_is_transient(fake, backend):
     fake.scripts.append(Script(expired=True))
     job, _ = make_job(dict(Z_INPUT))
     error = await fails(backend, job)
-    assert (error.fail_code, error.transient) == (FAIL_GENERATION, True)
+    assert (error.fail_code, error.transient) == (FailCode.GENERATION, True)
     assert "could not be downloaded" in error.message
     (task_id,) = fake.tasks
     assert fake.calls(f"/results/{task_id}/0.png")
@@ -330,7 +332,7 @@ async def test_record_info_errors(fake, backend, answers):
     fake.poll_answers.extend(answers)
     job, _ = make_job(dict(Z_INPUT))
     error = await fails(backend, job)
-    assert (error.fail_code, error.message, error.transient) == (FAIL_UNAVAILABLE, PROVIDER_UNAVAILABLE, True)
+    assert (error.fail_code, error.message, error.transient) == (FailCode.UNAVAILABLE, PROVIDER_UNAVAILABLE, True)
     assert len(fake.calls(RECORD)) == len(answers)
 
 
@@ -338,18 +340,18 @@ async def test_a_malformed_record_is_transient(fake, backend):
     fake.poll_answers.append((200, "<html>oops</html>"))
     job, _ = make_job(dict(Z_INPUT))
     error = await fails(backend, job)
-    assert (error.fail_code, error.transient) == (FAIL_GENERATION, True)
+    assert (error.fail_code, error.transient) == (FailCode.GENERATION, True)
 
 
 async def test_the_deadline_is_a_transient_timeout(fake):
-    backend = make_backend(fake.base_url, deadline_seconds=0.3)
+    backend = await started_backend(fake.base_url, deadline_seconds=0.3)
     fake.scripts.append(Script(generating_polls=100_000))
     job, _ = make_job(dict(Z_INPUT))
     try:
         error = await fails(backend, job)
     finally:
         await backend.close()
-    assert (error.fail_code, error.transient) == (FAIL_TIMEOUT, True)
+    assert (error.fail_code, error.transient) == (FailCode.TIMEOUT, True)
     assert len(fake.calls(RECORD)) >= 5
 
 
@@ -374,7 +376,7 @@ async def test_the_key_never_reaches_logs_messages_or_details(fake, caplog):
         lambda: fake.poll_answers.extend([(200, {"code": 500, "msg": echo, "data": None})] * 3),
         lambda: fake.poll_answers.append((200, {"code": 401, "msg": echo})),
     ]
-    backend = make_backend(fake.base_url)
+    backend = await started_backend(fake.base_url)
     try:
         for arrange in scenarios:
             arrange()
@@ -384,7 +386,8 @@ async def test_the_key_never_reaches_logs_messages_or_details(fake, caplog):
     finally:
         await backend.close()
 
-    assert {e.fail_code for e in errors} == {FAIL_INPUT, FAIL_UNAVAILABLE, FAIL_GENERATION, FAIL_MODERATED}
+    assert {e.fail_code for e in errors} == {FailCode.INPUT, FailCode.UNAVAILABLE, FailCode.GENERATION,
+                                             FailCode.MODERATED}
     assert any(r.name.startswith("httpx") for r in caplog.records)  # the capture really saw httpx
     assert any(r.name.startswith("httpcore") for r in caplog.records)
     texts = [caplog.text, *(r.getMessage() for r in caplog.records)]
@@ -406,8 +409,27 @@ def test_options_are_checked_and_the_backend_serves_any_model():
         KieBackend.check_options("k", BackendConfig(type="kie", base_url="ftp://example.com"))
     backend = KieBackend("k", BackendConfig(type="kie"))
     assert backend.options.base_url == "https://api.kie.ai"
-    assert backend.options.poll_interval_seconds == 1.0 and backend.options.poll_max_interval_seconds == 10.0
+    assert backend.options.poll_interval_seconds == 1.0 and backend.options.max_poll_interval_seconds == 10.0
     assert backend.options.deadline_seconds == 600
+    assert (backend.options.timeout_seconds, backend.options.retries, backend.options.backoff_seconds,
+            backend.options.max_wait_seconds) == (60, 3, 1.0, 30)
+
+
+@pytest.mark.parametrize(("old", "new"), [("request_timeout_seconds", "timeout_seconds"),
+                                          ("retry_backoff_seconds", "backoff_seconds"),
+                                          ("poll_max_interval_seconds", "max_poll_interval_seconds")])
+def test_a_renamed_option_names_the_new_name(old, new):
+    with pytest.raises(ValueError) as info:
+        KieBackend.check_options("kie", BackendConfig(type="kie", **{old: 5}))
+    assert str(info.value) == f"backends.kie.{old} was renamed to {new}"
+
+
+async def test_generate_on_a_backend_never_started_is_an_internal_error(fake):
+    backend = make_backend(fake.base_url)
+    job, _ = make_job(dict(Z_INPUT))
+    with pytest.raises(RuntimeError, match="backend kie-up was not started"):
+        await backend.generate(job)
+    assert not fake.calls(CREATE)
 
 
 # --- another Safelight as the upstream -----------------------------------------------------------
@@ -418,6 +440,7 @@ async def test_a_real_safelight_server_as_the_upstream(live_server):
     context = BackendContext(policy=OutboundPolicy.from_string("127.0.0.1/32"),
                              env={"UPSTREAM_KEY": live_server.api_key})
     backend = KieBackend("safelight-up", config, context)
+    await backend.start()
     upstream_ids: list[str] = []
     create = backend._create
 

@@ -5,30 +5,44 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+from collections.abc import AsyncIterator, Iterable
 
 from fastapi import FastAPI
 
 from safelight import __version__
+from safelight.admission import Admission
 from safelight.config import Settings
+from safelight.runtime import SERVE_ROLES, Role, Runtime, load_configured_routing, preflight
 
 from . import account, callbacks, files, jobs, models, uploads
-from .envelope import envelope, install_error_handlers
-from .runtime import Runtime
+from .auth import ApiKeys
+from .envelope import EnvelopeResponse, envelope, install_error_handlers
+from .ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, *, migrate: bool = True, preflight: bool = False) -> FastAPI:
-    """The ASGI app. Raises RoutingError for a bad routing file, and with `preflight` BackendStartError
-    when a routed backend lacks its weights or key, before anything is served."""
+def create_app(settings: Settings | None = None, *, roles: Iterable[Role] = SERVE_ROLES, migrate: bool = True,
+               check_backends: bool = False) -> FastAPI:
+    """The ASGI app, running `roles` (the API, plus by default a worker, delivery and retention).
+
+    The routing file is read here, so a bad one raises RoutingError before anything is served;
+    with `check_backends`, a routed backend lacking its weights or key raises BackendStartError."""
     settings = settings or Settings()
-    runtime = Runtime(settings)
-    if preflight:
-        runtime.preflight()
+    roles = frozenset({Role.API, *roles})
+    routing = load_configured_routing(settings)
+    if check_backends:
+        preflight(settings, routing, roles)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI):
-        await runtime.start(migrate=migrate)
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await Runtime.open(settings, roles, routing=routing, migrate=migrate)
+        app.state.runtime = runtime
+        app.state.admission = Admission(settings=settings, store=runtime.store, routing=routing,
+                                        policy=runtime.policy, signer=runtime.signer)
+        app.state.api_keys = ApiKeys(runtime.store)
+        app.state.rate_limiter = (RateLimiter(settings.rate_limit_per_key, settings.rate_limit_window_seconds)
+                                  if settings.rate_limit_per_key > 0 else None)
         # Everything loaded so far lives as long as the process. Freezing it keeps the garbage
         # collector from re-scanning ~10^5 framework objects on every full collection, which
         # otherwise stalls the event loop for 70-80 ms (measured: bench/api.py p99).
@@ -37,7 +51,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True, prefli
         try:
             yield
         finally:
-            await runtime.stop()
+            await runtime.close()
 
     app = FastAPI(
         title="Safelight",
@@ -45,17 +59,17 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True, prefli
         description="Self-hosted image generation speaking the kie.ai Market job API.",
         lifespan=lifespan,
     )
-    app.state.runtime = runtime
     install_error_handlers(app)
     for module in (jobs, callbacks, account, models, files, uploads):
         app.include_router(module.router)
 
     @app.get("/healthz", include_in_schema=False)
-    async def healthz():
+    async def healthz() -> EnvelopeResponse:
         return envelope({"status": "ok"})
 
     @app.get("/readyz", include_in_schema=False)
-    async def readyz():
+    async def readyz() -> EnvelopeResponse:
+        runtime: Runtime = app.state.runtime
         counts = await runtime.store.tasks.count_by_state()
         worker = runtime.worker
         return envelope({"tasks": counts, "worker": worker.id if worker else None,

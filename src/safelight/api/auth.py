@@ -4,12 +4,41 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from .envelope import KieError
-from .runtime import Runtime
+from safelight.admission import Admission
+from safelight.kie import Code, KieError
+from safelight.runtime import Runtime
+from safelight.store import Store
+from safelight.ttl_cache import TtlCache
+
+# Revoking a key takes effect within this many seconds.
+KEY_CACHE_TTL_SECONDS = 2.0
+
+
+class ApiKeys:
+    """Key -> account id, cached briefly: the hot routes then cost no database read."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.cache: TtlCache[str, int] = TtlCache(KEY_CACHE_TTL_SECONDS)
+
+    async def account_for(self, key: str) -> int | None:
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        account_id = await self.store.accounts.authenticate(key)
+        if account_id is not None:
+            self.cache.put(key, account_id)
+        return account_id
 
 
 def runtime_of(request: Request) -> Runtime:
-    return request.app.state.runtime
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def admission_of(request: Request) -> Admission:
+    admission: Admission = request.app.state.admission
+    return admission
 
 
 def bearer_key(request: Request) -> str | None:
@@ -20,11 +49,21 @@ def bearer_key(request: Request) -> str | None:
     return key.strip()
 
 
+async def account_of(request: Request) -> int | None:
+    """The account of the request's bearer key, or None without a valid one."""
+    key = bearer_key(request)
+    if key is None:
+        return None
+    keys: ApiKeys = request.app.state.api_keys
+    return await keys.account_for(key)
+
+
 async def require_account(request: Request) -> int:
     key = bearer_key(request)
     if key is None:
-        raise KieError(401, "You do not have access permissions: send Authorization: Bearer <API key>")
-    account_id = await runtime_of(request).account_for_key(key)
+        raise KieError(Code.UNAUTHORIZED, "You do not have access permissions: send Authorization: Bearer <API key>")
+    account_id = await account_of(request)
     if account_id is None:
-        raise KieError(401, "You do not have access permissions: the API key is not valid or was revoked")
+        raise KieError(Code.UNAUTHORIZED, "You do not have access permissions: the API key is not valid or "
+                                          "was revoked")
     return account_id

@@ -6,6 +6,7 @@ import mimetypes
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
+from starlette.responses import Response
 
 from safelight.storage import StorageKeyError
 
@@ -21,7 +22,7 @@ router.add_api_route("/api/v1/common/download-url", download_url, methods=["POST
 
 
 @router.get("/files/{key:path}", include_in_schema=False)
-async def get_file(request: Request, key: str, expires: str = "", signature: str = ""):
+async def get_file(request: Request, key: str, expires: str = "", signature: str = "") -> Response:
     runtime = runtime_of(request)
     if not runtime.signer.verify(key, expires, signature):
         return envelope(None, 403, "this link has expired or its signature is not valid", http_status=403)

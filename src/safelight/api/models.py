@@ -6,17 +6,16 @@ from fastapi import APIRouter, Request
 
 from safelight.catalog import MODELS
 
-from .auth import runtime_of
-from .envelope import envelope
+from .auth import admission_of, runtime_of
+from .envelope import EnvelopeResponse, envelope
 
 router = APIRouter(tags=["models"])
 
 
 @router.get("/api/v1/models", summary="List models with input schema and price")
-async def list_models(request: Request):
-    runtime = runtime_of(request)
-    disabled = await runtime.disabled_models()
-    overrides = runtime.settings.prices
+async def list_models(request: Request) -> EnvelopeResponse:
+    disabled = await admission_of(request).disabled_models()
+    overrides = runtime_of(request).settings.prices
     models = []
     for spec in MODELS.values():
         prices = {tier: spec.price_for_tier(tier, overrides) for tier in spec.prices}

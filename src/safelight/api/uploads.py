@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import mimetypes
 import re
 import uuid
@@ -19,10 +18,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 
+from safelight.kie import upload_reply
 from safelight.net import FetchError, UnsafeURLError, fetch, sniff_image_type
 
-from .auth import bearer_key, runtime_of
-from .envelope import EnvelopeResponse
+from .auth import account_of, runtime_of
+from .envelope import BodyError, EnvelopeResponse, parse_json_object, read_body
 
 router = APIRouter(tags=["files"])
 
@@ -36,15 +36,11 @@ class UploadError(Exception):
 
 
 def _reply(code: int, msg: str, data: Any = None) -> EnvelopeResponse:
-    body: dict[str, Any] = {"success": code == 200, "code": code, "msg": msg}
-    if data is not None:
-        body["data"] = data
-    return EnvelopeResponse(body)
+    return EnvelopeResponse(upload_reply(code, msg, data))
 
 
 async def _account(request: Request) -> int:
-    key = bearer_key(request)
-    account_id = await runtime_of(request).account_for_key(key) if key else None
+    account_id = await account_of(request)
     if account_id is None:
         raise UploadError(401, "Authentication failed: Invalid API Key")
     return account_id
@@ -99,18 +95,10 @@ async def _store(request: Request, account_id: int, upload_path: str, file_name:
 
 async def _json(request: Request) -> dict[str, Any]:
     limit = runtime_of(request).settings.upload_max_bytes * 4 // 3 + 4096  # base64 overhead
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
-            raise UploadError(400, f"request body is larger than {limit} bytes")
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise UploadError(400, "request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise UploadError(400, "request body must be a JSON object")
-    return body
+        return parse_json_object(await read_body(request, limit), "")
+    except BodyError as exc:
+        raise UploadError(400, str(exc)) from None
 
 
 def _handled(handler):

@@ -8,13 +8,8 @@ from __future__ import annotations
 import importlib
 
 from .base import (
-    FAIL_GENERATION,
-    FAIL_INPUT,
-    FAIL_INTERNAL,
-    FAIL_MODERATED,
-    FAIL_TIMEOUT,
-    FAIL_UNAVAILABLE,
     Backend,
+    BackendConfig,
     BackendContext,
     BackendError,
     BackendStartError,
@@ -46,7 +41,6 @@ def backend_class(type_name: str) -> type[Backend]:
 
 
 __all__ = [
-    "BACKEND_TYPES", "FAIL_GENERATION", "FAIL_INPUT", "FAIL_INTERNAL", "FAIL_MODERATED", "FAIL_TIMEOUT",
-    "FAIL_UNAVAILABLE", "Backend", "BackendContext", "BackendError", "BackendStartError", "GeneratedImage", "Job",
-    "SandboxBackend", "backend_class",
+    "BACKEND_TYPES", "Backend", "BackendConfig", "BackendContext", "BackendError", "BackendStartError",
+    "GeneratedImage", "Job", "SandboxBackend", "backend_class",
 ]

@@ -8,13 +8,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from safelight.catalog import GenerationParams
+from safelight.kie import FailCode
+from safelight.validation import config_error
 
 if TYPE_CHECKING:
     from safelight.net import OutboundPolicy
-    from safelight.routing import BackendConfig
 
 
 @dataclass
@@ -43,15 +44,6 @@ class GeneratedImage:
     extension: str = "png"
 
 
-# failCode values shared by every backend; the README lists them.
-FAIL_INPUT = "400"
-FAIL_INTERNAL = "500"
-FAIL_GENERATION = "501"
-FAIL_UNAVAILABLE = "503"
-FAIL_TIMEOUT = "504"
-FAIL_MODERATED = "451"
-
-
 class BackendError(Exception):
     """A generation failure with a stable failCode and a message the user can act on.
 
@@ -60,7 +52,7 @@ class BackendError(Exception):
     refuses) may not. `detail` is for the operator's log only: it never reaches the task record.
     """
 
-    def __init__(self, fail_code: str, message: str, *, transient: bool = False, detail: str = "") -> None:
+    def __init__(self, fail_code: FailCode, message: str, *, transient: bool = False, detail: str = "") -> None:
         super().__init__(message)
         self.fail_code = fail_code
         self.message = message
@@ -84,6 +76,21 @@ class BackendContext:
     env: Mapping[str, str] = field(default_factory=lambda: os.environ)
 
 
+class BackendConfig(BaseModel):
+    """One `[backends.NAME]` table of the routing file: the shared keys; everything else is the
+    type's own options, which the backend type validates (`Backend.Options`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    concurrency: int = Field(1, ge=1, le=1024, description="calls in flight on this backend, per worker process")
+    max_batch: int = Field(1, ge=1, le=64, description="tasks run together in one call")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -91,7 +98,8 @@ class NoOptions(BaseModel):
 class Backend:
     """Base class: a named way of producing images for some models."""
 
-    kind: ClassVar[str] = "base"
+    # The routing file's `type` of this class.
+    type_name: ClassVar[str] = "base"
     # Public model ids this type can serve; None means any model.
     models: ClassVar[frozenset[str] | None] = None
     # The type's own options from its routing-file table, validated at load time.
@@ -100,10 +108,8 @@ class Backend:
     def __init__(self, name: str | None = None, config: BackendConfig | None = None,
                  context: BackendContext | None = None, *, concurrency: int | None = None,
                  max_batch: int | None = None) -> None:
-        from safelight.routing import BackendConfig
-
-        config = config or BackendConfig(type=self.kind)
-        self.name = name or self.kind
+        config = config or BackendConfig(type=self.type_name)
+        self.name = name or self.type_name
         self.concurrency = concurrency or config.concurrency
         self.max_batch = max_batch or config.max_batch
         self.options: Any = self.parse_options(name, config.options)
@@ -114,9 +120,7 @@ class Backend:
         try:
             return cls.Options.model_validate(dict(options))
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise ValueError(f"backends.{name}.{where}: {first['msg']}") from None
+            raise ValueError(config_error(exc, f"backends.{name}")) from None
 
     @classmethod
     def check_options(cls, name: str, config: BackendConfig) -> None:
@@ -140,7 +144,9 @@ class Backend:
                                     "is empty or unset")
 
     async def start(self) -> None:
-        """Load weights, open clients. Raise here, at worker start, rather than on the first task."""
+        """Load weights, open clients. Raise here, at worker start, rather than on the first task.
+
+        The worker calls it once before any generate(); generate() never starts the backend itself."""
 
     async def generate(self, job: Job) -> list[GeneratedImage]:
         raise NotImplementedError
@@ -160,6 +166,6 @@ def read_secret(context: BackendContext, backend: str, env_name: str) -> str:
     """A provider key from the environment; the error names the variable, never a value."""
     value = context.env.get(env_name, "")
     if not value:
-        raise BackendError(FAIL_UNAVAILABLE, "provider unavailable", transient=True,
+        raise BackendError(FailCode.UNAVAILABLE, "provider unavailable", transient=True,
                            detail=f"backend {backend}: environment variable {env_name} is empty or unset")
     return value

@@ -20,7 +20,7 @@ from .base import Backend, GeneratedImage, Job
 
 
 class SandboxBackend(Backend):
-    kind = "sandbox"
+    type_name = "sandbox"
 
     @classmethod
     def offers_safety_checker(cls, options) -> bool:

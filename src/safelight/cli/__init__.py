@@ -6,13 +6,16 @@ import asyncio
 import logging
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from safelight.config import Settings
+
+if TYPE_CHECKING:
+    from safelight.routing import Routing
 
 from .client_commands import register as register_client_commands
 
@@ -63,21 +66,24 @@ def serve(
     workers: Annotated[bool, typer.Option("--worker/--no-worker", help="Run the in-process worker.")] = True,
     log_level: str = "info",
 ) -> None:
-    """Run the API server, with an in-process worker, on the embedded or configured store."""
+    """Run the API server on the embedded or configured store; with a worker unless --no-worker.
+
+    Callback delivery and the retention sweep run in every `serve` process."""
     import uvicorn
 
     from safelight.api.app import create_app
+    from safelight.runtime import SERVE_NO_WORKER_ROLES, SERVE_ROLES, describe_roles
 
     if data_dir is not None:
         os.environ["SAFELIGHT_DATA_DIR"] = str(data_dir)
     os.environ.setdefault("SAFELIGHT_PUBLIC_URL", f"http://{host}:{port}")
-    os.environ["SAFELIGHT_RUN_WORKER"] = "true" if workers else "false"
+    roles = SERVE_ROLES if workers else SERVE_NO_WORKER_ROLES
     settings = Settings()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    application = _checked(lambda: create_app(settings, preflight=True))
+    application = _checked(lambda: create_app(settings, roles=roles, check_backends=True))
     _bootstrap(settings)
-    console.print(f"[bold]Safelight[/] on {settings.public_url}  (store: {_describe_store(settings)}, "
-                  f"files: {settings.files_dir.resolve()})")
+    console.print(f"[bold]Safelight[/] on {settings.public_url}  (roles: {describe_roles(roles)}; "
+                  f"store: {_describe_store(settings)}; files: {settings.files_dir.resolve()})", highlight=False)
     uvicorn.run(application, host=host, port=port, log_level=log_level, proxy_headers=True)
 
 
@@ -95,25 +101,29 @@ def _checked(build):
 
 @app.command()
 def worker(log_level: str = "info") -> None:
-    """Run a worker without the API (scale-out: one per GPU machine, sharing a PostgreSQL store)."""
-    from safelight.api.runtime import Runtime
+    """Run only a worker (scale-out: one per GPU machine, sharing a PostgreSQL store).
+
+    It claims and runs tasks; callbacks and retention are the `serve` processes' roles."""
+    from safelight.runtime import WORKER_ROLES, Runtime, describe_roles, load_configured_routing, preflight
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings(run_worker=True)
+    settings = Settings()
 
-    def build():
-        runtime = Runtime(settings)
-        runtime.preflight()
-        return runtime
+    def build() -> Routing:
+        routing = load_configured_routing(settings)
+        preflight(settings, routing, WORKER_ROLES)
+        return routing
 
-    runtime = _checked(build)
+    routing = _checked(build)
+    console.print(f"[bold]Safelight[/] worker (roles: {describe_roles(WORKER_ROLES)}; "
+                  f"store: {_describe_store(settings)})", highlight=False)
 
-    async def go():
-        await runtime.start()
+    async def go() -> None:
+        runtime = await Runtime.open(settings, WORKER_ROLES, routing=routing)
         try:
             await asyncio.Event().wait()
         finally:
-            await runtime.stop()
+            await runtime.close()
 
     try:
         asyncio.run(go())
@@ -135,14 +145,12 @@ def migrate() -> None:
 @app.command()
 def sweep() -> None:
     """Run the retention sweep once: delete expired result files and uploads (task records stay)."""
-    from types import SimpleNamespace
-
     from safelight.storage import LocalStorage
     from safelight.storage.retention import sweep as run_sweep
 
     settings = Settings()
     storage = LocalStorage(settings.files_dir)
-    report = _run(lambda store: run_sweep(SimpleNamespace(settings=settings, store=store, storage=storage)))
+    report = _run(lambda store: run_sweep(store.tasks, storage, settings))
     console.print(f"swept: {report}")
 
 
@@ -247,11 +255,11 @@ def models_routes() -> None:
 
 def _print_routes() -> None:
     from safelight.backends import backend_class
-    from safelight.routing import load_routing
+    from safelight.runtime import load_configured_routing
 
     settings = Settings()
-    routing = _checked(lambda: load_routing(settings.config, sandbox_concurrency=settings.worker_concurrency))
-    source = settings.config or "no SAFELIGHT_CONFIG: every model on the sandbox"
+    routing = _checked(lambda: load_configured_routing(settings))
+    source = settings.routing_file or "no SAFELIGHT_CONFIG: every model on the sandbox"
     table = Table(title=f"Routes on this host ({source})", title_justify="left", box=None, padding=(0, 2, 0, 0))
     for column in ("model", "route (tried in order)", "nsfw_checker"):
         table.add_column(column)
@@ -278,7 +286,7 @@ def attempts(task_id: Annotated[str, typer.Argument(help="Task id.")]) -> None:
         console.print(f"[red]no task {task_id}[/]")
         raise typer.Exit(1)
     console.print(f"{task_id}  {row['model']}  state={row['state']}  served by={row['backend'] or '-'}  "
-                  f"claims={row['attempts']}", highlight=False)
+                  f"claims={row['claims']}", highlight=False)
     table = Table(box=None, padding=(0, 2, 0, 0))
     for column in ("at (ms)", "backend", "outcome", "failCode", "detail"):
         table.add_column(column)

@@ -14,7 +14,6 @@ kie's docs key the HMAC with the string itself.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -22,22 +21,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from safelight.kie import webhook_key_bytes
+
 from .errors import SignatureError
 from .task import Task
-
-WHSEC_PREFIX = "whsec_"
-
-
-def secret_key(secret: str | bytes) -> bytes:
-    """The HMAC key for a secret: base64 after `whsec_`, else the secret's UTF-8 bytes."""
-    if isinstance(secret, bytes):
-        return secret
-    if secret.startswith(WHSEC_PREFIX):
-        try:
-            return base64.b64decode(secret[len(WHSEC_PREFIX) :], validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("a whsec_ secret must be base64 after the prefix") from None
-    return secret.encode("utf-8")
 
 
 def verify_callback(
@@ -66,7 +53,7 @@ def verify_callback(
         if not webhook_id:
             raise SignatureError("missing webhook-id header")
         signed = f"{webhook_id}.{timestamp}.".encode() + raw
-        expected = _sign(secret_key(secret), signed)
+        expected = _sign(webhook_key_bytes(secret), signed)
         offered = [
             part.split(",", 1)[1]
             for part in lower["webhook-signature"].split()
@@ -82,7 +69,7 @@ def verify_callback(
         if not task.task_id:
             raise SignatureError("callback body has no data.taskId to check the signature against")
         message = f"{task.task_id}.{timestamp}".encode()
-        keys = {secret_key(secret)}
+        keys = {webhook_key_bytes(secret)}
         if isinstance(secret, str):
             keys.add(secret.encode("utf-8"))
         offered = lower["x-webhook-signature"].strip().encode()

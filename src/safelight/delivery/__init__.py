@@ -1,6 +1,6 @@
 """Callback delivery: the outbox sender, its retry policy, and request signing."""
 
 from .deliverer import CallbackDeliverer, RetryPolicy
-from .signing import signature_headers, standard_webhooks_key
+from .signing import signature_headers
 
-__all__ = ["CallbackDeliverer", "RetryPolicy", "signature_headers", "standard_webhooks_key"]
+__all__ = ["CallbackDeliverer", "RetryPolicy", "signature_headers"]

@@ -8,8 +8,6 @@ row leased, and it is sent again once the lease runs out.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import random
 import time
@@ -17,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from safelight.kie import callback_body
 from safelight.net import FetchError, OutboundPolicy, UnsafeURLError, post_json
 from safelight.store import Store, now_ms
 
@@ -24,9 +23,10 @@ from .signing import signature_headers
 
 log = logging.getLogger(__name__)
 
-SUCCESS_MSG = "Playground task completed successfully."
-FAIL_MSG = "Playground task failed."
 USER_AGENT = "Safelight-Webhooks/1"
+# Wake-ups arrive as events (in-process, or NOTIFY on PostgreSQL); this bounds how long a callback
+# could wait if one were missed (SQLite with the worker in another process has no cross-process event).
+IDLE_CHECK_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class CallbackDeliverer:
         self._loop_task: asyncio.Task | None = None
 
     async def start(self) -> None:
+        await self.store.callback_wakeup.listen()
         self._loop_task = asyncio.create_task(self._run(), name="callback-delivery")
 
     async def stop(self) -> None:
@@ -74,7 +75,6 @@ class CallbackDeliverer:
         wakeup = self.store.callback_wakeup
         while True:
             try:
-                wakeup.clear()
                 free = self.concurrency - len(self._sending)
                 for delivery in await self.store.callbacks.claim_due(free, self._lease_ms):
                     task = asyncio.create_task(self._deliver(delivery))
@@ -82,11 +82,10 @@ class CallbackDeliverer:
                     task.add_done_callback(self._done)
                 # Sleep until the next scheduled retry, or until a new delivery or a free slot.
                 next_due = await self.store.callbacks.next_due_at()
-                delay = 3600.0 if next_due is None else max(0.0, (next_due - now_ms()) / 1000)
+                delay = IDLE_CHECK_SECONDS if next_due is None else max(0.0, (next_due - now_ms()) / 1000)
                 if free <= 0:
-                    delay = 3600.0
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wakeup.wait(), timeout=max(delay, 0.01))
+                    delay = IDLE_CHECK_SECONDS  # a finished send pokes the wakeup
+                await wakeup.wait(min(max(delay, 0.01), IDLE_CHECK_SECONDS))
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -95,7 +94,7 @@ class CallbackDeliverer:
 
     def _done(self, task: asyncio.Task) -> None:
         self._sending.discard(task)
-        self.store.callback_wakeup.set()  # a slot is free
+        self.store.callback_wakeup.poke()  # a slot is free
 
     async def _deliver(self, delivery: Mapping[str, Any]) -> None:
         status_code: int | None = None
@@ -134,10 +133,7 @@ class CallbackDeliverer:
 
     async def _body(self, delivery: Mapping[str, Any]) -> tuple[bytes, str, str]:
         row = await self.store.tasks.get(delivery["task_id"])
-        record = self.build_record(row)
+        if row is None:
+            raise LookupError(f"task {delivery['task_id']} of callback {delivery['id']} does not exist")
         balance, secret = await self.store.accounts.balance_and_webhook_key(row["account_id"])
-        success = row["state"] == "success"
-        # Older kie callback bodies carry consumeCredits/remainedCredits; newer ones creditsConsumed.
-        data = {**record, "consumeCredits": record["creditsConsumed"], "remainedCredits": balance}
-        payload = {"code": 200 if success else 501, "msg": SUCCESS_MSG if success else FAIL_MSG, "data": data}
-        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(), row["id"], secret
+        return callback_body(self.build_record(row), balance), row["id"], secret

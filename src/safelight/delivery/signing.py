@@ -9,20 +9,10 @@ receivers use the whole string, so both verify with the one secret the account h
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 
-WHSEC_PREFIX = "whsec_"
-
-
-def standard_webhooks_key(secret: str) -> bytes:
-    if secret.startswith(WHSEC_PREFIX):
-        try:
-            return base64.b64decode(secret[len(WHSEC_PREFIX):], validate=True)
-        except (binascii.Error, ValueError):
-            pass  # not base64 after all: fall back to the plain-string rule
-    return secret.encode()
+from safelight.kie import webhook_key_bytes
 
 
 def _b64_hmac(key: bytes, message: bytes) -> str:
@@ -35,6 +25,6 @@ def signature_headers(*, secret: str, task_id: str, webhook_id: str, timestamp: 
         "X-Webhook-Signature": _b64_hmac(secret.encode(), f"{task_id}.{timestamp}".encode()),
         "webhook-id": webhook_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": "v1," + _b64_hmac(standard_webhooks_key(secret),
+        "webhook-signature": "v1," + _b64_hmac(webhook_key_bytes(secret),
                                                f"{webhook_id}.{timestamp}.".encode() + body),
     }

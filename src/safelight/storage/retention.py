@@ -15,14 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import false, select, update
-
 from safelight.config import Settings
-from safelight.store import Store
-from safelight.store.tasks import tasks
 
 from .local import LocalStorage
 
@@ -33,10 +30,12 @@ UPLOADS_PREFIX = "uploads"
 BATCH_SIZE = 500
 
 
-class _Runtime(Protocol):
-    settings: Settings
-    store: Store
-    storage: LocalStorage
+class TaskResults(Protocol):
+    """What retention needs from the task store (`safelight.store.TaskStore` provides it)."""
+
+    async def expired_results(self, completed_before_ms: int, limit: int) -> list[str]: ...
+
+    async def mark_files_deleted(self, task_ids: Sequence[str], completed_before_ms: int) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -55,36 +54,31 @@ def _mb(size: int) -> str:
     return f"{size / (1024 * 1024):.1f} MB"
 
 
-async def sweep(runtime: _Runtime, *, now: float | None = None, batch_size: int = BATCH_SIZE) -> SweepReport:
-    """Run one retention pass. `runtime` needs `settings`, `store` and `storage` (an api Runtime will do)."""
+async def sweep(tasks: TaskResults, storage: LocalStorage, settings: Settings, *, now: float | None = None,
+                batch_size: int = BATCH_SIZE) -> SweepReport:
+    """Run one retention pass over result files (through the task store) and uploads."""
     now = time.time() if now is None else now
-    settings = runtime.settings
     swept, result_bytes = 0, 0
     if settings.result_retention_seconds > 0:
-        swept, result_bytes = await _sweep_results(runtime, int((now - settings.result_retention_seconds) * 1000),
-                                                   batch_size)
+        cutoff_ms = int((now - settings.result_retention_seconds) * 1000)
+        swept, result_bytes = await _sweep_results(tasks, storage, cutoff_ms, batch_size)
     uploads, upload_bytes = 0, 0
     if settings.upload_retention_seconds > 0:
-        uploads, upload_bytes = await _sweep_uploads(runtime.storage, now - settings.upload_retention_seconds)
+        uploads, upload_bytes = await _sweep_uploads(storage, now - settings.upload_retention_seconds)
     return SweepReport(tasks=swept, result_bytes=result_bytes, uploads=uploads, upload_bytes=upload_bytes)
 
 
-async def _sweep_results(runtime: _Runtime, cutoff_ms: int, batch_size: int) -> tuple[int, int]:
-    db, storage = runtime.store.db, runtime.storage
-    expired = (tasks.c.state == "success") & (tasks.c.files_deleted == false()) & (tasks.c.complete_time < cutoff_ms)
+async def _sweep_results(tasks: TaskResults, storage: LocalStorage, cutoff_ms: int,
+                         batch_size: int) -> tuple[int, int]:
     swept = freed = 0
     while True:
-        async with db.read() as conn:
-            ids = list((await conn.execute(
-                select(tasks.c.id).where(expired).order_by(tasks.c.complete_time).limit(batch_size))).scalars())
+        ids = await tasks.expired_results(cutoff_ms, batch_size)
         if not ids:
             return swept, freed
         for task_id in ids:
             # Ids are 32 hex characters (our own), so this is always a key under results/.
             freed += await storage.delete_dir(f"{RESULTS_PREFIX}/{task_id}")
-        async with db.write() as conn:
-            marked = await conn.execute(update(tasks).where(tasks.c.id.in_(ids), expired).values(files_deleted=True))
-        swept += marked.rowcount
+        swept += await tasks.mark_files_deleted(ids, cutoff_ms)
         if len(ids) < batch_size:
             return swept, freed
 
@@ -98,11 +92,12 @@ async def _sweep_uploads(storage: LocalStorage, cutoff: float) -> tuple[int, int
     return len(old), sum(size for _key, size in old)
 
 
-async def run_periodically(runtime: _Runtime, every_seconds: float) -> None:
+async def run_periodically(tasks: TaskResults, storage: LocalStorage, settings: Settings,
+                           every_seconds: float) -> None:
     """Sweep now and then every `every_seconds`, until cancelled. A failed pass is logged and retried."""
     while True:
         try:
-            report = await sweep(runtime)
+            report = await sweep(tasks, storage, settings)
             if report.tasks or report.uploads:
                 log.info("retention sweep: %s", report)
         except Exception:

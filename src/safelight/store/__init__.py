@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from .accounts import AccountStore, CreatedKey, InsufficientCredits, NotFound
 from .callbacks import CallbackStore
 from .db import Database, now_ms
-from .notify import Wakeup
+from .notify import CALLBACKS_CHANNEL, TASKS_CHANNEL, Wakeup
 from .state import StateStore
 from .tasks import RequeueReport, TaskStore
 
@@ -15,11 +13,12 @@ from .tasks import RequeueReport, TaskStore
 class Store:
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.db = Database(url, pool_size=pool_size)
-        self.wakeup = Wakeup(self.db)
+        # Wakes workers when a task is created (and a worker slot frees up).
+        self.wakeup = Wakeup(self.db, TASKS_CHANNEL)
+        # Wakes the delivery loop when a callback is owed, in this process or (PostgreSQL) any other.
+        self.callback_wakeup = Wakeup(self.db, CALLBACKS_CHANNEL)
         self.accounts = AccountStore(self.db)
-        # The delivery loop sets this hook to hear about new outbox rows at once.
-        self.callbacks = CallbackStore(self.db, on_enqueue=lambda: self.callback_wakeup.set())
-        self.callback_wakeup = asyncio.Event()
+        self.callbacks = CallbackStore(self.db, self.callback_wakeup)
         self.tasks = TaskStore(self.db, self.wakeup, self.callbacks)
         self.state = StateStore(self.db)
 
@@ -28,6 +27,7 @@ class Store:
 
     async def close(self) -> None:
         await self.wakeup.close()
+        await self.callback_wakeup.close()
         await self.db.dispose()
 
 

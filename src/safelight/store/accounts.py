@@ -11,9 +11,8 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .db import Database, now_ms
-from .tables import Account, ApiKey, CreditEntry
-
-accounts, api_keys, ledger = Account.__table__, ApiKey.__table__, CreditEntry.__table__
+from .tables import accounts, api_keys
+from .tables import credit_ledger as ledger
 
 KEY_PREFIX = "sl_"
 

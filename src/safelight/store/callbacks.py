@@ -8,32 +8,37 @@ from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .db import Database, now_ms
-from .tables import CallbackAttempt, CallbackDelivery, Task
+from safelight.kie import TaskState
 
-deliveries, attempts_log, tasks = CallbackDelivery.__table__, CallbackAttempt.__table__, Task.__table__
+from .db import Database, now_ms
+from .notify import Wakeup
+from .tables import callback_attempts as attempts_log
+from .tables import callback_deliveries as deliveries
+from .tables import tasks
 
 
 def new_delivery_id() -> str:
     return "msg_" + uuid.uuid4().hex
 
 
-async def enqueue_in(conn: AsyncConnection, *, task_id: str, account_id: int, url: str, at: int) -> str:
-    """Queue a delivery inside the caller's transaction (the one that finishes the task)."""
-    delivery_id = new_delivery_id()
-    await conn.execute(insert(deliveries).values(
-        id=delivery_id, task_id=task_id, account_id=account_id, url=url, status="pending", attempts=0,
-        next_attempt_at=at, last_error="", created_at=at))
-    return delivery_id
-
-
 class CallbackStore:
-    def __init__(self, db: Database, on_enqueue=None) -> None:
+    def __init__(self, db: Database, wakeup: Wakeup) -> None:
         self.db = db
-        self._on_enqueue = on_enqueue or (lambda: None)
+        self.wakeup = wakeup
+
+    async def enqueue_in(self, conn: AsyncConnection, *, task_id: str, account_id: int, url: str, at: int) -> str:
+        """Queue a delivery inside the caller's transaction (the one that finishes the task); delivery
+        loops in other processes hear of it when that transaction commits."""
+        delivery_id = new_delivery_id()
+        await conn.execute(insert(deliveries).values(
+            id=delivery_id, task_id=task_id, account_id=account_id, url=url, status="pending", attempts=0,
+            next_attempt_at=at, last_error="", created_at=at))
+        await self.wakeup.notify_in_transaction(conn, task_id)
+        return delivery_id
 
     def enqueued(self) -> None:
-        self._on_enqueue()
+        """Wake this process's delivery loop (after the enqueuing transaction committed)."""
+        self.wakeup.poke()
 
     async def claim_due(self, limit: int, lease_ms: int) -> list[RowMapping]:
         """Take up to `limit` due deliveries; the lease keeps other senders off them while we send."""
@@ -97,9 +102,9 @@ class CallbackStore:
             task = (await conn.execute(
                 select(tasks.c.callback_url, tasks.c.state)
                 .where(and_(tasks.c.id == task_id, tasks.c.account_id == account_id)))).first()
-            if task is None or not task.callback_url or task.state not in ("success", "fail"):
+            if task is None or not task.callback_url or task.state not in TaskState.TERMINAL:
                 return None
-            delivery_id = await enqueue_in(conn, task_id=task_id, account_id=account_id, url=task.callback_url,
+            delivery_id = await self.enqueue_in(conn, task_id=task_id, account_id=account_id, url=task.callback_url,
                                            at=now_ms())
         self.enqueued()
         return delivery_id

@@ -10,9 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .db import Database
-from .tables import ServerState
-
-server_state = ServerState.__table__
+from .tables import server_state
 
 
 class StateStore:

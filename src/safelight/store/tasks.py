@@ -9,22 +9,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import ColumnElement, and_, false, func, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from safelight.kie import FailCode, TaskState
+
 from .accounts import InsufficientCredits, accounts, add_ledger_entry, ledger
 from .callbacks import CallbackStore
-from .callbacks import enqueue_in as enqueue_callback
 from .db import Database, now_ms
 from .notify import Wakeup
-from .tables import Task
-
-tasks = Task.__table__
-
-ACTIVE_STATES = ("queuing", "generating")
-TERMINAL_STATES = ("success", "fail")
-
+from .tables import tasks
 
 # Bounds one group commit; larger bursts simply take several transactions.
 MAX_CREATE_BATCH = 256
@@ -116,9 +111,9 @@ class TaskStore:
                                         amount=-request.cost, balance_after=balance, created_at=at,
                                         note=f"{request.model} x{request.num_images}"))
             task_rows.append(dict(
-                id=request.task_id, account_id=request.account_id, model=request.model, state="waiting",
+                id=request.task_id, account_id=request.account_id, model=request.model, state=TaskState.WAITING,
                 param=request.param, callback_url=request.callback_url, num_images=request.num_images,
-                credits_reserved=request.cost, credits_consumed=0, fail_code="", fail_msg="", attempts=0,
+                credits_reserved=request.cost, credits_consumed=0, fail_code="", fail_msg="", claims=0,
                 batch_key=request.batch_key, create_time=at, update_time=at, files_deleted=False))
             outcomes.append(None)
         for account_id in {row["account_id"] for row in ledger_rows}:
@@ -145,14 +140,14 @@ class TaskStore:
             return []
         at = now_ms()
         oldest = (select(tasks.c.id)
-                  .where(tasks.c.state == "waiting", tasks.c.model.in_(list(models)))
+                  .where(tasks.c.state == TaskState.WAITING, tasks.c.model.in_(list(models)))
                   .order_by(tasks.c.create_time).limit(limit)
                   .with_for_update(skip_locked=True))  # PostgreSQL; SQLite serializes writers anyway
         async with self.db.write() as conn:
             rows = (await conn.execute(
                 update(tasks).where(tasks.c.id.in_(oldest.scalar_subquery()))
-                .values(state="queuing", lease_owner=worker_id, lease_expires_at=at + lease_ms,
-                        attempts=tasks.c.attempts + 1, update_time=at,
+                .values(state=TaskState.QUEUING, lease_owner=worker_id, lease_expires_at=at + lease_ms,
+                        claims=tasks.c.claims + 1, update_time=at,
                         start_time=func.coalesce(tasks.c.start_time, at))
                 .returning(*tasks.c))).mappings().all()
         return sorted(rows, key=lambda row: row["create_time"])
@@ -169,7 +164,7 @@ class TaskStore:
         async with self.db.write() as conn:
             head = (await conn.execute(
                 select(tasks.c.id, tasks.c.batch_key)
-                .where(tasks.c.state == "waiting", tasks.c.model.in_(list(models)))
+                .where(tasks.c.state == TaskState.WAITING, tasks.c.model.in_(list(models)))
                 .order_by(tasks.c.create_time).limit(1).with_for_update(skip_locked=True))).first()
             if head is None:
                 return []
@@ -177,13 +172,14 @@ class TaskStore:
             if head.batch_key is not None:
                 ids += (await conn.execute(
                     select(tasks.c.id)
-                    .where(tasks.c.state == "waiting", tasks.c.batch_key == head.batch_key, tasks.c.id != head.id)
+                    .where(tasks.c.state == TaskState.WAITING, tasks.c.batch_key == head.batch_key,
+                           tasks.c.id != head.id)
                     .order_by(tasks.c.create_time).limit(max_batch - 1)
                     .with_for_update(skip_locked=True))).scalars().all()
             rows = (await conn.execute(
-                update(tasks).where(tasks.c.id.in_(ids), tasks.c.state == "waiting")
-                .values(state="queuing", lease_owner=worker_id, lease_expires_at=at + lease_ms,
-                        attempts=tasks.c.attempts + 1, update_time=at,
+                update(tasks).where(tasks.c.id.in_(ids), tasks.c.state == TaskState.WAITING)
+                .values(state=TaskState.QUEUING, lease_owner=worker_id, lease_expires_at=at + lease_ms,
+                        claims=tasks.c.claims + 1, update_time=at,
                         start_time=func.coalesce(tasks.c.start_time, at))
                 .returning(*tasks.c))).mappings().all()
         return sorted(rows, key=lambda row: row["create_time"])
@@ -194,8 +190,8 @@ class TaskStore:
         async with self.db.write() as conn:
             rows = await conn.execute(
                 update(tasks).where(tasks.c.id.in_(list(task_ids)), tasks.c.lease_owner == worker_id,
-                                    tasks.c.state.in_(ACTIVE_STATES))
-                .values(state="generating", backend=backend, progress=0, update_time=now_ms())
+                                    tasks.c.state.in_(TaskState.ACTIVE))
+                .values(state=TaskState.GENERATING, backend=backend, progress=0, update_time=now_ms())
                 .returning(tasks.c.id))
             return set(rows.scalars())
 
@@ -208,16 +204,16 @@ class TaskStore:
         at = now_ms()
         async with self.db.write() as conn:
             await conn.execute(update(tasks).where(tasks.c.id.in_(list(task_ids)), tasks.c.lease_owner == worker_id,
-                                                   tasks.c.state.in_(ACTIVE_STATES))
+                                                   tasks.c.state.in_(TaskState.ACTIVE))
                                .values(lease_expires_at=at + lease_ms))
 
     async def release(self, task_ids: Sequence[str], worker_id: str) -> None:
         """Hand unfinished tasks back to the queue (graceful shutdown); the attempt does not count."""
         async with self.db.write() as conn:
             await conn.execute(update(tasks).where(tasks.c.id.in_(list(task_ids)), tasks.c.lease_owner == worker_id,
-                                                   tasks.c.state.in_(ACTIVE_STATES))
-                               .values(state="waiting", lease_owner=None, lease_expires_at=None, progress=None,
-                                       attempts=tasks.c.attempts - 1, update_time=now_ms()))
+                                                   tasks.c.state.in_(TaskState.ACTIVE))
+                               .values(state=TaskState.WAITING, lease_owner=None, lease_expires_at=None, progress=None,
+                                       claims=tasks.c.claims - 1, update_time=now_ms()))
         self.wakeup.poke()
 
     async def succeed(self, task_id: str, worker_id: str, *, files: list[str], seeds: list[int | None],
@@ -229,8 +225,8 @@ class TaskStore:
         async with self.db.write() as conn:
             row = (await conn.execute(
                 update(tasks).where(tasks.c.id == task_id, tasks.c.lease_owner == worker_id,
-                                    tasks.c.state.in_(ACTIVE_STATES))
-                .values(state="success", result=result, credits_consumed=tasks.c.credits_reserved, progress=100,
+                                    tasks.c.state.in_(TaskState.ACTIVE))
+                .values(state=TaskState.SUCCESS, result=result, credits_consumed=tasks.c.credits_reserved, progress=100,
                         complete_time=at, update_time=at, lease_owner=None, lease_expires_at=None,
                         **_attempt_log(backend_attempts))
                 .returning(tasks.c.account_id, tasks.c.callback_url))).first()
@@ -251,25 +247,43 @@ class TaskStore:
             self.callbacks.enqueued()
         return failed
 
-    async def requeue_expired(self, max_attempts: int) -> RequeueReport:
-        """Tasks whose worker died mid-task go back to waiting, or fail (refunded) after max_attempts."""
+    async def requeue_expired(self, max_claims: int) -> RequeueReport:
+        """Tasks whose worker died mid-task go back to waiting, or fail (refunded) after max_claims."""
         at = now_ms()
-        expired = and_(tasks.c.state.in_(ACTIVE_STATES), tasks.c.lease_expires_at < at)
+        expired = and_(tasks.c.state.in_(TaskState.ACTIVE), tasks.c.lease_expires_at < at)
         requeued: list[str] = []
         failed: list[str] = []
         async with self.db.write() as conn:
-            rows = (await conn.execute(select(tasks.c.id, tasks.c.attempts).where(expired))).all()
-            for task_id, attempts in rows:
-                if attempts < max_attempts:
+            rows = (await conn.execute(select(tasks.c.id, tasks.c.claims).where(expired))).all()
+            for task_id, claims in rows:
+                if claims < max_claims:
                     await conn.execute(update(tasks).where(tasks.c.id == task_id, expired)
-                                       .values(state="waiting", lease_owner=None, lease_expires_at=None,
+                                       .values(state=TaskState.WAITING, lease_owner=None, lease_expires_at=None,
                                                progress=None, update_time=at))
                     requeued.append(task_id)
                 else:
-                    msg = f"the task was interrupted {attempts} times (worker lost); credits refunded"
-                    if await self._fail_in(conn, task_id, "500", msg):
+                    msg = f"the task was interrupted {claims} times (worker lost); credits refunded"
+                    if await self._fail_in(conn, task_id, FailCode.INTERNAL, msg):
                         failed.append(task_id)
         return RequeueReport(requeued, failed)
+
+    async def expired_results(self, completed_before_ms: int, limit: int) -> list[str]:
+        """Ids of succeeded tasks, completed before the cutoff, whose result files still exist; oldest first."""
+        async with self.db.read() as conn:
+            return list((await conn.execute(
+                select(tasks.c.id).where(_results_expired(completed_before_ms))
+                .order_by(tasks.c.complete_time).limit(limit))).scalars())
+
+    async def mark_files_deleted(self, task_ids: Sequence[str], completed_before_ms: int) -> int:
+        """Record that retention deleted these tasks' result files; returns how many were marked.
+        The record stays, and recordInfo answers `resultUrls: []`."""
+        if not task_ids:
+            return 0
+        async with self.db.write() as conn:
+            result = await conn.execute(update(tasks).where(tasks.c.id.in_(list(task_ids)),
+                                                            _results_expired(completed_before_ms))
+                                        .values(files_deleted=True))
+            return int(result.rowcount)
 
     async def count_by_state(self) -> dict[str, int]:
         async with self.db.read() as conn:
@@ -280,19 +294,19 @@ class TaskStore:
         async with self.db.write() as conn:
             result = await conn.execute(
                 update(tasks).where(tasks.c.id == task_id, tasks.c.lease_owner == worker_id,
-                                    tasks.c.state.in_(ACTIVE_STATES))
+                                    tasks.c.state.in_(TaskState.ACTIVE))
                 .values(update_time=now_ms(), **values))
             return result.rowcount == 1
 
     async def _fail_in(self, conn: AsyncConnection, task_id: str, fail_code: str, fail_msg: str, *,
                        worker_id: str | None = None, backend_attempts: list[dict] | None = None) -> bool:
         at = now_ms()
-        condition = and_(tasks.c.id == task_id, tasks.c.state.not_in(TERMINAL_STATES))
+        condition = and_(tasks.c.id == task_id, tasks.c.state.not_in(TaskState.TERMINAL))
         if worker_id is not None:
             condition = and_(condition, tasks.c.lease_owner == worker_id)
         row = (await conn.execute(
             update(tasks).where(condition)
-            .values(state="fail", fail_code=fail_code, fail_msg=fail_msg[:2000], credits_consumed=0,
+            .values(state=TaskState.FAIL, fail_code=fail_code, fail_msg=fail_msg[:2000], credits_consumed=0,
                     complete_time=at, update_time=at, lease_owner=None, lease_expires_at=None,
                     **_attempt_log(backend_attempts))
             .returning(tasks.c.account_id, tasks.c.credits_reserved, tasks.c.callback_url))).first()
@@ -304,11 +318,16 @@ class TaskStore:
         await self._queue_callback(conn, task_id, row.account_id, row.callback_url, at)
         return True
 
-    @staticmethod
-    async def _queue_callback(conn: AsyncConnection, task_id: str, account_id: int, url: str | None, at: int) -> None:
+    async def _queue_callback(self, conn: AsyncConnection, task_id: str, account_id: int, url: str | None,
+                              at: int) -> None:
         # Same transaction as the state change: the callback is owed exactly when the task ends.
         if url:
-            await enqueue_callback(conn, task_id=task_id, account_id=account_id, url=url, at=at)
+            await self.callbacks.enqueue_in(conn, task_id=task_id, account_id=account_id, url=url, at=at)
+
+
+def _results_expired(completed_before_ms: int) -> ColumnElement[bool]:
+    return and_(tasks.c.state == TaskState.SUCCESS, tasks.c.files_deleted == false(),
+                tasks.c.complete_time < completed_before_ms)
 
 
 def _attempt_log(backend_attempts: list[dict] | None) -> dict[str, str]:

@@ -18,7 +18,7 @@ from safelight.net import (
 from safelight.storage import LocalStorage, StorageKeyError, UrlSigner
 
 
-class InputError(Exception):
+class InputFetchError(Exception):
     """An input the user supplied cannot be used; the task fails with this message."""
 
 
@@ -39,22 +39,22 @@ class InputLoader:
                 return await self._load_own(field, url, key)
             return await fetch_image(url, policy=self.policy, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
         except UnsafeURLError as exc:
-            raise InputError(f"{field} is not allowed: {exc.reason}") from None
+            raise InputFetchError(f"{field} is not allowed: {exc.reason}") from None
         except FetchError as exc:
-            raise InputError(f"{field} could not be fetched: {exc.reason}") from None
+            raise InputFetchError(f"{field} could not be fetched: {exc.reason}") from None
         except ImageError as exc:
-            raise InputError(f"{field} is not a usable image: {exc.reason}") from None
+            raise InputFetchError(f"{field} is not a usable image: {exc.reason}") from None
 
     async def _load_own(self, field: str, url: str, key: str) -> tuple[bytes, str, Image.Image]:
         # Our own upload or result URL: read it from storage instead of making an HTTP request to ourselves.
         query = parse_qs(urlsplit(url).query)
         if not self.signer.verify(key, query.get("expires", [""])[0], query.get("signature", [""])[0]):
-            raise InputError(f"{field} is a link to this server that has expired or is not valid")
+            raise InputFetchError(f"{field} is a link to this server that has expired or is not valid")
         try:
             data = await self.storage.get(key)
         except (FileNotFoundError, StorageKeyError):
-            raise InputError(f"{field} points to a file that no longer exists") from None
+            raise InputFetchError(f"{field} points to a file that no longer exists") from None
         if len(data) > self.max_bytes:
-            raise InputError(f"{field} is larger than {self.max_bytes // (1024 * 1024)} MB")
+            raise InputFetchError(f"{field} is larger than {self.max_bytes // (1024 * 1024)} MB")
         image = decode_image(data, max_pixels=self.max_pixels)
         return data, sniff_image_type(data) or "image/png", image

@@ -20,32 +20,46 @@ import random
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 
 from sqlalchemy.engine import RowMapping
 
-from safelight.backends import (
-    FAIL_INPUT,
-    FAIL_INTERNAL,
-    FAIL_TIMEOUT,
-    Backend,
-    BackendError,
-    GeneratedImage,
-    Job,
-)
-from safelight.catalog import InputError as CatalogInputError
-from safelight.catalog import get_model, validate_input
-from safelight.store.db import now_ms
+from safelight.backends import Backend, BackendError, GeneratedImage, Job
+from safelight.catalog import InvalidInputError, get_model, validate_input
+from safelight.kie import FailCode
+from safelight.storage import LocalStorage
+from safelight.store import Store, now_ms
 
-from .inputs import InputError, InputLoader
+from .inputs import InputFetchError, InputLoader
 from .progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 
 
+class Outcome(StrEnum):
+    """How one backend attempt ended, as the attempt log records it."""
+
+    SUCCESS = "success"
+    FALLBACK = "fallback"  # a transient failure; the next backend of the route is tried
+    FAIL = "fail"  # the task (or batch) ends here
+
+
+@dataclass
+class Attempt:
+    """The result of running a batch of jobs on one backend."""
+
+    outcome: Outcome
+    # The jobs this worker still held when the backend ran (a lost lease drops a job).
+    jobs: list[Job]
+    results: list[list[GeneratedImage] | BackendError]
+    error: BackendError | None = None
+
+
 class Worker:
-    def __init__(self, *, store, storage, loader: InputLoader, backends: Mapping[str, Backend] | Sequence[Backend],
-                 routes: Mapping[str, Sequence[str] | str], lease_seconds: float = 60.0, max_attempts: int = 3,
-                 task_timeout_seconds: float = 600.0) -> None:
+    def __init__(self, *, store: Store, storage: LocalStorage, loader: InputLoader,
+                 backends: Mapping[str, Backend] | Sequence[Backend], routes: Mapping[str, Sequence[str] | str],
+                 lease_seconds: float = 60.0, max_claims: int = 3, task_timeout_seconds: float = 600.0) -> None:
         self.store = store
         self.storage = storage
         self.loader = loader
@@ -55,7 +69,7 @@ class Worker:
         self.routes = {model: [route] if isinstance(route, str) else list(route)
                        for model, route in routes.items() if route}
         self.lease_ms = int(lease_seconds * 1000)
-        self.max_attempts = max_attempts
+        self.max_claims = max_claims
         self.task_timeout = task_timeout_seconds
         self.id = f"{socket.gethostname()[:30]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         # Calls in flight per backend, across primaries and fallbacks ("BFL allows 24 in flight").
@@ -80,10 +94,10 @@ class Worker:
         for name in self._used_backends():
             await self.backends[name].start()
         await self.store.wakeup.listen()
-        report = await self.store.tasks.requeue_expired(self.max_attempts)
+        report = await self.store.tasks.requeue_expired(self.max_claims)
         if report.requeued or report.failed:
-            log.warning("recovered interrupted tasks: %d re-queued, %d failed after %d attempts",
-                        len(report.requeued), len(report.failed), self.max_attempts)
+            log.warning("recovered interrupted tasks: %d re-queued, %d failed after %d claims",
+                        len(report.requeued), len(report.failed), self.max_claims)
         self._loops = [asyncio.create_task(self._claim_loop(), name="worker-claim"),
                        asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat")]
         log.info("worker %s serving %s", self.id, {model: route for model, route in self.routes.items()})
@@ -121,7 +135,7 @@ class Worker:
                 if loop.time() >= next_sweep:
                     # Other workers' crashes surface as expired leases; this is the only timer here.
                     next_sweep = loop.time() + sweep_every
-                    if (await self.store.tasks.requeue_expired(self.max_attempts)).requeued:
+                    if (await self.store.tasks.requeue_expired(self.max_claims)).requeued:
                         continue
             except Exception:  # the loop must survive a database hiccup
                 log.exception("worker claim loop error; retrying")
@@ -162,14 +176,15 @@ class Worker:
             await asyncio.wait_for(self._run(rows, open_ids), timeout=self.task_timeout)
         except TimeoutError:
             for task_id in list(open_ids):
-                await self._fail(task_id, FAIL_TIMEOUT, f"generation took longer than {self.task_timeout:.0f} s",
+                await self._fail(task_id, FailCode.TIMEOUT, f"generation took longer than {self.task_timeout:.0f} s",
                                  open_ids)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("batch %s failed unexpectedly", sorted(open_ids))
             for task_id in list(open_ids):
-                await self._fail(task_id, FAIL_INTERNAL, "internal error while generating; credits refunded", open_ids)
+                await self._fail(task_id, FailCode.INTERNAL, "internal error while generating; credits refunded",
+                                 open_ids)
         finally:
             for row in rows:
                 self._running.pop(row["id"], None)
@@ -181,12 +196,12 @@ class Worker:
         """A claimed task's Job: its input re-validated, its references fetched and decoded."""
         spec = get_model(row["model"])
         if spec is None:
-            raise InputError(f"model {row['model']!r} is no longer served")
+            raise InputFetchError(f"model {row['model']!r} is no longer served")
         raw_input = json.loads(row["param"]).get("input")
         try:
             model_input = validate_input(spec, raw_input)
-        except CatalogInputError as exc:
-            raise InputError(str(exc)) from None
+        except InvalidInputError as exc:
+            raise InputFetchError(str(exc)) from None
         params = spec.to_params(model_input)
         references, files = [], []
         for index, url in enumerate(params.reference_urls):
@@ -206,45 +221,56 @@ class Worker:
         for row in rows:
             try:
                 jobs.append(await self._prepare(row))
-            except InputError as exc:
-                await self._fail(row["id"], FAIL_INPUT, str(exc), open_ids)
+            except InputFetchError as exc:
+                await self._fail(row["id"], FailCode.INPUT, str(exc), open_ids)
         if not jobs:
             return
         route = self._route_for(jobs[0])
         if not route:
             for job in jobs:
-                await self._fail(job.task_id, "505", f"nsfw_checker is not available for {job.params.model} "
-                                                     "on this server", open_ids)
+                await self._fail(job.task_id, FailCode.NOT_SERVED, f"nsfw_checker is not available for "
+                                 f"{job.params.model} on this server", open_ids)
             return
         for position, name in enumerate(route):
+            attempt = await self._try_backend(name, jobs, last=position == len(route) - 1)
+            jobs = attempt.jobs
+            if attempt.outcome is Outcome.FALLBACK:
+                assert attempt.error is not None
+                log.warning("backend %s failed transiently for %d task(s) (%s); trying %s",
+                            name, len(jobs), attempt.error.fail_code, route[position + 1])
+                continue
+            if attempt.outcome is Outcome.FAIL:
+                assert attempt.error is not None
+                for job in jobs:
+                    await self._fail(job.task_id, attempt.error.fail_code, attempt.error.message, open_ids)
+                return
             backend = self.backends[name]
-            async with self._slots[name]:
-                held = await self.store.tasks.mark_generating([job.task_id for job in jobs], self.id, name)
-                jobs = [job for job in jobs if job.task_id in held]
-                if not jobs:
-                    return  # leases lost: other workers own these tasks now
-                try:
-                    results = await self._generate(backend, jobs)
-                except BackendError as exc:
-                    last = position == len(route) - 1
-                    outcome = "fallback" if exc.transient and not last else "fail"
-                    for job in jobs:
-                        self._record_attempt(job.task_id, name, outcome, exc.fail_code, exc.detail or exc.message)
-                    if outcome == "fallback":
-                        log.warning("backend %s failed transiently for %d task(s) (%s); trying %s",
-                                    name, len(jobs), exc.fail_code, route[position + 1])
-                        continue
-                    for job in jobs:
-                        await self._fail(job.task_id, exc.fail_code, exc.message, open_ids)
-                    return
-            for job, images in zip(jobs, results, strict=True):
+            for job, images in zip(jobs, attempt.results, strict=True):
                 if isinstance(images, BackendError):  # one task of a batch refused (its safety check)
-                    self._record_attempt(job.task_id, name, "fail", images.fail_code, images.detail or images.message)
+                    self._record_attempt(job.task_id, name, Outcome.FAIL, images.fail_code,
+                                         images.detail or images.message)
                     await self._fail(job.task_id, images.fail_code, images.message, open_ids)
                     continue
-                self._record_attempt(job.task_id, name, "success", "", "")
+                self._record_attempt(job.task_id, name, Outcome.SUCCESS, "", "")
                 await self._finish(job, images, backend, open_ids)
             return
+
+    async def _try_backend(self, name: str, jobs: list[Job], *, last: bool) -> Attempt:
+        """Run the jobs on one backend, within its concurrency slots; a transient failure on a
+        backend that is not the route's last is a fallback, any other failure ends the tasks."""
+        async with self._slots[name]:
+            held = await self.store.tasks.mark_generating([job.task_id for job in jobs], self.id, name)
+            jobs = [job for job in jobs if job.task_id in held]
+            if not jobs:  # leases lost: other workers own these tasks now
+                return Attempt(Outcome.SUCCESS, [], [])
+            try:
+                results = await self._generate(self.backends[name], jobs)
+            except BackendError as exc:
+                outcome = Outcome.FALLBACK if exc.transient and not last else Outcome.FAIL
+                for job in jobs:
+                    self._record_attempt(job.task_id, name, outcome, exc.fail_code, exc.detail or exc.message)
+                return Attempt(outcome, jobs, [], exc)
+        return Attempt(Outcome.SUCCESS, jobs, results)
 
     def _route_for(self, job: Job) -> list[str]:
         """The model's route; for nsfw_checker tasks only the backends that can honour it (the batch
@@ -267,7 +293,7 @@ class Worker:
     async def _finish(self, job: Job, images: list[GeneratedImage], backend: Backend, open_ids: set[str]) -> None:
         task_id = job.task_id
         if len(images) != job.params.num_images:
-            await self._fail(task_id, FAIL_INTERNAL, f"backend {backend.name} returned {len(images)} images, "
+            await self._fail(task_id, FailCode.INTERNAL, f"backend {backend.name} returned {len(images)} images, "
                                                      f"expected {job.params.num_images}; credits refunded", open_ids)
             return
         keys = []
@@ -282,11 +308,12 @@ class Worker:
             for key in keys:
                 await self.storage.delete(key)
 
-    def _record_attempt(self, task_id: str, backend: str, outcome: str, code: str, detail: str) -> None:
-        entry = {"backend": backend, "outcome": outcome, "failCode": code, "detail": detail[:500], "at": now_ms()}
+    def _record_attempt(self, task_id: str, backend: str, outcome: Outcome, code: str, detail: str) -> None:
+        entry = {"backend": backend, "outcome": str(outcome), "failCode": str(code), "detail": detail[:500],
+                 "at": now_ms()}
         self._attempts.setdefault(task_id, []).append(entry)
 
-    async def _fail(self, task_id: str, code: str, message: str, open_ids: set[str] | None = None) -> None:
+    async def _fail(self, task_id: str, code: FailCode, message: str, open_ids: set[str] | None = None) -> None:
         if open_ids is not None:
             open_ids.discard(task_id)
         with contextlib.suppress(Exception):

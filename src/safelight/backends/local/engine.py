@@ -19,8 +19,6 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from safelight.backends.base import (
-    FAIL_GENERATION,
-    FAIL_MODERATED,
     Backend,
     BackendError,
     BackendStartError,
@@ -28,6 +26,7 @@ from safelight.backends.base import (
     Job,
 )
 from safelight.catalog import BUCKETS
+from safelight.kie import FailCode
 
 log = logging.getLogger("safelight.backends.local")
 
@@ -313,7 +312,7 @@ class LocalPipelineBackend(Backend):
             raise
         except Exception as exc:
             if type(exc).__name__ == "OutOfMemoryError":
-                raise BackendError(FAIL_GENERATION, "the GPU ran out of memory for this request; credits refunded",
+                raise BackendError(FailCode.GENERATION, "the GPU ran out of memory for this request; credits refunded",
                                    transient=True, detail=f"backend {self.name}: {exc}") from None
             raise
 
@@ -345,14 +344,15 @@ class LocalPipelineBackend(Backend):
                                    callback_on_step_end=on_step_end, output_type="pil", **arguments)
         images = list(output.images)
         if len(images) != len(seeds):
-            raise BackendError(FAIL_GENERATION, "the pipeline returned the wrong number of images; credits refunded",
+            raise BackendError(FailCode.GENERATION,
+                               "the pipeline returned the wrong number of images; credits refunded",
                                detail=f"backend {self.name}: {len(images)} images for {len(seeds)} seeds")
         flagged = self._check_safety(images, jobs)
         results: list[list[GeneratedImage] | BackendError] = []
         for job in jobs:
             mine, images = images[:len(job.seeds)], images[len(job.seeds):]
             if job.task_id in flagged:
-                results.append(BackendError(FAIL_MODERATED, "the image was blocked by this server's safety "
+                results.append(BackendError(FailCode.MODERATED, "the image was blocked by this server's safety "
                                             "checker (nsfw_checker); credits refunded"))
                 continue
             results.append([GeneratedImage(data=encode_png(image), seed=seed) for image, seed in zip(mine, job.seeds,

@@ -32,7 +32,7 @@ class Flux2Options(LocalOptions):
 
 
 class Flux2Backend(LocalPipelineBackend):
-    kind = "diffusers.flux2"
+    type_name = "diffusers.flux2"
     models = frozenset({"flux-2/pro-image-to-image", "ideogram/character"})
     Options: ClassVar[type[BaseModel]] = Flux2Options
 

@@ -15,7 +15,7 @@ from .engine import LocalPipelineBackend
 
 
 class ZImageBackend(LocalPipelineBackend):
-    kind = "diffusers.zimage"
+    type_name = "diffusers.zimage"
     models = frozenset({"z-image", "google/imagen4-fast"})
     pipeline_class = "ZImagePipeline"
     default_steps = 8  # Z-Image-Turbo: 8 DiT forwards (diffusers >= 0.39 counts them this way)

@@ -18,32 +18,33 @@ import base64
 import logging
 import math
 from collections.abc import Callable
+from functools import partial
 from ipaddress import ip_address
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from safelight.backends.base import (
-    FAIL_GENERATION,
-    FAIL_INPUT,
-    FAIL_MODERATED,
-    FAIL_TIMEOUT,
-    FAIL_UNAVAILABLE,
     GeneratedImage,
     Job,
     read_secret,
 )
-from safelight.backends.upstream.common import (
-    PROVIDER_UNAVAILABLE,
+from safelight.backends.upstream.provider import (
+    NO_SUCH_ENDPOINT,
+    REJECTED,
+    PollingOptions,
     ProviderBackend,
     ProviderClient,
+    Rule,
+    StatusTable,
     download_result,
     gather_or_cancel,
     generated,
     malformed,
-    rejection_message,
+    rejection_reason,
 )
+from safelight.kie import FailCode
 
 log = logging.getLogger("safelight.backends.upstream.bfl")
 
@@ -53,13 +54,20 @@ MODERATED_STATUSES = frozenset({"Request Moderated", "Content Moderated"})
 FAILED_STATUSES = frozenset({"Error", "Failed", "Task not found"})
 MODERATED_MESSAGE = ("the prompt or a reference image was blocked by the provider's safety filter; "
                      "credits refunded")
-T = TypeVar("T")
+GENERATION_FAILED = Rule(FailCode.GENERATION, True, "the provider failed to generate the image; credits refunded")
+
+# HTTP status of the submit (other than 200; 401/402/403 and the retried ones are ProviderClient's).
+SUBMIT_STATUSES = StatusTable({400: REJECTED, 413: REJECTED, 422: REJECTED, 404: NO_SUCH_ENDPOINT,
+                               405: NO_SUCH_ENDPOINT}, default=GENERATION_FAILED)
+# HTTP status of a poll (other than 200).
+POLL_STATUSES = StatusTable({404: Rule(FailCode.GENERATION, True, "the provider lost the request; credits refunded")},
+                            default=GENERATION_FAILED)
 
 
-class BflOptions(BaseModel):
+class BflOptions(PollingOptions):
     """Options of a `[backends.NAME]` table with `type = "bfl"`."""
 
-    model_config = ConfigDict(extra="forbid")
+    renamed = {"poll_deadline_seconds": "deadline_seconds"}
 
     base_url: str = Field("https://api.bfl.ai", pattern=r"^https?://[^/?#]+/?$",
                           description="API host; api.eu.bfl.ai and api.us.bfl.ai are regional alternatives")
@@ -70,33 +78,28 @@ class BflOptions(BaseModel):
         "BFL moderation level, 0 (strict) to 5 (permissive). Tasks with nsfw_checker=true use min(this, 2)"))
     max_pixels: int = Field(4_000_000, ge=64 * 64, description=(
         "largest output BFL accepts; bigger bucket sizes (2K) are scaled down, keeping the aspect ratio"))
-    timeout_seconds: float = Field(60.0, gt=0, description="per HTTP request to the API")
-    retries: int = Field(3, ge=0, le=10, description="retries of one request on 429, 5xx, timeouts")
-    backoff_seconds: float = Field(1.0, ge=0, description="first retry delay (doubles) without a Retry-After")
-    max_wait_seconds: float = Field(30.0, ge=0, description="cap on one wait, Retry-After included")
     poll_interval_seconds: float = Field(0.5, gt=0, description="first poll delay; grows x1.5 per poll")
     max_poll_interval_seconds: float = Field(5.0, gt=0, description="cap on the poll delay")
-    poll_deadline_seconds: float = Field(300.0, gt=0, description="give up (failCode 504) after this long")
+    deadline_seconds: float = Field(300.0, gt=0, description="give up on one image (failCode 504) after this long")
     download_timeout_seconds: float = Field(60.0, gt=0, description="deadline for downloading one result")
     send_references: Literal["url", "inline"] = Field(
         "url", description='"url": BFL downloads the input URLs; "inline": send the fetched bytes as base64')
 
 
-class BflBackend(ProviderBackend):
+class BflBackend(ProviderBackend[ProviderClient]):
     """FLUX.2 [pro] (or another FLUX.2 endpoint) on the Black Forest Labs API."""
 
-    kind = "bfl"
+    type_name = "bfl"
     models = frozenset({"flux-2/pro-image-to-image"})
     Options = BflOptions
 
     async def open_client(self) -> ProviderClient:
         key = read_secret(self.context, self.name, self.options.api_key_env)
         return ProviderClient(self.name, self.options.base_url, headers={"x-key": key}, secrets=[key],
-                              timeout=self.options.timeout_seconds, retries=self.options.retries,
-                              backoff_seconds=self.options.backoff_seconds, max_wait=self.options.max_wait_seconds)
+                              options=self.options)
 
     async def generate(self, job: Job) -> list[GeneratedImage]:
-        await self.start()
+        self.started()
         count = job.params.num_images
         progress = [0.0] * count
 
@@ -105,8 +108,7 @@ class BflBackend(ProviderBackend):
             job.report_progress(int(100 * sum(progress) / count))
 
         seeds = [job.seeds[i] if i < len(job.seeds) else None for i in range(count)]
-        return await gather_or_cancel(
-            [self._one(job, seeds[i], lambda fraction, i=i: report(i, fraction)) for i in range(count)])
+        return await gather_or_cancel([self._one(job, seeds[i], partial(report, i)) for i in range(count)])
 
     def request_body(self, job: Job, seed: int | None) -> dict[str, Any]:
         params = job.params
@@ -127,21 +129,13 @@ class BflBackend(ProviderBackend):
         return body
 
     async def _one(self, job: Job, seed: int | None, report: Callable[[float], None]) -> GeneratedImage:
-        assert self.client is not None
-        client = self.client
+        client = self.started()
         response = await client.request("POST", f"/v1/{self.options.endpoint}", json=self.request_body(job, seed))
-        if response.status_code in (400, 413, 422):
-            raise client.fail(FAIL_INPUT, rejection_message(response, client.redact),
-                              f"task {job.task_id}: submit answered HTTP {response.status_code}: {response.text[:300]}",
-                              transient=False)
-        if response.status_code in (404, 405):
-            raise client.fail(FAIL_UNAVAILABLE, PROVIDER_UNAVAILABLE,
-                              f"POST /v1/{self.options.endpoint} answered HTTP {response.status_code}; "
-                              "check the backend's base_url and endpoint options", transient=True)
         if response.status_code != 200:
-            raise client.fail(FAIL_GENERATION, "the provider failed to generate the image; credits refunded",
-                              f"task {job.task_id}: submit answered HTTP {response.status_code}: "
-                              f"{response.text[:300]}", transient=True)
+            raise client.fail_by(SUBMIT_STATUSES.rule(response.status_code),
+                                 f"task {job.task_id}: POST /v1/{self.options.endpoint} answered HTTP "
+                                 f"{response.status_code}: {response.text[:300]}",
+                                 rejection_reason(response, client.redact))
         submitted = client.json_of(response, "submit")
         request_id = submitted.get("id") if isinstance(submitted, dict) else None
         polling_url = submitted.get("polling_url") if isinstance(submitted, dict) else None
@@ -170,24 +164,21 @@ class BflBackend(ProviderBackend):
     async def _poll(self, job: Job, client: ProviderClient, polling_url: str, request_id: str,
                     report: Callable[[float], None]) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.options.poll_deadline_seconds
+        deadline = loop.time() + self.options.deadline_seconds
         delay = self.options.poll_interval_seconds
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise client.fail(FAIL_TIMEOUT, "the provider did not finish the image in time; credits refunded",
+                raise client.fail(FailCode.TIMEOUT, "the provider did not finish the image in time; credits refunded",
                                   f"task {job.task_id}: request {request_id} still not Ready after "
-                                  f"{self.options.poll_deadline_seconds:g} s", transient=True)
+                                  f"{self.options.deadline_seconds:g} s", transient=True)
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 1.5, self.options.max_poll_interval_seconds)
             response = await client.request("GET", polling_url)
-            if response.status_code == 404:
-                raise client.fail(FAIL_GENERATION, "the provider lost the request; credits refunded",
-                                  f"task {job.task_id}: poll of {request_id} answered HTTP 404", transient=True)
             if response.status_code != 200:
-                raise client.fail(FAIL_GENERATION, "the provider failed to generate the image; credits refunded",
-                                  f"task {job.task_id}: poll of {request_id} answered HTTP {response.status_code}: "
-                                  f"{response.text[:300]}", transient=True)
+                raise client.fail_by(POLL_STATUSES.rule(response.status_code),
+                                     f"task {job.task_id}: poll of {request_id} answered HTTP "
+                                     f"{response.status_code}: {response.text[:300]}")
             body = client.json_of(response, "poll")
             status = body.get("status") if isinstance(body, dict) else None
             if not isinstance(status, str):
@@ -196,13 +187,12 @@ class BflBackend(ProviderBackend):
             if status == "Ready":
                 return body.get("result") or {}
             if status in MODERATED_STATUSES:
-                raise client.fail(FAIL_MODERATED, MODERATED_MESSAGE,
+                raise client.fail(FailCode.MODERATED, MODERATED_MESSAGE,
                                   f"task {job.task_id}: request {request_id}: {status}: "
                                   f"{str(body.get('details'))[:300]}", transient=False)
             if status in FAILED_STATUSES:
-                raise client.fail(FAIL_GENERATION, "the provider failed to generate the image; credits refunded",
-                                  f"task {job.task_id}: request {request_id}: {status}: "
-                                  f"{str(body.get('details') or body.get('result'))[:300]}", transient=True)
+                raise client.fail_by(GENERATION_FAILED, f"task {job.task_id}: request {request_id}: {status}: "
+                                     f"{str(body.get('details') or body.get('result'))[:300]}")
             if status not in PENDING_STATUSES:
                 log.debug("backend %s: request %s has unknown status %r; still polling", self.name, request_id,
                           status[:50])

@@ -18,10 +18,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from safelight.backends.base import FAIL_GENERATION, FAIL_MODERATED, BackendError, GeneratedImage, Job
-from safelight.backends.upstream.common import ProviderBackend
+from safelight.backends.base import BackendError, GeneratedImage, Job
 from safelight.backends.upstream.google import (
-    MALFORMED,
     MODERATED,
     GoogleCall,
     GoogleClient,
@@ -32,6 +30,8 @@ from safelight.backends.upstream.google import (
     provider_seed,
     safe_text,
 )
+from safelight.backends.upstream.provider import MALFORMED, ProviderBackend
+from safelight.kie import FailCode
 
 # finishReason values that mean the safety or policy filters stopped the image: the same prompt
 # would be stopped again, so these fail permanently.
@@ -63,10 +63,10 @@ def _name(value: Any) -> str:
     return str(getattr(value, "value", value) or "")
 
 
-class GeminiImageBackend(ProviderBackend):
+class GeminiImageBackend(ProviderBackend[GoogleClient]):
     """Gemini image models; serves `google/imagen4-fast` (and `z-image` text-to-image as overflow)."""
 
-    kind = "gemini-image"
+    type_name = "gemini-image"
     models = frozenset({"google/imagen4-fast", "z-image"})
     Options = GeminiImageOptions
 
@@ -74,15 +74,13 @@ class GeminiImageBackend(ProviderBackend):
         return await open_client(self.name, self.options, self.context, vertexai=self.options.vertexai)
 
     async def generate(self, job: Job) -> list[GeneratedImage]:
-        if self.client is None:
-            await self.start()
-        assert self.client is not None
+        client = self.started()
         params = job.params
         seeds = job.seeds or [0] * params.num_images
         text = params.prompt
         if params.negative_prompt:
             text += f"\n\nAvoid: {params.negative_prompt}"
-        call = GoogleCall.of(self.name, self.options.model, self.client, self.options)
+        call = GoogleCall(self.name, self.options.model, client, self.options)
         done = 0
 
         async def one(seed: int) -> GeneratedImage:
@@ -111,14 +109,13 @@ class GeminiImageBackend(ProviderBackend):
             thinking_config=(types.ThinkingConfig(thinking_level=self.options.thinking_level)
                              if self.options.thinking_level else None),
         )
-        assert self.client is not None
-        sdk, model = self.client.sdk, self.options.model
+        sdk, model = call.client.sdk, self.options.model
         response = await call_google(call, f"Gemini {model}:generateContent",
                                      lambda: sdk.aio.models.generate_content(model=model, contents=text, config=config))
         feedback = response.prompt_feedback
         if feedback is not None and feedback.block_reason:
             reason = _name(feedback.block_reason)
-            raise call.fail(FAIL_MODERATED, f"{MODERATED} ({reason})", f"prompt blocked: {reason} "
+            raise call.fail(FailCode.MODERATED, f"{MODERATED} ({reason})", f"prompt blocked: {reason} "
                             f"{safe_text(feedback.block_reason_message or '', call.secrets)}", transient=False)
         candidate = response.candidates[0] if response.candidates else None
         parts = (candidate.content.parts if candidate and candidate.content else None) or []
@@ -128,8 +125,8 @@ class GeminiImageBackend(ProviderBackend):
                 return image_of(call, part.inline_data.data, seed)
         finish = _name(candidate.finish_reason) if candidate else ""
         if finish in MODERATION_FINISH:
-            raise call.fail(FAIL_MODERATED, f"{MODERATED} ({finish})", f"no image, finishReason {finish}",
+            raise call.fail(FailCode.MODERATED, f"{MODERATED} ({finish})", f"no image, finishReason {finish}",
                             transient=False)
         said = " ".join(part.text for part in parts if part.text)
-        raise call.fail(FAIL_GENERATION, MALFORMED, f"no image in the response (finishReason {finish or 'none'}, "
+        raise call.fail(FailCode.GENERATION, MALFORMED, f"no image in the response (finishReason {finish or 'none'}, "
                         f"text {safe_text(said, call.secrets, 200)!r})", transient=True)

@@ -15,7 +15,7 @@ Imagen 4 is being shut down (2026-08-17): a 404 NOT_FOUND fails transiently, so 
 on, and the log tells the operator to route the model to `gemini-image` instead.
 
 This module also holds what the `gemini-image` backend shares with it: the client options, the
-client construction and `call_google`, the retry loop that maps SDK errors onto failCodes.
+client construction and `call_google`, which retries an SDK call and maps its errors onto failCodes.
 The SDK is imported on first use, so the API process (which validates options) never loads it.
 """
 
@@ -23,36 +23,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 import warnings
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from safelight.backends.base import (
-    FAIL_GENERATION,
-    FAIL_INPUT,
-    FAIL_MODERATED,
-    FAIL_TIMEOUT,
-    FAIL_UNAVAILABLE,
     BackendContext,
     BackendError,
     GeneratedImage,
     Job,
     read_secret,
 )
-from safelight.backends.upstream.common import (
+from safelight.backends.upstream.provider import (
+    MALFORMED,
     PROVIDER_UNAVAILABLE,
+    RETRYABLE_STATUSES,
     ProviderBackend,
+    ProviderOptions,
+    Rule,
+    StatusTable,
     generated,
     redact,
-    retry_after_seconds,
 )
+from safelight.kie import FailCode
 from safelight.net import sniff_image_type
+from safelight.retrying import TryAgain, retry_after_seconds
 
 if TYPE_CHECKING:
     from google import genai
@@ -62,10 +62,23 @@ log = logging.getLogger("safelight.backends.upstream.google")
 T = TypeVar("T")
 
 MODERATED = "the provider's safety filter blocked this prompt or its images"
-MALFORMED = "the provider returned a malformed response; credits refunded"
 TIMED_OUT = "the provider did not answer in time; credits refunded"
 CLOUD_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
-RETRYABLE_CODES = frozenset({408, 429, 500, 502, 503, 504})
+
+UNAVAILABLE = Rule(FailCode.UNAVAILABLE, True, PROVIDER_UNAVAILABLE)
+CREDENTIALS = Rule(FailCode.UNAVAILABLE, True, PROVIDER_UNAVAILABLE,
+                   hint="check the credentials, that the API is enabled for the project, and billing")
+SAFETY_REFUSAL = Rule(FailCode.MODERATED, False, f"{MODERATED}: {{reason}}")
+# The HTTP status of an SDK APIError (408, 429 and 5xx are retried first, then UNAVAILABLE).
+STATUSES = StatusTable(
+    {
+        400: Rule(FailCode.INPUT, False, "the provider rejected the request: {reason}"),  # INVALID_ARGUMENT
+        401: CREDENTIALS,
+        403: CREDENTIALS,
+        404: Rule(FailCode.UNAVAILABLE, True, PROVIDER_UNAVAILABLE, hint="the model was not found"),
+    },
+    default=UNAVAILABLE,
+)
 # Imagen and Gemini take a signed 32-bit seed; larger worker seeds are folded into that range.
 SEED_RANGE = 2**31
 # Wording of the 400 Imagen answers when its safety filter refuses a prompt before generating.
@@ -79,10 +92,10 @@ def provider_seed(seed: int) -> int:
     return seed % SEED_RANGE
 
 
-class GoogleOptions(BaseModel):
+class GoogleOptions(ProviderOptions):
     """Options both Google backends take (the `[backends.NAME]` table, besides `type`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    renamed = {"timeout": "timeout_seconds", "max_wait": "max_wait_seconds"}
 
     project: str | None = Field(None, description="Google Cloud project for Vertex AI. Not used with an "
                                 "express-mode API key; with ADC, defaults to the credentials' project.")
@@ -94,11 +107,9 @@ class GoogleOptions(BaseModel):
     access_token_env: str | None = Field(None, description="Environment variable holding a static OAuth "
                                          "access token for Vertex AI. Without it and without api_key_env, "
                                          "Application Default Credentials are used.")
-    timeout: float = Field(120.0, gt=0, le=3600, description="Seconds one API call may take.")
+    timeout_seconds: float = Field(120.0, gt=0, le=3600, description="Seconds one API call may take; a call "
+                                   "that takes longer fails (504) and is not retried.")
     retries: int = Field(2, ge=0, le=10, description="Extra attempts on 429, 5xx and connection errors.")
-    backoff_seconds: float = Field(1.0, ge=0, le=60, description="First retry delay when the provider names "
-                                   "none; doubles with each attempt.")
-    max_wait: float = Field(30.0, ge=0, le=600, description="Longest Retry-After we honour, in seconds.")
 
     @model_validator(mode="after")
     def _one_credential(self) -> GoogleOptions:
@@ -145,7 +156,7 @@ async def open_client(backend: str, options: GoogleOptions, context: BackendCont
         from google import genai
         from google.genai import types
     except ImportError:
-        raise BackendError(FAIL_UNAVAILABLE, "provider unavailable", transient=True,
+        raise BackendError(FailCode.UNAVAILABLE, "provider unavailable", transient=True,
                            detail=f"backend {backend}: the google-genai package is not installed "
                                   "(pip install 'safelight[google]')") from None
 
@@ -157,20 +168,20 @@ async def open_client(backend: str, options: GoogleOptions, context: BackendCont
         secrets.append(key)
         kwargs["api_key"] = key  # express mode on Vertex: no project or location in the path
     elif not vertexai:
-        raise BackendError(FAIL_UNAVAILABLE, "provider unavailable", transient=True,
+        raise BackendError(FailCode.UNAVAILABLE, "provider unavailable", transient=True,
                            detail=f"backend {backend}: the Gemini Developer API needs api_key_env")
     else:
         credentials, project = await _vertex_credentials(backend, options, context)
         kwargs.update(credentials=credentials, project=project, location=options.location)
 
-    http = httpx.AsyncClient(timeout=httpx.Timeout(options.timeout, connect=10.0), follow_redirects=False)
-    http_options = types.HttpOptions(base_url=options.base_url, timeout=int(options.timeout * 1000),
+    http = httpx.AsyncClient(timeout=httpx.Timeout(options.timeout_seconds, connect=10.0), follow_redirects=False)
+    http_options = types.HttpOptions(base_url=options.base_url, timeout=int(options.timeout_seconds * 1000),
                                      httpx_async_client=http)
     try:
         sdk = genai.Client(http_options=http_options, **kwargs)
     except ValueError as exc:
         await http.aclose()
-        raise BackendError(FAIL_UNAVAILABLE, "provider unavailable", transient=True,
+        raise BackendError(FailCode.UNAVAILABLE, "provider unavailable", transient=True,
                            detail=redact(f"backend {backend}: google-genai refused the settings: {exc}",
                                          secrets + [getattr(credentials, "token", None) or ""])) from None
     return GoogleClient(sdk, http, secrets, credentials)
@@ -189,19 +200,20 @@ async def _vertex_credentials(backend: str, options: GoogleOptions, context: Bac
         try:
             credentials, adc_project = await asyncio.to_thread(google.auth.default, scopes=[CLOUD_SCOPE])
         except GoogleAuthError as exc:
-            raise BackendError(FAIL_UNAVAILABLE, "provider unavailable", transient=True,
+            raise BackendError(FailCode.UNAVAILABLE, "provider unavailable", transient=True,
                                detail=f"backend {backend}: no Google credentials (set api_key_env or "
                                       f"access_token_env, or configure Application Default Credentials): "
                                       f"{type(exc).__name__}: {exc}") from None
         project = options.project or adc_project
         if not project:
-            raise BackendError(FAIL_UNAVAILABLE, "provider unavailable", transient=True,
+            raise BackendError(FailCode.UNAVAILABLE, "provider unavailable", transient=True,
                                detail=f"backend {backend}: set `project`; the credentials name none")
         return credentials, project
     if not project:
-        raise BackendError(FAIL_UNAVAILABLE, "provider unavailable", transient=True,
+        raise BackendError(FailCode.UNAVAILABLE, "provider unavailable", transient=True,
                            detail=f"backend {backend}: set `project` (needed with access_token_env)")
-    return Credentials(token=token), project
+    # google.oauth2.credentials is installed without type hints.
+    return Credentials(token=token), project  # type: ignore[no-untyped-call]
 
 
 def safe_text(text: str, secrets: Iterable[str], limit: int = 300) -> str:
@@ -216,17 +228,18 @@ def _error_body(exc: Any) -> dict[str, Any]:
     details = exc.details
     if isinstance(details, list) and details:
         details = details[0]
-    if isinstance(details, dict) and isinstance(details.get("error"), dict):
-        return details["error"]
+    error = details.get("error") if isinstance(details, dict) else None
+    if isinstance(error, dict):
+        return error
     return details if isinstance(details, dict) else {}
 
 
 def _retry_delay(exc: Any) -> float | None:
     """Seconds the provider asked us to wait: Retry-After, or a google.rpc.RetryInfo detail."""
     response = getattr(exc, "response", None)
-    if isinstance(response, httpx.Response) and response.headers.get("retry-after"):
-        delay = retry_after_seconds(response, -1.0)
-        if delay >= 0:
+    if isinstance(response, httpx.Response):
+        delay = retry_after_seconds(response.headers.get("retry-after"))
+        if delay is not None:
             return delay
     for item in _error_body(exc).get("details") or []:
         delay = item.get("retryDelay") if isinstance(item, dict) else None
@@ -253,101 +266,107 @@ class GoogleCall:
     backend: str
     model: str
     client: GoogleClient
-    retries: int = 2
-    backoff_seconds: float = 1.0
-    max_wait: float = 30.0
+    # The retry budget (retries, backoff_seconds, max_wait_seconds).
+    options: GoogleOptions
     # Added to the log detail of a 404 (the model id is gone).
     not_found_hint: str = ""
-
-    @classmethod
-    def of(cls, backend: str, model: str, client: GoogleClient, options: GoogleOptions,
-           not_found_hint: str = "") -> GoogleCall:
-        return cls(backend, model, client, options.retries, options.backoff_seconds, options.max_wait, not_found_hint)
 
     @property
     def secrets(self) -> list[str]:
         # Read each time: the SDK may have refreshed the OAuth token since the call began.
         return self.client.secrets
 
-    def fail(self, code: str, message: str, detail: str, *, transient: bool) -> BackendError:
+    def fail(self, code: FailCode, message: str, detail: str, *, transient: bool) -> BackendError:
         detail = redact(f"backend {self.backend}: {detail}", self.secrets)
         log.warning("%s", detail)
         return BackendError(code, redact(message, self.secrets), transient=transient, detail=detail)
+
+    def fail_by(self, rule: Rule, detail: str, reason: str = "") -> BackendError:
+        return self.fail(rule.fail_code, rule.user_message(reason), rule.detail(detail), transient=rule.transient)
+
+    def try_again(self, problem: str, retry_after: float | None = None) -> TryAgain:
+        problem = redact(problem, self.secrets)
+        log.info("backend %s: %s", self.backend, problem)
+        return TryAgain(problem, retry_after)
 
 
 async def call_google(call: GoogleCall, what: str, make: Callable[[], Awaitable[T]]) -> T:
     """Run one SDK call; retry overload and connection errors; map every failure to a BackendError.
 
     - 429 / 408 / 5xx and connection errors: retried up to `retries` times (Retry-After honoured,
-      capped at `max_wait`), then transient 503.
-    - 400 INVALID_ARGUMENT: permanent 400 with Google's message (scrubbed); a 400 that is really the
-      safety filter refusing the prompt is a permanent 451; a 400 about the API key is the operator's.
-    - 401 / 403, a bad API key, 400 FAILED_PRECONDITION, auth failures: transient 503, detail in the log.
-    - 404 (model retired): transient 503, with `not_found_hint` in the log.
+      capped at `max_wait_seconds`), then transient 503.
+    - Other HTTP statuses: the STATUSES table (400 INVALID_ARGUMENT: permanent 400 with Google's
+      scrubbed message; 401 / 403: the operator's credentials; 404, the model retired: transient
+      503 with `not_found_hint` in the log), after the 400s that mean something else (_special_400).
     - Timeouts: transient 504, not retried (the call may still be running, and billed).
-    - Unparseable responses: transient 501.
+    - Auth failures: transient 503, detail in the log. Unparseable responses: transient 501.
     """
     from google.auth.exceptions import GoogleAuthError
     from google.genai import errors
 
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return await make()
-        except errors.APIError as exc:
-            code, status = exc.code or 0, exc.status or ""
-            message = safe_text(exc.message or "", call.secrets)
-            problem = f"{what} answered HTTP {code} {status}: {message}"
-            if code in RETRYABLE_CODES or code >= 500:
-                wait = _retry_delay(exc)
-            elif code in (401, 403) or (code == 400 and _operator_key_problem(exc)):
-                raise call.fail(FAIL_UNAVAILABLE, PROVIDER_UNAVAILABLE, f"{problem} (check the credentials, "
-                                "that the API is enabled for the project, and billing)", transient=True) from None
-            elif code == 404:
-                raise call.fail(FAIL_UNAVAILABLE, PROVIDER_UNAVAILABLE,
-                                f"{problem}; model {call.model!r} was not found. {call.not_found_hint}".strip(),
-                                transient=True) from None
-            elif code == 400 and status == "FAILED_PRECONDITION":
-                raise call.fail(FAIL_UNAVAILABLE, PROVIDER_UNAVAILABLE, problem, transient=True) from None
-            elif code == 400 and _SAFETY_WORDS.search(message):
-                raise call.fail(FAIL_MODERATED, f"{MODERATED}: {message}", problem, transient=False) from None
-            elif code == 400:
-                raise call.fail(FAIL_INPUT, f"the provider rejected the request: {message or status}", problem,
-                                transient=False) from None
-            else:
-                raise call.fail(FAIL_UNAVAILABLE, PROVIDER_UNAVAILABLE, problem, transient=True) from None
-        except httpx.TimeoutException as exc:
-            raise call.fail(FAIL_TIMEOUT, TIMED_OUT, f"{what} timed out ({type(exc).__name__})",
-                            transient=True) from None
-        except httpx.TransportError as exc:
-            problem, wait = f"{what} could not connect: {type(exc).__name__}: {exc}", None
-        except GoogleAuthError as exc:
-            raise call.fail(FAIL_UNAVAILABLE, PROVIDER_UNAVAILABLE,
-                            f"{what}: could not get a Google access token: {type(exc).__name__}: {exc}",
-                            transient=True) from None
-        except ValueError as exc:  # JSON decode errors, errors.UnknownApiResponseError, pydantic validation
-            raise call.fail(FAIL_GENERATION, MALFORMED, f"{what}: unreadable response: {type(exc).__name__}: "
-                            f"{str(exc)[:200]}", transient=True) from None
-        if attempt > call.retries:
-            raise call.fail(FAIL_UNAVAILABLE, PROVIDER_UNAVAILABLE, f"{problem}; gave up after {attempt} attempts",
-                            transient=True)
-        delay = wait if wait is not None else call.backoff_seconds * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
-        delay = min(delay, call.max_wait)
-        log.info("%s", redact(f"backend {call.backend}: {problem}; retrying in {delay:.2f} s", call.secrets))
-        await asyncio.sleep(delay)
+    attempts = 0
+    try:
+        async for attempt in call.options.retrying():
+            with attempt:
+                attempts = attempt.num
+                try:
+                    return await make()
+                except errors.APIError as exc:
+                    raise _api_error(call, what, exc) from None
+                except httpx.TimeoutException as exc:
+                    raise call.fail(FailCode.TIMEOUT, TIMED_OUT, f"{what} timed out ({type(exc).__name__})",
+                                    transient=True) from None
+                except httpx.TransportError as exc:
+                    raise call.try_again(f"{what} could not connect: {type(exc).__name__}: {exc}") from None
+                except GoogleAuthError as exc:
+                    raise call.fail(FailCode.UNAVAILABLE, PROVIDER_UNAVAILABLE,
+                                    f"{what}: could not get a Google access token: {type(exc).__name__}: {exc}",
+                                    transient=True) from None
+                except ValueError as exc:  # JSON decode errors, errors.UnknownApiResponseError, pydantic validation
+                    raise call.fail(FailCode.GENERATION, MALFORMED, f"{what}: unreadable response: "
+                                    f"{type(exc).__name__}: {str(exc)[:200]}", transient=True) from None
+    except TryAgain as exc:
+        raise call.fail(FailCode.UNAVAILABLE, PROVIDER_UNAVAILABLE, f"{exc.problem}; gave up after {attempts} attempts",
+                        transient=True) from None
+    raise AssertionError("unreachable: the retry context returns or raises")
+
+
+def _api_error(call: GoogleCall, what: str, exc: Any) -> Exception:
+    """A TryAgain for an answer worth another try, else the BackendError the status means."""
+    code, status = exc.code or 0, exc.status or ""
+    message = safe_text(exc.message or "", call.secrets)
+    problem = f"{what} answered HTTP {code} {status}: {message}"
+    if code in RETRYABLE_STATUSES or code >= 500:
+        return call.try_again(problem, _retry_delay(exc))
+    rule = _special_400(exc, status, message) if code == 400 else None
+    rule = rule or STATUSES.rule(code)
+    if code == 404:  # the table says the model is gone; this call knows which, and what to route instead
+        rule = replace(rule, hint=f"model {call.model!r} was not found. {call.not_found_hint}".strip())
+    return call.fail_by(rule, problem, message or status)
+
+
+def _special_400(exc: Any, status: str, message: str) -> Rule | None:
+    """The 400s the table cannot tell apart by status alone: Google answers a bad API key, a project
+    without billing and a prompt its safety filter refuses all with 400, and only the body says which."""
+    if _operator_key_problem(exc):
+        return CREDENTIALS
+    if status == "FAILED_PRECONDITION":
+        return UNAVAILABLE
+    if _SAFETY_WORDS.search(message):
+        return SAFETY_REFUSAL
+    return None
 
 
 def image_of(call: GoogleCall, data: bytes, seed: int) -> GeneratedImage:
     """A GeneratedImage from inline bytes, typed by content (not by what the provider claims)."""
     mime = sniff_image_type(data)
     if mime is None:
-        raise call.fail(FAIL_GENERATION, MALFORMED, f"an image part is not PNG, JPEG or WebP ({len(data)} bytes)",
+        raise call.fail(FailCode.GENERATION, MALFORMED, f"an image part is not PNG, JPEG or WebP ({len(data)} bytes)",
                         transient=True)
     return generated(data, mime, seed)
 
 
-class GoogleImagenBackend(ProviderBackend):
+class GoogleImagenBackend(ProviderBackend[GoogleClient]):
     """Imagen 4 Fast on Vertex AI. Also takes `z-image` text-to-image as overflow.
 
     Seeds: Imagen takes one seed per request and derives the other images' seeds from it. We send
@@ -356,7 +375,7 @@ class GoogleImagenBackend(ProviderBackend):
     seed and one image will not reproduce image i > 0; the same request again will.
     """
 
-    kind = "google"
+    type_name = "google"
     models = frozenset({"google/imagen4-fast", "z-image"})
     Options = ImagenOptions
 
@@ -372,9 +391,7 @@ class GoogleImagenBackend(ProviderBackend):
     async def generate(self, job: Job) -> list[GeneratedImage]:
         from google.genai import types
 
-        if self.client is None:
-            await self.start()
-        assert self.client is not None
+        client = self.started()
         params = job.params
         count = len(job.seeds) or params.num_images
         first_seed = job.seeds[0] if job.seeds else 0
@@ -389,8 +406,8 @@ class GoogleImagenBackend(ProviderBackend):
             include_rai_reason=True,
             image_size=self.options.image_size,
         )
-        call = GoogleCall.of(self.name, self.options.model, self.client, self.options, self.NOT_FOUND_HINT)
-        sdk = self.client.sdk
+        call = GoogleCall(self.name, self.options.model, client, self.options, self.NOT_FOUND_HINT)
+        sdk = client.sdk
         response = await call_google(call, f"Imagen {self.options.model}:predict",
                                      lambda: sdk.aio.models.generate_images(model=self.options.model,
                                                                             prompt=params.prompt, config=config))
@@ -404,10 +421,10 @@ class GoogleImagenBackend(ProviderBackend):
                 reasons.append(safe_text(item.rai_filtered_reason, call.secrets))
         if len(images) < count and (reasons or images):
             reason = reasons[0] if reasons else f"{count - len(images)} of {count} images were filtered"
-            raise call.fail(FAIL_MODERATED, f"{MODERATED}: {reason}",
+            raise call.fail(FailCode.MODERATED, f"{MODERATED}: {reason}",
                             f"Imagen returned {len(images)} of {count} images; filtered: {reasons}", transient=False)
         if not images:
-            raise call.fail(FAIL_GENERATION, MALFORMED, "Imagen returned no images and no filter reason",
+            raise call.fail(FailCode.GENERATION, MALFORMED, "Imagen returned no images and no filter reason",
                             transient=True)
         result = [image_of(call, data, first_seed + i) for i, data in enumerate(images[:count])]
         job.report_progress(100)

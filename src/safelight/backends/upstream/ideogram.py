@@ -11,29 +11,30 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from safelight.backends.base import (
-    FAIL_GENERATION,
-    FAIL_INPUT,
-    FAIL_MODERATED,
-    FAIL_UNAVAILABLE,
     BackendError,
     GeneratedImage,
     Job,
     read_secret,
 )
-from safelight.backends.upstream.common import (
+from safelight.backends.upstream.provider import (
     EXTENSIONS,
     PROVIDER_UNAVAILABLE,
+    REJECTED,
     ProviderBackend,
     ProviderClient,
+    ProviderOptions,
+    Rule,
+    StatusTable,
     download_result,
     gather_or_cancel,
     generated,
     malformed,
-    rejection_message,
+    rejection_reason,
 )
+from safelight.kie import FailCode
 
 GENERATE_PATH = "/v1/ideogram-v3/generate"
 # kie's `image_size` presets -> Ideogram aspect ratios (Ideogram writes them with an "x").
@@ -51,33 +52,41 @@ MAX_REFERENCE_BYTES = 10 * 1024 * 1024
 SAFETY_MESSAGE = ("the prompt or reference image was blocked by the provider's safety filter "
                   "(it failed Ideogram's safety check); credits refunded")
 
+WRONG_HOST = Rule(FailCode.UNAVAILABLE, True, PROVIDER_UNAVAILABLE, hint="check the backend's base_url")
+# HTTP status of the generate call (other than 200; 401/402/403 and the retried ones are ProviderClient's).
+STATUSES = StatusTable(
+    {
+        400: REJECTED,
+        422: Rule(FailCode.MODERATED, False, SAFETY_MESSAGE),  # Ideogram's answer to a failed safety check
+        404: WRONG_HOST,
+        405: WRONG_HOST,
+    },
+    default=Rule(FailCode.GENERATION, True, "the provider failed to generate the images; credits refunded"),
+)
 
-class IdeogramOptions(BaseModel):
+
+class IdeogramOptions(ProviderOptions):
     """Options of a `[backends.NAME]` table with `type = "ideogram"`."""
-
-    model_config = ConfigDict(extra="forbid")
 
     base_url: str = Field("https://api.ideogram.ai", pattern=r"^https?://[^/?#]+/?$", description="API host")
     api_key_env: str = Field("IDEOGRAM_API_KEY", min_length=1, description="environment variable holding the Api-Key")
-    timeout_seconds: float = Field(180.0, gt=0, description="per generate request; the call is synchronous")
-    retries: int = Field(2, ge=0, le=10, description="retries on 429, 5xx, timeouts (a retried call may be billed)")
-    backoff_seconds: float = Field(1.0, ge=0, description="first retry delay (doubles) without a Retry-After")
-    max_wait_seconds: float = Field(30.0, ge=0, description="cap on one wait, Retry-After included")
+    timeout_seconds: float = Field(180.0, gt=0, le=3600, description="per generate request; the call is synchronous")
+    retries: int = Field(2, ge=0, le=10, description="extra attempts on 429, 5xx, timeouts and connection errors "
+                         "(a retried call may be billed)")
     download_timeout_seconds: float = Field(60.0, gt=0, description="deadline for downloading one result")
 
 
-class IdeogramBackend(ProviderBackend):
+class IdeogramBackend(ProviderBackend[ProviderClient]):
     """Ideogram v3 "character reference" generation."""
 
-    kind = "ideogram"
+    type_name = "ideogram"
     models = frozenset({"ideogram/character"})
     Options = IdeogramOptions
 
     async def open_client(self) -> ProviderClient:
         key = read_secret(self.context, self.name, self.options.api_key_env)
         return ProviderClient(self.name, self.options.base_url, headers={"Api-Key": key}, secrets=[key],
-                              timeout=self.options.timeout_seconds, retries=self.options.retries,
-                              backoff_seconds=self.options.backoff_seconds, max_wait=self.options.max_wait_seconds)
+                              options=self.options)
 
     def form_fields(self, job: Job) -> dict[str, str]:
         params, extra = job.params, job.params.options
@@ -97,27 +106,15 @@ class IdeogramBackend(ProviderBackend):
         return fields
 
     async def generate(self, job: Job) -> list[GeneratedImage]:
-        await self.start()
-        assert self.client is not None
-        client = self.client
+        client = self.started()
         wanted = job.params.num_images
         data, mime = reference_file(job)
         files = [("character_reference_images", (f"reference.{EXTENSIONS.get(mime, 'png')}", data, mime))]
         response = await client.request("POST", GENERATE_PATH, data=self.form_fields(job), files=files)
         status = response.status_code
-        if status == 422:
-            raise client.fail(FAIL_MODERATED, SAFETY_MESSAGE,
-                              f"task {job.task_id}: HTTP 422: {response.text[:300]}", transient=False)
-        if status == 400:
-            raise client.fail(FAIL_INPUT, rejection_message(response, client.redact),
-                              f"task {job.task_id}: HTTP 400: {response.text[:300]}", transient=False)
-        if status in (404, 405):
-            raise client.fail(FAIL_UNAVAILABLE, PROVIDER_UNAVAILABLE,
-                              f"POST {GENERATE_PATH} answered HTTP {status}; check the backend's base_url",
-                              transient=True)
         if status != 200:
-            raise client.fail(FAIL_GENERATION, "the provider failed to generate the images; credits refunded",
-                              f"task {job.task_id}: HTTP {status}: {response.text[:300]}", transient=True)
+            raise client.fail_by(STATUSES.rule(status), f"task {job.task_id}: POST {GENERATE_PATH} answered HTTP "
+                                 f"{status}: {response.text[:300]}", rejection_reason(response, client.redact))
         body = client.json_of(response, "generate")
         items = body.get("data") if isinstance(body, dict) else None
         if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
@@ -128,7 +125,7 @@ class IdeogramBackend(ProviderBackend):
         if len(safe) < wanted:
             blocked = len(items) - len(safe)
             raise client.fail(
-                FAIL_MODERATED,
+                FailCode.MODERATED,
                 f"the provider's safety filter withheld {wanted - len(safe)} of {wanted} images "
                 f"(the prompt or reference image was blocked); credits refunded",
                 f"task {job.task_id}: {len(items)} images returned, {blocked} unsafe or without a URL, "
@@ -163,8 +160,8 @@ def reference_file(job: Job) -> tuple[bytes, str]:
             mime = "image/jpeg"
         data = buffer.getvalue()
     else:
-        raise BackendError(FAIL_INPUT, "ideogram/character needs a reference image in input.reference_image_urls")
+        raise BackendError(FailCode.INPUT, "ideogram/character needs a reference image in input.reference_image_urls")
     if len(data) > MAX_REFERENCE_BYTES:
-        raise BackendError(FAIL_INPUT, "the reference image is larger than 10 MB, the provider's limit; "
+        raise BackendError(FailCode.INPUT, "the reference image is larger than 10 MB, the provider's limit; "
                                        "send a smaller image")
     return data, mime

@@ -1,0 +1,188 @@
+"""Admission: what every front door runs before a task exists.
+
+createTask (and the other doors that create tasks) parse their request into a `CreateRequest`,
+then `Admission.create` decides whether it may run here (maintenance, model, input schema,
+route, safety checker, URL policy), prices it, and persists it with its credit reservation in
+one store transaction. Nothing here knows HTTP: a refusal is a `KieError` with kie's code and a
+message that names the field and the rule; each door renders it in its own format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from safelight.backends import backend_class
+from safelight.catalog import MODELS, InvalidInputError, ModelSpec, get_model, validate_input
+from safelight.config import Settings
+from safelight.kie import Code, KieError, param_string
+from safelight.net import FetchError, OutboundPolicy, UnsafeURLError, check_url
+from safelight.routing import Routing
+from safelight.storage import UrlSigner
+from safelight.store import InsufficientCredits, Store
+from safelight.ttl_cache import TtlCache
+
+MAX_URL_LENGTH = 2048
+# createTask vets callBackUrl and input URLs (DNS included) for at most this long; a check still
+# running then is left to the worker and the delivery loop, which vet every request they make.
+URL_CHECK_TIMEOUT_SECONDS = 3.0
+# Maintenance and disabled models are read from the store at most this often per process.
+FLAGS_TTL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    """A request to create a task, as any front door received it."""
+
+    model: str
+    # The model's input exactly as sent: validated here, and kept verbatim in `param`.
+    input: Any
+    callback_url: str | None = None
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> CreateRequest:
+        """createTask's JSON body `{model, callBackUrl, input}`; 422 naming the first bad field."""
+        model = body.get("model")
+        if model is None:
+            raise KieError(Code.INVALID, "model is required")
+        if not isinstance(model, str):
+            raise KieError(Code.INVALID, "model must be a string")
+        callback_url = body.get("callBackUrl")
+        if callback_url == "":
+            callback_url = None
+        if callback_url is not None:
+            if not isinstance(callback_url, str):
+                raise KieError(Code.INVALID, "callBackUrl must be a string")
+            if len(callback_url) > MAX_URL_LENGTH or not callback_url.lower().startswith(("http://", "https://")):
+                raise KieError(Code.INVALID,
+                               f"callBackUrl must be an http or https URL of at most {MAX_URL_LENGTH} characters")
+        if "input" not in body:
+            raise KieError(Code.INVALID, "input is required")
+        return cls(model=model, input=body["input"], callback_url=callback_url)
+
+
+@dataclass(frozen=True)
+class AdmittedTask:
+    """A request that may run: priced, with what the store needs to create it."""
+
+    model: str
+    param: str
+    callback_url: str | None
+    num_images: int
+    cost: int
+    batch_key: str | None
+
+
+class Admission:
+    def __init__(self, *, settings: Settings, store: Store, routing: Routing, policy: OutboundPolicy,
+                 signer: UrlSigner) -> None:
+        self.settings = settings
+        self.store = store
+        self.routing = routing
+        self.policy = policy
+        self.signer = signer
+        self._flags: TtlCache[str, Any] = TtlCache(FLAGS_TTL_SECONDS)
+        # Models for which some backend of the route honours nsfw_checker (505 otherwise).
+        self.safety_checked_models = {
+            model for model, route in routing.routes.items()
+            if any(backend_class(routing.backends[name].type).offers_safety_checker(routing.backends[name].options)
+                   for name in route)}
+
+    async def ensure_open(self) -> None:
+        """455 while the server is in maintenance mode."""
+        if await self.maintenance():
+            raise KieError(Code.MAINTENANCE)
+
+    async def create(self, account_id: int, request: CreateRequest) -> str:
+        """Admit the request and create the task, reserving its credits; returns the task id."""
+        task = await self.admit(request)
+        try:
+            return await self.store.tasks.create(account_id=account_id, model=task.model, param=task.param,
+                                                 callback_url=task.callback_url, num_images=task.num_images,
+                                                 cost=task.cost, batch_key=task.batch_key)
+        except InsufficientCredits as exc:
+            raise KieError(Code.INSUFFICIENT_CREDITS, f"Credits insufficient: this task costs {exc.needed} "
+                                                      f"credits, the balance is {exc.balance}") from None
+
+    async def admit(self, request: CreateRequest) -> AdmittedTask:
+        spec = get_model(request.model)
+        if spec is None:
+            raise KieError(Code.INVALID, f"model {request.model[:100]!r} is not supported; "
+                                         f"available: {', '.join(MODELS)}")
+        if spec.id in await self.disabled_models():
+            raise KieError(Code.FEATURE_DISABLED, f"model {spec.id} is disabled on this server")
+        try:
+            model_input = validate_input(spec, request.input)
+        except InvalidInputError as exc:
+            raise KieError(Code.INVALID, str(exc)) from None
+        if not self.routing.route_for(spec.id):
+            raise KieError(Code.FEATURE_DISABLED, f"model {spec.id} is not served on this server")
+        params = spec.to_params(model_input)
+        if params.nsfw_checker and spec.id not in self.safety_checked_models:
+            raise KieError(Code.FEATURE_DISABLED, f"nsfw_checker is not available for {spec.id} on this server")
+        input_urls = spec.input_urls(model_input)
+        if request.callback_url is not None or input_urls:
+            await self._check_urls(request.callback_url, input_urls)
+        num_images = spec.image_count(model_input)
+        return AdmittedTask(model=spec.id, param=self._param(spec, request), callback_url=request.callback_url,
+                            num_images=num_images,
+                            cost=spec.price_per_image(model_input, self.settings.prices) * num_images,
+                            batch_key=params.batch_key)
+
+    @staticmethod
+    def _param(spec: ModelSpec, request: CreateRequest) -> str:
+        try:
+            return param_string(spec.id, request.callback_url, request.input)
+        except ValueError:  # NaN or Infinity: not JSON, so `param` could not be parsed by strict clients
+            raise KieError(Code.INVALID, "input contains NaN or Infinity, which JSON does not allow") from None
+
+    async def maintenance(self) -> bool:
+        cached = self._flags.get("maintenance")
+        if cached is None:
+            cached = await self.store.state.maintenance()
+            self._flags.put("maintenance", cached)
+        return bool(cached)
+
+    async def disabled_models(self) -> set[str]:
+        cached = self._flags.get("disabled")
+        if cached is None:
+            cached = await self.store.state.disabled_models()
+            self._flags.put("disabled", cached)
+        return set(cached)
+
+    def forget_flags(self) -> None:
+        """Read maintenance and disabled models from the store on the next request."""
+        self._flags.clear()
+
+    async def _check_urls(self, callback_url: str | None, input_urls: list[tuple[str, str]]) -> None:
+        """422 naming the first field whose URL the outbound policy refuses or whose host does not resolve.
+
+        Input URLs pointing at our own files are read from storage, never over HTTP, so they are not
+        checked; a callBackUrl always is (it is POSTed to through the outbound guard).
+        """
+        foreign = [("callBackUrl", callback_url)] if callback_url is not None else []
+        foreign += [(field, url) for field, url in input_urls if self.signer.key_from_url(url) is None]
+        if not foreign:
+            return
+        checks: dict[str, asyncio.Task[object]] = {}
+        for _field, url in foreign:
+            if url not in checks:
+                checks[url] = asyncio.ensure_future(check_url(url, self.policy))
+        try:
+            await asyncio.wait(checks.values(), timeout=URL_CHECK_TIMEOUT_SECONDS,
+                               return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for check in checks.values():
+                check.cancel()  # no-op for finished checks
+        # Read every finished check's outcome (so none is logged as "never retrieved"), then report in field order.
+        outcomes = {url: check.exception() for url, check in checks.items() if check.done() and not check.cancelled()}
+        for field, url in foreign:
+            exc = outcomes.get(url)
+            if isinstance(exc, UnsafeURLError):
+                raise KieError(Code.INVALID, f"{field} is not allowed: {exc.reason}")
+            if isinstance(exc, FetchError):
+                raise KieError(Code.INVALID, f"{field} could not be resolved: {exc.reason}")
+            if exc is not None:
+                raise exc

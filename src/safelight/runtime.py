@@ -1,0 +1,172 @@
+"""The composition root: what one Safelight process builds and runs, one builder per role.
+
+A process runs some of four roles:
+
+- `api`: the HTTP routes (built by `safelight.api.app.create_app` around this runtime);
+- `worker`: claims tasks and runs them on their backends;
+- `delivery`: sends callbacks from the outbox;
+- `retention`: deletes expired result files and uploads, hourly.
+
+`safelight serve` runs all four, `safelight serve --no-worker` all but the worker, and
+`safelight worker` only the worker. This module imports nothing from `api/`, so a GPU worker
+never loads the HTTP stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from safelight.backends import Backend, BackendContext, backend_class
+from safelight.config import Settings
+from safelight.delivery import CallbackDeliverer, RetryPolicy
+from safelight.kie import task_record
+from safelight.net import OutboundPolicy
+from safelight.routing import Routing, load_routing
+from safelight.storage import LocalStorage, UrlSigner
+from safelight.storage.retention import run_periodically
+from safelight.store import Store
+from safelight.worker import InputLoader, Worker
+
+log = logging.getLogger(__name__)
+
+
+class Role(StrEnum):
+    API = "api"
+    WORKER = "worker"
+    DELIVERY = "delivery"
+    RETENTION = "retention"
+
+
+SERVE_ROLES = frozenset(Role)
+SERVE_NO_WORKER_ROLES = frozenset({Role.API, Role.DELIVERY, Role.RETENTION})
+WORKER_ROLES = frozenset({Role.WORKER})
+
+
+def describe_roles(roles: Iterable[Role]) -> str:
+    return ", ".join(role.value for role in Role if role in set(roles)) or "none"
+
+
+def load_configured_routing(settings: Settings) -> Routing:
+    """The routing file named by SAFELIGHT_CONFIG, checked; raises RoutingError naming the key."""
+    return load_routing(settings.routing_file, sandbox_concurrency=settings.sandbox_concurrency)
+
+
+def backend_context(settings: Settings, policy: OutboundPolicy) -> BackendContext:
+    return BackendContext(policy=policy, max_download_bytes=max(settings.input_max_bytes, 50 << 20),
+                          max_pixels=settings.input_max_pixels)
+
+
+def build_backends(settings: Settings, routing: Routing, policy: OutboundPolicy) -> dict[str, Backend]:
+    """One object per backend some route uses. Cheap: weights load and clients open in start()."""
+    context = backend_context(settings, policy)
+    return {name: backend_class(routing.backends[name].type)(name, routing.backends[name], context)
+            for name in routing.used_backends()}
+
+
+def preflight(settings: Settings, routing: Routing, roles: Iterable[Role]) -> None:
+    """Fail before serving, with a message naming what is missing (weights files, key variables).
+    Only a process that runs the worker role needs its backends' weights and keys."""
+    if Role.WORKER in set(roles):
+        for backend in build_backends(settings, routing, OutboundPolicy.from_string(settings.outbound_allow)).values():
+            backend.preflight()
+
+
+@dataclass
+class Runtime:
+    """A running process: the shared services, and the roles it started. Build it with `open()`."""
+
+    settings: Settings
+    roles: frozenset[Role]
+    store: Store
+    storage: LocalStorage
+    signer: UrlSigner
+    policy: OutboundPolicy
+    routing: Routing
+    worker: Worker | None = None
+    deliverer: CallbackDeliverer | None = None
+    _background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    async def open(cls, settings: Settings, roles: Iterable[Role], *, routing: Routing | None = None,
+                   migrate: bool = True) -> Runtime:
+        """Connect the store (migrating it first), then build and start each role asked for."""
+        store = Store(settings.effective_database_url)
+        try:
+            if migrate:
+                await store.migrate()
+            signer = UrlSigner(await store.state.secret_key(), settings.public_url)
+        except BaseException:
+            await store.close()
+            raise
+        runtime = cls(settings=settings, roles=frozenset(roles), store=store,
+                      storage=LocalStorage(settings.files_dir), signer=signer,
+                      policy=OutboundPolicy.from_string(settings.outbound_allow),
+                      routing=routing or load_configured_routing(settings))
+        try:
+            await runtime._start_roles()
+        except BaseException:
+            await runtime.close()
+            raise
+        return runtime
+
+    async def _start_roles(self) -> None:
+        if Role.WORKER in self.roles:
+            self.worker = self.build_worker(build_backends(self.settings, self.routing, self.policy))
+            await self.worker.start()
+        if Role.DELIVERY in self.roles:
+            self.deliverer = self.build_deliverer()
+            await self.deliverer.start()
+        if Role.RETENTION in self.roles and self.settings.retention_sweep_interval_seconds > 0:
+            self._background.append(asyncio.create_task(
+                run_periodically(self.store.tasks, self.storage, self.settings,
+                                 self.settings.retention_sweep_interval_seconds),
+                name="retention-sweep"))
+
+    async def close(self) -> None:
+        """Stop the roles (the worker hands unfinished tasks back), then close the store."""
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background.clear()
+        if self.worker is not None:
+            await self.worker.stop()
+        if self.deliverer is not None:
+            await self.deliverer.stop()
+        await self.store.close()
+
+    # --- what the roles are made of -------------------------------------------------------------
+
+    def input_loader(self) -> InputLoader:
+        settings = self.settings
+        return InputLoader(storage=self.storage, signer=self.signer, policy=self.policy,
+                           max_bytes=settings.input_max_bytes, max_pixels=settings.input_max_pixels)
+
+    def build_worker(self, backends: Mapping[str, Backend]) -> Worker:
+        settings = self.settings
+        return Worker(store=self.store, storage=self.storage, loader=self.input_loader(), backends=backends,
+                      routes=self.routing.routes, lease_seconds=settings.lease_seconds,
+                      max_claims=settings.max_claims, task_timeout_seconds=settings.task_timeout_seconds)
+
+    def build_deliverer(self) -> CallbackDeliverer:
+        settings = self.settings
+        retry = RetryPolicy(base_seconds=settings.callback_retry_base_seconds,
+                            cap_seconds=settings.callback_retry_cap_seconds,
+                            window_seconds=settings.callback_retry_window_seconds,
+                            max_attempts=settings.callback_max_attempts)
+        return CallbackDeliverer(store=self.store, policy=self.policy, retry=retry, build_record=self.task_record,
+                                 timeout_seconds=settings.callback_timeout_seconds,
+                                 concurrency=settings.callback_concurrency)
+
+    # --- small shared helpers -------------------------------------------------------------------
+
+    def result_url(self, key: str) -> str:
+        return self.signer.url(key, self.settings.result_url_ttl_seconds)
+
+    def task_record(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """The recordInfo `data` of a task row, with its result URLs signed now."""
+        return task_record(row, self.result_url)
