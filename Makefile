@@ -1,41 +1,63 @@
 # The two commands a newcomer needs: `make serve` and `make test`.
 # Everything else here is what they depend on.
+#
+# Install sets (pyproject.toml): `pip install safelight` is the SDK and the client commands only;
+# the server is the `server` extra.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
-
-.PHONY: serve test lint bench bench-gpu clean
-
+SERVE_STAMP := $(VENV)/.installed-serve
+DEV_STAMP := $(VENV)/.installed-dev
 TEST_STAMP := $(VENV)/.installed-test
 
-$(STAMP): pyproject.toml
+.PHONY: serve test check lint client-models bench bench-gpu clean
+
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
 
-# The tests also run the real diffusers pipelines (tiny random weights, CPU) and the google-genai SDK.
-# torch is pinned first: the CPU build, since an unpinned torch pulls gigabytes of CUDA packages.
-$(TEST_STAMP): $(STAMP)
+# `make serve`: the server and nothing else.
+$(SERVE_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[server]'
+	touch $@
+
+# Lint and developer tools: the server (the catalog, the API's types) and the dev extra.
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[server,dev]'
+	touch $@
+
+# The tests also run the real diffusers pipelines (tiny random weights, CPU), the google-genai SDK and
+# PostgreSQL. torch is pinned first: the CPU build, since an unpinned torch pulls gigabytes of CUDA packages.
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,gpu,google]'
-	touch $(TEST_STAMP)
+	$(BIN)/pip install --quiet -e '.[server,postgres,dev,gpu,google]'
+	touch $@
 
-serve: $(STAMP)
+serve: $(SERVE_STAMP)
 	$(BIN)/safelight serve --host 127.0.0.1 --port 8000 --data-dir ./.safelight
 
-test: $(TEST_STAMP)
+# `make check` first, then the whole suite, the packaging test included (`-m packaging` runs it alone).
+test: check
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
-lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+# Lint and type-check ([tool.mypy] in pyproject.toml). Type-checking src/ needs torch and the
+# other optional packages installed, hence the test install.
+check: $(TEST_STAMP)
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/mypy
 
-bench: $(STAMP)
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check src tests bench tools
+
+# Re-render the SDK's typed inputs (src/safelight/client/models.py) from the server catalog.
+client-models: $(DEV_STAMP)
+	$(BIN)/python -m tools.render_client_models
+
+bench: $(DEV_STAMP)
 	$(BIN)/python bench/api.py
 
 bench-gpu: $(TEST_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/gpu.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache

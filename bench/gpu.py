@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +29,9 @@ import torch
 from safelight.backends import Job
 from safelight.catalog import GenerationParams
 from safelight.routing import BackendConfig
+
+# Benchmarks run from a checkout; the tiny pipelines are test code (tests/tiny_pipelines.py), not in the wheel.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H20": 148.0, "A100": 312.0, "L40S": 362.0}
 PROMPT = ("A weathered lighthouse on a basalt cliff at dusk, waves breaking below, warm light in the lantern room, "
@@ -51,7 +56,7 @@ def full_zimage(device: str):
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
 
-    from safelight.backends.local.tiny import qwen_tokenizer
+    from tests.tiny_pipelines import qwen_tokenizer
 
     torch.set_default_dtype(torch.bfloat16)
     try:
@@ -77,7 +82,7 @@ def full_klein(device: str):
     )
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from safelight.backends.local.tiny import qwen_tokenizer
+    from tests.tiny_pipelines import qwen_tokenizer
 
     torch.set_default_dtype(torch.bfloat16)
     try:
@@ -172,11 +177,11 @@ def main() -> None:
             print(f"{kind}: {transformer_tflops_per_forward(kind):.1f} TFLOP per transformer forward at 1024²")
         return
 
-    from safelight.backends.local.zimage import ZImageBackend
+    from safelight.backends.local.z_image import ZImageBackend
 
     batches = [int(b) for b in args.batches.split(",")]
     if args.tiny:
-        from safelight.backends.local.tiny import TINY_CALL_DEFAULTS, build_tiny_pipeline
+        from tests.tiny_pipelines import TINY_CALL_DEFAULTS, build_tiny_pipeline
 
         device, size, steps, dtype = "cpu", 256, 2, "float32"
         make = lambda: build_tiny_pipeline("zimage")  # noqa: E731

@@ -1,4 +1,5 @@
-"""The admin CLI against a real store: keys, credits, maintenance, models, migrate, and `serve` starting up."""
+"""The admin CLI against a real store: keys, credits, maintenance, models, migrate, and `serve` starting up;
+and the server commands on an install without the server extra."""
 
 import asyncio
 import os
@@ -11,7 +12,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from safelight.cli import app
+from safelight.cli import app, server_commands
 from safelight.store import Store
 from tests.helpers import free_port
 
@@ -110,3 +111,25 @@ def test_serve_starts_prints_a_demo_key_and_serves(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=15)
+        process.stdout.close()
+
+
+def test_server_commands_without_the_server_extra_say_how_to_install_it(data_dir, monkeypatch):
+    # tests/test_packaging.py runs the same on a real `pip install safelight`; this is the fast check.
+    monkeypatch.setattr(server_commands, "server_installed", lambda: False)
+    for args in (["migrate"], ["keys", "create", "--name", "demo"], ["credits", "add", "acme", "5"],
+                 ["models", "routes"], ["maintenance", "on"], ["attempts", "t1"], ["serve", "--port", "1"]):
+        result = run(*args)
+        assert (result.exit_code, result.stdout) == (2, ""), (args, result.output)
+        assert result.stderr == "error: this command needs the server: pip install 'safelight[server]'\n"
+    assert not data_dir.exists()
+    assert run("serve", "--help").exit_code == 0
+
+
+def test_the_cli_imports_nothing_of_the_server_until_a_server_command_runs():
+    code = ("import sys, safelight.cli;"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('fastapi', 'sqlalchemy', 'pydantic_settings', 'uvicorn', 'alembic', 'PIL')"
+            " or m.startswith(('safelight.config', 'safelight.store', 'safelight.api', 'safelight.runtime')));"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

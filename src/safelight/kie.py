@@ -127,7 +127,7 @@ def result_json(urls: list[str], seeds: list[int | None]) -> str:
     return dumps({"resultUrls": urls, "seeds": seeds})
 
 
-def task_record(row: Mapping[str, Any], sign_url: Callable[[str], str]) -> dict[str, Any]:
+def task_record(row: Mapping[Any, Any], sign_url: Callable[[str], str]) -> dict[str, Any]:
     """The recordInfo `data` object (and a callback's `data`) from a task row.
 
     `sign_url` turns a storage key into a URL the client can fetch, signed now.

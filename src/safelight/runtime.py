@@ -167,6 +167,6 @@ class Runtime:
     def result_url(self, key: str) -> str:
         return self.signer.url(key, self.settings.result_url_ttl_seconds)
 
-    def task_record(self, row: Mapping[str, Any]) -> dict[str, Any]:
+    def task_record(self, row: Mapping[Any, Any]) -> dict[str, Any]:
         """The recordInfo `data` of a task row, with its result URLs signed now."""
         return task_record(row, self.result_url)

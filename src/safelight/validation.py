@@ -20,7 +20,9 @@ def error_path(loc: Sequence[int | str], prefix: str = "") -> str:
 def config_error(exc: ValidationError, prefix: str = "") -> str:
     """The first error as `path: pydantic's message`, for operator configuration (routing file, options)."""
     first = exc.errors(include_url=False)[0]
-    return f"{error_path(first['loc'], prefix)}: {first['msg']}"
+    where = error_path(first["loc"], prefix)
+    # A model-level check (a `model_validator`) has no location: the message is about the whole table.
+    return f"{where}: {first['msg']}" if where else first["msg"]
 
 
 def describe_errors(exc: ValidationError, prefix: str) -> str:

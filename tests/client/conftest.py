@@ -239,13 +239,13 @@ class FakeKie:
     async def stream_upload(self, request: Request) -> Response:
         if (early := await self._enter(request)) is not None:
             return early
-        form = await request.form()
-        upload = form.get("file")
-        upload_path = form.get("uploadPath")
-        if not upload_path or upload is None or isinstance(upload, str):
-            return JSONResponse({"success": False, "code": 400, "msg": "Missing required parameter: uploadPath"})
-        content = await upload.read()
-        name = str(form.get("fileName") or upload.filename)
+        async with request.form() as form:
+            upload = form.get("file")
+            upload_path = form.get("uploadPath")
+            if not upload_path or upload is None or isinstance(upload, str):
+                return JSONResponse({"success": False, "code": 400, "msg": "Missing required parameter: uploadPath"})
+            content = await upload.read()
+            name = str(form.get("fileName") or upload.filename)
         return self._uploaded(str(upload_path), name, content, upload.content_type or "application/octet-stream")
 
     async def url_upload(self, request: Request) -> Response:

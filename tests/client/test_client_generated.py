@@ -1,4 +1,5 @@
-"""The SDK's typed inputs are generated from the server catalog and must not drift from it."""
+"""The SDK's typed inputs are generated from the server catalog (tools/render_client_models.py)
+and must not drift from it."""
 
 from __future__ import annotations
 
@@ -10,16 +11,17 @@ import pydantic
 import pytest
 
 from safelight.catalog import MODELS
-from safelight.client import _generate, models
+from safelight.client import models
+from tools import render_client_models
 
 
 def test_generated_module_is_current():
     committed = Path(models.__file__).read_text(encoding="utf-8")
-    assert _generate.render() == committed, "run: python -m safelight.client._generate"
+    assert render_client_models.render() == committed, "run: python -m tools.render_client_models"
 
 
 def test_check_mode_reports_fresh():
-    assert _generate.main(["--check"]) == 0
+    assert render_client_models.main(["--check"]) == 0
 
 
 def test_generated_classes_have_the_catalog_schemas():

@@ -20,11 +20,11 @@ from safelight.backends import (  # noqa: E402
     Job,
 )
 from safelight.backends.local.flux2 import Flux2Backend  # noqa: E402
-from safelight.backends.local.tiny import save_tiny_pipeline  # noqa: E402
-from safelight.backends.local.zimage import ZImageBackend  # noqa: E402
+from safelight.backends.local.z_image import ZImageBackend  # noqa: E402
 from safelight.catalog import get_model, validate_input  # noqa: E402
 from safelight.worker import Worker  # noqa: E402
 from tests.helpers import free_port, start_server  # noqa: E402
+from tests.tiny_pipelines import save_tiny_pipeline  # noqa: E402
 
 # Tiny pipelines on CPU: float32, 2 steps, short prompts, one-layer prompt embedding for FLUX.2.
 ZIMAGE_OPTIONS = {"device": "cpu", "dtype": "float32", "steps": 2, "max_sequence_length": 128}

@@ -17,8 +17,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from safelight.backends.local import tiny  # noqa: E402
-from safelight.backends.local.engine import missing_files  # noqa: E402
+from safelight.backends.local.pipeline_backend import missing_files  # noqa: E402
+from tests import tiny_pipelines as tiny  # noqa: E402
 
 PROMPTS = ["a red cat", "a blue dog sitting on a green hill under the sun"]
 FLUX2 = ["flux2-klein", "flux2-dev"]

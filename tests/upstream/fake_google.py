@@ -98,7 +98,8 @@ class FakeGoogle:
 
     async def token_endpoint(self, request: Request) -> Response:
         """Google's OAuth token endpoint for a service account: a signed JWT in, an access token out."""
-        form = {k: str(v) for k, v in (await request.form()).items()}
+        async with request.form() as received:
+            form = {k: str(v) for k, v in received.items()}
         self.token_requests.append(form)
         assertion = form.get("assertion", "").split(".")
         if form.get("grant_type") != JWT_GRANT or len(assertion) != 3:

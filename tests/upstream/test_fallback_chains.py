@@ -15,8 +15,8 @@ from tests.helpers import free_port, serve_app, start_server
 
 KIE_KEY = "kie-upstream-secret-9876543210"
 FAST_BFL = ('retries = 1\nbackoff_seconds = 0.01\npoll_interval_seconds = 0.01\nmax_poll_interval_seconds = 0.02\n'
-            'poll_deadline_seconds = 5.0')
-FAST_KIE = 'poll_interval_seconds = 0.02\npoll_max_interval_seconds = 0.05\nretries = 1\nretry_backoff_seconds = 0.01'
+            'deadline_seconds = 5.0')
+FAST_KIE = 'poll_interval_seconds = 0.02\nmax_poll_interval_seconds = 0.05\nretries = 1\nbackoff_seconds = 0.01'
 FLUX_INPUT = {"prompt": "the cat from image 1 wearing a crown", "aspect_ratio": "1:1", "resolution": "1K"}
 
 
@@ -162,7 +162,7 @@ async def test_local_pipeline_out_of_memory_falls_back_to_kie(settings, tmp_path
     pytest.importorskip("diffusers")
     import torch
 
-    from safelight.backends.local.tiny import save_tiny_pipeline
+    from tests.tiny_pipelines import save_tiny_pipeline
 
     weights = save_tiny_pipeline("zimage", tmp_path / "zimage")
     routing = f"""

@@ -12,6 +12,7 @@ import binascii
 import mimetypes
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -71,7 +72,8 @@ def _mime(data: bytes, file_name: str | None) -> str:
             or "application/octet-stream")
 
 
-async def _store(request: Request, account_id: int, upload_path: str, file_name: Any, data: bytes):
+async def _store(request: Request, account_id: int, upload_path: str, file_name: Any,
+                 data: bytes) -> EnvelopeResponse:
     runtime = runtime_of(request)
     if len(data) > runtime.settings.upload_max_bytes:
         raise UploadError(400, f"file is larger than {runtime.settings.upload_max_bytes} bytes")
@@ -101,8 +103,13 @@ async def _json(request: Request) -> dict[str, Any]:
         raise UploadError(400, str(exc)) from None
 
 
-def _handled(handler):
-    async def endpoint(request: Request):
+UploadRoute = Callable[[Request], Awaitable[EnvelopeResponse]]
+
+
+def _handled(handler: UploadRoute) -> UploadRoute:
+    """Render UploadError in the upload routes' own reply shape."""
+
+    async def endpoint(request: Request) -> EnvelopeResponse:
         try:
             return await handler(request)
         except UploadError as exc:
@@ -115,7 +122,7 @@ def _handled(handler):
 
 @router.post("/api/file-base64-upload", summary="Upload a file as base64 (or a data: URL)")
 @_handled
-async def upload_base64(request: Request):
+async def upload_base64(request: Request) -> EnvelopeResponse:
     account_id = await _account(request)
     body = await _json(request)
     upload_path = _clean_path(body.get("uploadPath"))
@@ -135,25 +142,28 @@ async def upload_base64(request: Request):
 
 @router.post("/api/file-stream-upload", summary="Upload a file as multipart/form-data")
 @_handled
-async def upload_stream(request: Request):
+async def upload_stream(request: Request) -> EnvelopeResponse:
     account_id = await _account(request)
     limit = runtime_of(request).settings.upload_max_bytes
     try:
         form = await request.form(max_files=1, max_fields=10, max_part_size=limit)
     except Exception as exc:  # malformed multipart, or a part over the limit
         raise UploadError(400, f"could not read the multipart body: {exc}") from None
-    upload_path = _clean_path(form.get("uploadPath"))
-    file = form.get("file")
-    if not isinstance(file, UploadFile):
-        raise UploadError(400, "Missing required parameter: file")
-    data = await file.read(limit + 1)
-    file_name = form.get("fileName") or None
+    try:  # the form's files are spooled to temporary files: close them whatever happens
+        upload_path = _clean_path(form.get("uploadPath"))
+        file = form.get("file")
+        if not isinstance(file, UploadFile):
+            raise UploadError(400, "Missing required parameter: file")
+        data = await file.read(limit + 1)
+        file_name = form.get("fileName") or None
+    finally:
+        await form.close()
     return await _store(request, account_id, upload_path, file_name, data)
 
 
 @router.post("/api/file-url-upload", summary="Upload a file by fetching a URL")
 @_handled
-async def upload_url(request: Request):
+async def upload_url(request: Request) -> EnvelopeResponse:
     account_id = await _account(request)
     body = await _json(request)
     upload_path = _clean_path(body.get("uploadPath"))

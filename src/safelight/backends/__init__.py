@@ -21,7 +21,7 @@ from .sandbox import SandboxBackend
 # Routing-file `type` -> "module:Class".
 BACKEND_TYPES = {
     "sandbox": "safelight.backends.sandbox:SandboxBackend",
-    "diffusers.zimage": "safelight.backends.local.zimage:ZImageBackend",
+    "diffusers.zimage": "safelight.backends.local.z_image:ZImageBackend",
     "diffusers.flux2": "safelight.backends.local.flux2:Flux2Backend",
     "kie": "safelight.backends.upstream.kie:KieBackend",
     "bfl": "safelight.backends.upstream.bfl:BflBackend",
@@ -37,7 +37,10 @@ def backend_class(type_name: str) -> type[Backend]:
     except KeyError:
         raise KeyError(f"unknown backend type {type_name!r}; known: {', '.join(BACKEND_TYPES)}") from None
     module_name, _, class_name = target.partition(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise TypeError(f"{target} is not a Backend")
+    return cls
 
 
 __all__ = [

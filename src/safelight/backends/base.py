@@ -112,7 +112,7 @@ class Backend:
         self.name = name or self.type_name
         self.concurrency = concurrency or config.concurrency
         self.max_batch = max_batch or config.max_batch
-        self.options: Any = self.parse_options(name, config.options)
+        self.options: Any = self.parse_options(self.name, config.options)
         self.context = context or BackendContext()
 
     @classmethod

@@ -11,6 +11,8 @@ import asyncio
 import hashlib
 import io
 import textwrap
+from collections.abc import Mapping
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -23,7 +25,7 @@ class SandboxBackend(Backend):
     type_name = "sandbox"
 
     @classmethod
-    def offers_safety_checker(cls, options) -> bool:
+    def offers_safety_checker(cls, options: Mapping[str, Any]) -> bool:
         # Its images are drawn text and solid colours, safe by construction, so `nsfw_checker: true`
         # is honoured trivially (the label says so) rather than refused.
         return True

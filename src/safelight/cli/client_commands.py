@@ -182,7 +182,8 @@ def coerce(raw: str, prop: dict[str, Any] | None) -> Any:
             value = None
         if isinstance(value, list):
             return value
-        items = prop.get("items") or next((m.get("items") for m in prop.get("anyOf", []) if "items" in m), {})
+        items: dict[str, Any] = prop.get("items") or next(
+            (m["items"] for m in prop.get("anyOf", []) if "items" in m), {})
         return [coerce(part, items) for part in text.split(",") if part.strip()]
     if "object" in kinds:
         try:
@@ -222,7 +223,7 @@ def _image_field(model: str) -> str:
             f"--image: {model} takes no images that this CLI knows of (models with images: {known}). "
             "For other models pass the field yourself: --set FIELD='[\"https://...\"]'"
         )
-    return entry["url_fields"][0]
+    return str(entry["url_fields"][0])
 
 
 def _validate(model: str, task_input: dict[str, Any]) -> None:

@@ -10,8 +10,10 @@ This package imports nothing from the server; `models.py` is generated from its 
 See docs/sdk.md.
 """
 
+from safelight import __version__
+
 from ._async import AsyncClient
-from ._base import KIE_BASE_URL, KIE_UPLOAD_URL, SAFELIGHT_DEFAULT_URL, __version__
+from ._base import KIE_BASE_URL, KIE_UPLOAD_URL, SAFELIGHT_DEFAULT_URL
 from ._sync import Client
 from .errors import (
     APIConnectionError,

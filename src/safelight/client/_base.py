@@ -14,12 +14,15 @@ import re
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
+
+from safelight import __version__
 
 from .errors import (
     APIConnectionError,
@@ -33,8 +36,6 @@ from .errors import (
 )
 from .models import CATALOG, InputModel
 from .task import Task
-
-__version__ = "0.1.0"
 
 SAFELIGHT_DEFAULT_URL = "http://127.0.0.1:8000"
 KIE_BASE_URL = "https://api.kie.ai"
@@ -95,7 +96,7 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return retry_after  # the server knows best; the budget still bounds the wait
-        ceiling = min(self.max_backoff, self.backoff * 2**attempt)
+        ceiling: float = min(self.max_backoff, self.backoff * 2**attempt)
         return ceiling / 2 + random.uniform(0, ceiling / 2)  # "equal jitter": never 0, never in lockstep
 
     def next_delay(self, attempt: int, slept: float, error: SafelightError) -> float | None:
@@ -343,7 +344,7 @@ def result_file_name(url: str, index: int, task_id: str, mime: str | None) -> st
     return name
 
 
-def candidate_paths(directory: Path, name: str) -> Any:
+def candidate_paths(directory: Path, name: str) -> Iterator[Path]:
     """name.png, name-1.png, name-2.png, ...: the first that does not exist is taken, never replaced."""
     stem, suffix = PurePosixPath(name).stem, PurePosixPath(name).suffix
     yield directory / name

@@ -72,9 +72,9 @@ def verify_callback(
         keys = {webhook_key_bytes(secret)}
         if isinstance(secret, str):
             keys.add(secret.encode("utf-8"))
-        offered = lower["x-webhook-signature"].strip().encode()
+        offered_signature = lower["x-webhook-signature"].strip().encode()
         # Both candidates are always compared, so timing does not tell which key form matched.
-        matches = [hmac.compare_digest(_sign(key, message), offered) for key in keys]
+        matches = [hmac.compare_digest(_sign(key, message), offered_signature) for key in keys]
         if not any(matches):
             raise SignatureError("X-Webhook-Signature does not match")
         return task

@@ -11,9 +11,11 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from sqlalchemy.engine import RowMapping
 
 from safelight.kie import callback_body
 from safelight.net import FetchError, OutboundPolicy, UnsafeURLError, post_json
@@ -47,7 +49,7 @@ class RetryPolicy:
 
 
 class CallbackDeliverer:
-    def __init__(self, *, store: Store, policy: OutboundPolicy, build_record: Callable[[Mapping], dict[str, Any]],
+    def __init__(self, *, store: Store, policy: OutboundPolicy, build_record: Callable[[RowMapping], dict[str, Any]],
                  retry: RetryPolicy, timeout_seconds: float = 15.0, concurrency: int = 16) -> None:
         self.store = store
         self.policy = policy
@@ -56,8 +58,8 @@ class CallbackDeliverer:
         self.timeout = timeout_seconds
         self.concurrency = concurrency
         self._lease_ms = int((timeout_seconds + 30) * 1000)
-        self._sending: set[asyncio.Task] = set()
-        self._loop_task: asyncio.Task | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.store.callback_wakeup.listen()
@@ -92,11 +94,11 @@ class CallbackDeliverer:
                 log.exception("callback delivery loop error; retrying")
                 await asyncio.sleep(1)
 
-    def _done(self, task: asyncio.Task) -> None:
+    def _done(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
         self.store.callback_wakeup.poke()  # a slot is free
 
-    async def _deliver(self, delivery: Mapping[str, Any]) -> None:
+    async def _deliver(self, delivery: RowMapping) -> None:
         status_code: int | None = None
         error = ""
         permanent = False
@@ -131,7 +133,7 @@ class CallbackDeliverer:
             log.log(level, "callback %s for task %s attempt %d: %s%s", delivery["id"], delivery["task_id"],
                     delivery["attempts"], error, "" if retry_at else " (giving up)")
 
-    async def _body(self, delivery: Mapping[str, Any]) -> tuple[bytes, str, str]:
+    async def _body(self, delivery: RowMapping) -> tuple[bytes, str, str]:
         row = await self.store.tasks.get(delivery["task_id"])
         if row is None:
             raise LookupError(f"task {delivery['task_id']} of callback {delivery['id']} does not exist")

@@ -124,10 +124,11 @@ def parse_url(url: str) -> ParsedURL:
         if "%" in raw_host:
             raise refuse("IPv6 zone identifiers are not allowed")
         try:
-            ip: IPAddress | None = ipaddress.IPv6Address(raw_host)
+            ipv6 = ipaddress.IPv6Address(raw_host)
         except ValueError:
             raise refuse(f"'{raw_host}' is not a valid IPv6 address") from None
-        host = ip.compressed
+        ip: IPAddress | None = ipv6
+        host = ipv6.compressed
     else:
         raw_host, sep, raw_port_str = netloc.rpartition(":")
         if not sep:

@@ -6,8 +6,9 @@ import base64
 import hashlib
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .db import Database, now_ms
@@ -52,8 +53,8 @@ async def add_ledger_entry(conn: AsyncConnection, account_id: int, amount: int, 
     With require_funds, the debit happens only if the balance covers it (one conditional UPDATE,
     so concurrent reservations can never overdraw); None means it did not.
     """
-    guard = accounts.c.balance >= -amount if require_funds else True
-    new_balance = (
+    guard = accounts.c.balance >= -amount if require_funds else true()
+    new_balance: int | None = (
         await conn.execute(
             update(accounts)
             .where(accounts.c.id == account_id, guard)
@@ -95,12 +96,13 @@ class AccountStore:
     async def authenticate(self, key: str) -> int | None:
         """The account id of a live key, or None."""
         async with self.db.read() as conn:
-            return (await conn.execute(
+            account_id: int | None = (await conn.execute(
                 select(api_keys.c.account_id).where(api_keys.c.key_hash == hash_key(key),
                                                     api_keys.c.revoked_at.is_(None))
             )).scalar_one_or_none()
+            return account_id
 
-    async def list_keys(self) -> list[dict]:
+    async def list_keys(self) -> list[dict[str, Any]]:
         async with self.db.read() as conn:
             rows = await conn.execute(
                 select(api_keys.c.id, api_keys.c.name, api_keys.c.prefix, api_keys.c.created_at,
@@ -110,7 +112,8 @@ class AccountStore:
 
     async def count_keys(self) -> int:
         async with self.db.read() as conn:
-            return (await conn.execute(select(func.count()).select_from(api_keys))).scalar_one()
+            count: int = (await conn.execute(select(func.count()).select_from(api_keys))).scalar_one()
+            return count
 
     async def revoke_key(self, key_id_or_prefix: str) -> int:
         """Revoke by numeric id or by the displayed prefix; returns how many keys were revoked."""
@@ -119,13 +122,13 @@ class AccountStore:
         async with self.db.write() as conn:
             result = await conn.execute(update(api_keys).where(condition, api_keys.c.revoked_at.is_(None))
                                         .values(revoked_at=now_ms()))
-            return result.rowcount
+            return int(result.rowcount)
 
     async def resolve_account(self, conn: AsyncConnection, account: str) -> int:
         condition = accounts.c.name == account
         if account.isdigit():
             condition = condition | (accounts.c.id == int(account))
-        account_id = (await conn.execute(select(accounts.c.id).where(condition))).scalars().first()
+        account_id: int | None = (await conn.execute(select(accounts.c.id).where(condition))).scalars().first()
         if account_id is None:
             raise NotFound(f"no account named {account!r}")
         return account_id
@@ -142,21 +145,21 @@ class AccountStore:
     async def balance(self, account_id: int, conn: AsyncConnection | None = None) -> int:
         query = select(accounts.c.balance).where(accounts.c.id == account_id)
         if conn is not None:
-            return (await conn.execute(query)).scalar_one()
+            return int((await conn.execute(query)).scalar_one())
         async with self.db.read() as read_conn:
-            return (await read_conn.execute(query)).scalar_one()
+            return int((await read_conn.execute(query)).scalar_one())
 
     async def ledger_sum(self, account_id: int) -> int:
         async with self.db.read() as conn:
-            return (await conn.execute(select(func.coalesce(func.sum(ledger.c.amount), 0))
-                                       .where(ledger.c.account_id == account_id))).scalar_one()
+            return int((await conn.execute(select(func.coalesce(func.sum(ledger.c.amount), 0))
+                                           .where(ledger.c.account_id == account_id))).scalar_one())
 
     async def balance_and_webhook_key(self, account_id: int) -> tuple[int, str]:
         """What a callback needs from the account, in one read."""
         async with self.db.read() as conn:
             row = (await conn.execute(select(accounts.c.balance, accounts.c.webhook_key)
                                       .where(accounts.c.id == account_id))).one()
-            return row.balance, row.webhook_key
+            return int(row.balance), str(row.webhook_key)
 
     async def webhook_key(self, account: str, *, rotate: bool = False) -> str:
         async with self.db.write() as conn:
@@ -164,5 +167,5 @@ class AccountStore:
             if rotate:
                 await conn.execute(update(accounts).where(accounts.c.id == account_id)
                                    .values(webhook_key=new_webhook_key()))
-            return (await conn.execute(select(accounts.c.webhook_key).where(accounts.c.id == account_id))
-                    ).scalar_one()
+            return str((await conn.execute(select(accounts.c.webhook_key).where(accounts.c.id == account_id))
+                        ).scalar_one())

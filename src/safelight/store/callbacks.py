@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.engine import RowMapping
@@ -73,10 +74,11 @@ class CallbackStore:
 
     async def next_due_at(self) -> int | None:
         async with self.db.read() as conn:
-            return (await conn.execute(select(func.min(deliveries.c.next_attempt_at))
-                                       .where(deliveries.c.status == "pending"))).scalar_one_or_none()
+            due: int | None = (await conn.execute(select(func.min(deliveries.c.next_attempt_at))
+                                                  .where(deliveries.c.status == "pending"))).scalar_one_or_none()
+            return due
 
-    async def log(self, task_id: str, account_id: int) -> list[dict]:
+    async def log(self, task_id: str, account_id: int) -> list[dict[str, Any]]:
         async with self.db.read() as conn:
             rows = (await conn.execute(
                 select(deliveries).where(deliveries.c.task_id == task_id, deliveries.c.account_id == account_id)
@@ -84,7 +86,7 @@ class CallbackStore:
             ids = [row["id"] for row in rows]
             tries = (await conn.execute(select(attempts_log).where(attempts_log.c.delivery_id.in_(ids))
                                         .order_by(attempts_log.c.id))).mappings().all() if ids else []
-        by_delivery: dict[str, list[dict]] = {}
+        by_delivery: dict[str, list[dict[str, Any]]] = {}
         for attempt in tries:
             by_delivery.setdefault(attempt["delivery_id"], []).append({
                 "attempt": attempt["attempt"], "time": attempt["at"], "statusCode": attempt["status_code"],

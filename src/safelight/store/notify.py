@@ -52,7 +52,9 @@ class Wakeup:
             return
         self._listen_conn = await self.db.write_engine.connect()
         raw = await self._listen_conn.get_raw_connection()
-        await raw.driver_connection.add_listener(self.channel, lambda *_args: self._event.set())
+        driver = raw.driver_connection
+        assert driver is not None, "LISTEN needs an open asyncpg connection"
+        await driver.add_listener(self.channel, lambda *_args: self._event.set())
         log.info("listening for notifications on %s", self.channel)
 
     async def close(self) -> None:

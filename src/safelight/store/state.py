@@ -22,7 +22,7 @@ class StateStore:
             return (await conn.execute(select(server_state.c.value).where(server_state.c.key == key))
                     ).scalar_one_or_none()
 
-    async def set(self, key: str, value: str) -> None:
+    async def put(self, key: str, value: str) -> None:
         async with self.db.write() as conn:
             await _upsert(conn, key, value)
 
@@ -42,7 +42,7 @@ class StateStore:
         return await self.get("maintenance") == "on"
 
     async def set_maintenance(self, on: bool) -> None:
-        await self.set("maintenance", "on" if on else "off")
+        await self.put("maintenance", "on" if on else "off")
 
     async def disabled_models(self) -> set[str]:
         return set(json.loads(await self.get("disabled_models") or "[]"))
@@ -51,8 +51,11 @@ class StateStore:
         async with self.db.write() as conn:
             current = (await conn.execute(select(server_state.c.value)
                                           .where(server_state.c.key == "disabled_models"))).scalar_one_or_none()
-            disabled = set(json.loads(current or "[]"))
-            (disabled.discard if enabled else disabled.add)(model_id)
+            disabled: set[str] = set(json.loads(current or "[]"))
+            if enabled:
+                disabled.discard(model_id)
+            else:
+                disabled.add(model_id)
             await _upsert(conn, "disabled_models", json.dumps(sorted(disabled)))
         return disabled
 

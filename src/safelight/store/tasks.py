@@ -15,11 +15,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from safelight.kie import FailCode, TaskState
 
-from .accounts import InsufficientCredits, accounts, add_ledger_entry, ledger
+from .accounts import InsufficientCredits, add_ledger_entry
 from .callbacks import CallbackStore
 from .db import Database, now_ms
 from .notify import Wakeup
-from .tables import tasks
+from .tables import accounts, tasks
+from .tables import credit_ledger as ledger
+
+# The backend attempt log written with a task's final state: [{"backend", "outcome", "failCode", "detail", "at"}].
+AttemptLog = list[dict[str, Any]]
 
 # Bounds one group commit; larger bursts simply take several transactions.
 MAX_CREATE_BATCH = 256
@@ -35,7 +39,7 @@ class _CreateRequest:
     num_images: int
     cost: int
     batch_key: str | None
-    outcome: asyncio.Future
+    outcome: asyncio.Future[str]
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ class TaskStore:
         self.wakeup = wakeup
         self.callbacks = callbacks
         self._pending: list[_CreateRequest] = []
-        self._flusher: asyncio.Task | None = None
+        self._flusher: asyncio.Task[None] | None = None
 
     async def create(self, *, account_id: int, model: str, param: str, callback_url: str | None,
                      num_images: int, cost: int, batch_key: str | None = None) -> str:
@@ -66,7 +70,8 @@ class TaskStore:
         self._pending.append(request)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_creates())
-        return await request.outcome
+        task_id: str = await request.outcome
+        return task_id
 
     async def _flush_creates(self) -> None:
         while self._pending:
@@ -123,7 +128,7 @@ class TaskStore:
             await conn.execute(ledger.insert(), ledger_rows)
         if task_rows:
             await conn.execute(tasks.insert(), task_rows)
-            for model in {row["model"] for row in task_rows}:
+            for model in {str(row["model"]) for row in task_rows}:
                 await self.wakeup.notify_in_transaction(conn, model)
         return outcomes
 
@@ -217,7 +222,7 @@ class TaskStore:
         self.wakeup.poke()
 
     async def succeed(self, task_id: str, worker_id: str, *, files: list[str], seeds: list[int | None],
-                      extra: dict[str, Any] | None = None, backend_attempts: list[dict] | None = None) -> bool:
+                      extra: dict[str, Any] | None = None, backend_attempts: AttemptLog | None = None) -> bool:
         """success, charging the reservation. False if this worker no longer holds the task.
         `backend_attempts` (which backends were tried) is written in the same statement."""
         at = now_ms()
@@ -238,7 +243,7 @@ class TaskStore:
         return True
 
     async def fail(self, task_id: str, fail_code: str, fail_msg: str, *, worker_id: str | None = None,
-                   backend_attempts: list[dict] | None = None) -> bool:
+                   backend_attempts: AttemptLog | None = None) -> bool:
         """fail, refunding the reservation. With worker_id, only if that worker still holds the task."""
         async with self.db.write() as conn:
             failed = await self._fail_in(conn, task_id, fail_code, fail_msg, worker_id=worker_id,
@@ -299,7 +304,7 @@ class TaskStore:
             return result.rowcount == 1
 
     async def _fail_in(self, conn: AsyncConnection, task_id: str, fail_code: str, fail_msg: str, *,
-                       worker_id: str | None = None, backend_attempts: list[dict] | None = None) -> bool:
+                       worker_id: str | None = None, backend_attempts: AttemptLog | None = None) -> bool:
         at = now_ms()
         condition = and_(tasks.c.id == task_id, tasks.c.state.not_in(TaskState.TERMINAL))
         if worker_id is not None:
@@ -330,5 +335,5 @@ def _results_expired(completed_before_ms: int) -> ColumnElement[bool]:
                 tasks.c.complete_time < completed_before_ms)
 
 
-def _attempt_log(backend_attempts: list[dict] | None) -> dict[str, str]:
+def _attempt_log(backend_attempts: AttemptLog | None) -> dict[str, str]:
     return {} if backend_attempts is None else {"backend_attempts": json.dumps(backend_attempts)}

@@ -16,7 +16,7 @@ class ProgressReporter:
         self._last_write = 0.0
         self._latest = 0
         self._pending = False
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def __call__(self, percent: int) -> None:
         self._latest = percent

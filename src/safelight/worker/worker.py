@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy.engine import RowMapping
 
@@ -76,10 +77,10 @@ class Worker:
         self._slots = {name: asyncio.Semaphore(backend.concurrency) for name, backend in self.backends.items()}
         # Claimed batches per primary backend: claiming stops when the primary has no free slot.
         self._claimed = {name: 0 for name in self.backends}
-        self._running: dict[str, asyncio.Task] = {}  # task id -> the asyncio task running its batch
+        self._running: dict[str, asyncio.Task[None]] = {}  # task id -> the asyncio task running its batch
         # task id -> backends tried so far; written with the task's final state, in the same statement.
-        self._attempts: dict[str, list[dict]] = {}
-        self._loops: list[asyncio.Task] = []
+        self._attempts: dict[str, list[dict[str, Any]]] = {}
+        self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
 
     def models_for(self, backend_name: str) -> list[str]:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from safelight.backends.base import BackendError, GeneratedImage, Job
 
-from .engine import LocalOptions, LocalPipelineBackend
+from .pipeline_backend import LocalOptions, LocalPipelineBackend
 
 VARIANTS = {
     # pipeline class, default steps, default guidance
@@ -47,7 +47,7 @@ class Flux2Backend(LocalPipelineBackend):
     @property
     def guidance(self) -> float:
         if self.options.guidance_scale is not None:
-            return self.options.guidance_scale
+            return float(self.options.guidance_scale)
         return VARIANTS[self.options.variant][2]
 
     async def generate_batch(self, jobs: list[Job]) -> list[list[GeneratedImage] | BackendError]:

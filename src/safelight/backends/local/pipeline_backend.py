@@ -12,14 +12,17 @@ import io
 import json
 import logging
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from safelight.backends.base import (
     Backend,
+    BackendConfig,
     BackendError,
     BackendStartError,
     GeneratedImage,
@@ -28,7 +31,11 @@ from safelight.backends.base import (
 from safelight.catalog import BUCKETS
 from safelight.kie import FailCode
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger("safelight.backends.local")
+T = TypeVar("T")
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
@@ -145,7 +152,7 @@ def _missing_tokenizer_files(folder: Path, component: str) -> list[str]:
     return missing
 
 
-def encode_png(image) -> bytes:
+def encode_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=4)  # level 4: near-smallest files at a fraction of 9's CPU
     return buffer.getvalue()
@@ -173,14 +180,14 @@ class LocalPipelineBackend(Backend):
         self._executor: ThreadPoolExecutor | None = None
 
     @classmethod
-    def check_options(cls, name: str, config) -> None:
+    def check_options(cls, name: str, config: BackendConfig) -> None:
         super().check_options(name, config)
         if config.concurrency != 1:
             raise ValueError(f"backends.{name}.concurrency: a local pipeline runs one call at a time; "
                              "use max_batch for throughput, or one worker process per GPU")
 
     @classmethod
-    def offers_safety_checker(cls, options) -> bool:
+    def offers_safety_checker(cls, options: Mapping[str, Any]) -> bool:
         return bool(options.get("safety_checker"))
 
     @property
@@ -227,16 +234,18 @@ class LocalPipelineBackend(Backend):
             self._executor = None
         self.pipeline = None
 
-    async def _on_thread(self, fn, *args):
-        assert self._executor is not None, "backend not started"
+    async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise RuntimeError(f"backend {self.name} was not started")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # --- loading (device thread) ---
 
-    def torch_dtype(self):
+    def torch_dtype(self) -> torch.dtype:
         import torch
 
-        return getattr(torch, self.options.dtype)
+        dtype: torch.dtype = getattr(torch, self.options.dtype)
+        return dtype
 
     def _load(self, directory: Path) -> None:
         try:
@@ -253,7 +262,7 @@ class LocalPipelineBackend(Backend):
                                     f"{exc}") from None
         self.use_pipeline(pipeline)
 
-    def use_pipeline(self, pipeline) -> None:
+    def use_pipeline(self, pipeline: Any) -> None:
         """Place a loaded pipeline on its device with the configured speed-ups. Public so that the
         benchmark can hand over a full-size random-weight pipeline built directly on the GPU."""
         import torch
@@ -284,7 +293,8 @@ class LocalPipelineBackend(Backend):
         from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
         from transformers import CLIPImageProcessor
 
-        checker = StableDiffusionSafetyChecker.from_pretrained(directory, local_files_only=True)
+        # Any: transformers types `.to()` through a decorator mypy reads as taking the model first.
+        checker: Any = StableDiffusionSafetyChecker.from_pretrained(directory, local_files_only=True)
         checker.to(self.options.device if not self.options.cpu_offload else "cpu")
         return checker, CLIPImageProcessor.from_pretrained(directory, local_files_only=True)
 
@@ -303,7 +313,10 @@ class LocalPipelineBackend(Backend):
     # --- generation ---
 
     async def generate(self, job: Job) -> list[GeneratedImage]:
-        return (await self.generate_batch([job]))[0]
+        result = (await self.generate_batch([job]))[0]
+        if isinstance(result, BackendError):
+            raise result
+        return result
 
     async def generate_batch(self, jobs: list[Job]) -> list[list[GeneratedImage] | BackendError]:
         try:
@@ -330,7 +343,7 @@ class LocalPipelineBackend(Backend):
         generators = [torch.Generator(generator_device).manual_seed(seed % 2**63) for seed in seeds]
         steps = self.steps
 
-        def on_step_end(_pipeline, step: int, _timestep, callback_kwargs):
+        def on_step_end(_pipeline: Any, step: int, _timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
             percent = 5 + int(90 * (step + 1) / steps)
             for job in jobs:
                 job.report_progress(percent)
@@ -359,7 +372,7 @@ class LocalPipelineBackend(Backend):
                                                                                                     strict=True)])
         return results
 
-    def _check_safety(self, images: list, jobs: list[Job]) -> set[str]:
+    def _check_safety(self, images: list[Image.Image], jobs: list[Job]) -> set[str]:
         """Task ids (of jobs with nsfw_checker) whose images the safety checker flags."""
         wanted = [job for job in jobs if job.params.nsfw_checker]
         if not wanted or self.safety is None:

@@ -1,9 +1,10 @@
 """Tiny random-weight diffusers pipelines, built entirely in code (no Hub, no downloads).
 
-Used by the test suite and by `safelight`'s CPU demo/bench. Each builder returns the components of a real
-diffusers pipeline class (`ZImagePipeline`, `Flux2KleinPipeline`, `Flux2Pipeline`) with the production
-architecture shrunk to under half a million parameters (spec/backends.md §A.4) and byte-level tokenizers built
-from a table (§A.5). `save_tiny_pipeline` writes the ordinary diffusers directory layout, which
+Test-only code, not shipped in the wheel: used by the test suite (tests/local, tests/upstream) and by
+`bench/gpu.py` (`--tiny`, and `qwen_tokenizer` for its offline full-size models). Each builder returns the
+components of a real diffusers pipeline class (`ZImagePipeline`, `Flux2KleinPipeline`, `Flux2Pipeline`) with the
+production architecture shrunk to under half a million parameters (spec/backends.md §A.4) and byte-level
+tokenizers built from a table (§A.5). `save_tiny_pipeline` writes the ordinary diffusers directory layout, which
 `<Pipeline>.from_pretrained(directory, local_files_only=True)` loads back with `HF_HUB_OFFLINE=1`.
 
 Deviations from diffusers' own tiny test configs (§A.4), chosen so tiny pipelines follow the production size
@@ -25,7 +26,7 @@ differently. Run tiny models with one torch thread on small CPUs; spinning OpenM
 machine made them 4-5x slower.
 
 This module imports torch, diffusers and transformers at import time: import it only where the `[gpu]` extra
-is installed.
+is installed, as `tests.tiny_pipelines` with the repository root on sys.path.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from typing import Any
 
 from safelight.backends.base import Job
 
-from .engine import LocalPipelineBackend
+from .pipeline_backend import LocalPipelineBackend
 
 
 class ZImageBackend(LocalPipelineBackend):

@@ -1,0 +1,371 @@
+"""The server's commands: `serve`, `worker`, `migrate`, `sweep`, `keys ...`, `credits add`, `maintenance`,
+`models routes|enable|disable` and `attempts`.
+
+They need the `[server]` extra (fastapi, SQLAlchemy, pydantic-settings, ...). This module imports none of
+it at import time, so `safelight --help` works on the SDK-only install (`pip install safelight`); each
+command checks first and, without the extra, prints one line and exits 2:
+
+    error: this command needs the server: pip install 'safelight[server]'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from safelight.config import Settings
+    from safelight.routing import Routing
+    from safelight.store import CreatedKey, Store
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+NEEDS_SERVER = "this command needs the server: pip install 'safelight[server]'"
+
+console = Console()
+# soft_wrap: the install hint stays one line, whatever the terminal width.
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@functools.cache
+def server_installed() -> bool:
+    """Whether the `[server]` extra is installed: its two defining packages import."""
+    try:
+        import fastapi  # noqa: F401
+        import sqlalchemy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def require_server() -> None:
+    """Exit 2 with one line saying how to install the server, unless it is installed."""
+    if not server_installed():
+        err.print(f"[red]error:[/] {escape(NEEDS_SERVER)}")
+        raise typer.Exit(2)
+
+
+def needs_server(command: Callable[P, T]) -> Callable[P, T]:
+    """`command`, checking for the server extra first (the signature, and so the options, are kept)."""
+
+    @functools.wraps(command)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> T:
+        require_server()
+        return command(*args, **kwargs)
+
+    return checked
+
+
+def register(app: typer.Typer, *, keys_app: typer.Typer, credits_app: typer.Typer, models_app: typer.Typer) -> None:
+    """Add the server commands to the main `safelight` app and its `keys`, `credits` and `models` groups."""
+    app.command("serve")(needs_server(serve))
+    app.command("worker")(needs_server(worker))
+    app.command("migrate")(needs_server(migrate))
+    app.command("sweep")(needs_server(sweep))
+    app.command("maintenance")(needs_server(maintenance))
+    app.command("attempts")(needs_server(attempts))
+    keys_app.command("create")(needs_server(keys_create))
+    keys_app.command("list")(needs_server(keys_list))
+    keys_app.command("revoke")(needs_server(keys_revoke))
+    keys_app.command("webhook-secret")(needs_server(keys_webhook_secret))
+    credits_app.command("add")(needs_server(credits_add))
+    models_app.command("routes")(needs_server(models_routes))
+    models_app.command("enable")(needs_server(models_enable))
+    models_app.command("disable")(needs_server(models_disable))
+
+
+def _run(action: Callable[[Store], Awaitable[T]]) -> T:
+    """Run an async admin action against the store, migrated first."""
+    from safelight.config import Settings
+    from safelight.store import Store
+
+    async def go() -> T:
+        store = Store(Settings().effective_database_url, pool_size=2)
+        try:
+            await store.migrate()
+            return await action(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def _checked(build: Callable[[], T]) -> T:
+    """Build the app or runtime; a bad routing file or missing weights/keys exits with one clear line."""
+    from safelight.backends import BackendStartError
+    from safelight.routing import RoutingError
+
+    try:
+        return build()
+    except (RoutingError, BackendStartError) as exc:
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
+
+
+# --- serve, worker, migrate, sweep --------------------------------------------------------------
+
+
+def serve(
+    host: Annotated[str, typer.Option(envvar="SAFELIGHT_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="SAFELIGHT_PORT")] = 8000,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory (default ./.safelight).")] = None,
+    workers: Annotated[bool, typer.Option("--worker/--no-worker", help="Run the in-process worker.")] = True,
+    log_level: str = "info",
+) -> None:
+    """Run the API server on the embedded or configured store; with a worker unless --no-worker.
+
+    Callback delivery and the retention sweep run in every `serve` process."""
+    import uvicorn
+
+    from safelight.api.app import create_app
+    from safelight.config import Settings
+    from safelight.runtime import SERVE_NO_WORKER_ROLES, SERVE_ROLES, describe_roles
+
+    if data_dir is not None:
+        os.environ["SAFELIGHT_DATA_DIR"] = str(data_dir)
+    os.environ.setdefault("SAFELIGHT_PUBLIC_URL", f"http://{host}:{port}")
+    roles = SERVE_ROLES if workers else SERVE_NO_WORKER_ROLES
+    settings = Settings()
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    application = _checked(lambda: create_app(settings, roles=roles, check_backends=True))
+    _bootstrap(settings)
+    console.print(f"[bold]Safelight[/] on {settings.public_url}  (roles: {describe_roles(roles)}; "
+                  f"store: {_describe_store(settings)}; files: {settings.files_dir.resolve()})", highlight=False)
+    uvicorn.run(application, host=host, port=port, log_level=log_level, proxy_headers=True)
+
+
+def worker(log_level: str = "info") -> None:
+    """Run only a worker (scale-out: one per GPU machine, sharing a PostgreSQL store).
+
+    It claims and runs tasks; callbacks and retention are the `serve` processes' roles."""
+    from safelight.config import Settings
+    from safelight.runtime import WORKER_ROLES, Runtime, describe_roles, load_configured_routing, preflight
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+
+    def build() -> Routing:
+        routing = load_configured_routing(settings)
+        preflight(settings, routing, WORKER_ROLES)
+        return routing
+
+    routing = _checked(build)
+    console.print(f"[bold]Safelight[/] worker (roles: {describe_roles(WORKER_ROLES)}; "
+                  f"store: {_describe_store(settings)})", highlight=False)
+
+    async def go() -> None:
+        runtime = await Runtime.open(settings, WORKER_ROLES, routing=routing)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runtime.close()
+
+    try:
+        asyncio.run(go())
+    except KeyboardInterrupt:
+        pass
+
+
+def migrate() -> None:
+    """Create or upgrade the database schema."""
+    from safelight.config import Settings
+
+    async def noop(_store: Store) -> None:
+        return None
+
+    _run(noop)
+    console.print(f"schema is current ({_describe_store(Settings())})")
+
+
+def sweep() -> None:
+    """Run the retention sweep once: delete expired result files and uploads (task records stay)."""
+    from safelight.config import Settings
+    from safelight.storage import LocalStorage
+    from safelight.storage.retention import sweep as run_sweep
+
+    settings = Settings()
+    storage = LocalStorage(settings.files_dir)
+    report = _run(lambda store: run_sweep(store.tasks, storage, settings))
+    console.print(f"swept: {report}")
+
+
+# --- keys ---------------------------------------------------------------------------------------
+
+
+def keys_create(
+    name: Annotated[str, typer.Option(help="Key name; also the account name unless --account is given.")],
+    credits: Annotated[int, typer.Option(min=0, help="Credits to grant the account.")] = 0,
+    account: Annotated[str | None, typer.Option(help="Existing or new account to put the key on.")] = None,
+) -> None:
+    """Create an API key and print it (it is not shown again)."""
+    created = _run(lambda store: store.accounts.create_key(name, account=account, credits=credits))
+    console.print(f"account [bold]{created.account_name}[/] (id {created.account_id}), key id {created.key_id}")
+    print(created.key)
+
+
+def keys_list() -> None:
+    """List keys (prefix only), their accounts and balances."""
+    rows = _run(lambda store: store.accounts.list_keys())
+    table = Table("id", "name", "prefix", "account", "balance", "status")
+    for row in rows:
+        table.add_row(str(row["id"]), row["name"], row["prefix"] + "…", row["account"], str(row["balance"]),
+                      "revoked" if row["revoked_at"] else "active")
+    console.print(table)
+
+
+def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or displayed prefix.")]) -> None:
+    """Revoke a key; it stops working within 2 seconds."""
+    count = _run(lambda store: store.accounts.revoke_key(key))
+    if not count:
+        console.print(f"[red]no active key {key!r}[/]")
+        raise typer.Exit(1)
+    console.print(f"revoked {count} key(s)")
+
+
+def keys_webhook_secret(
+    account: Annotated[str, typer.Argument(help="Account name or id.")],
+    rotate: Annotated[bool, typer.Option("--rotate", help="Replace it; callbacks sign with the new one at once.")]
+    = False,
+) -> None:
+    """Show (or rotate) the account's webhook signing secret (whsec_…; kie and Standard Webhooks)."""
+    from safelight.store import NotFound
+
+    try:
+        secret = _run(lambda store: store.accounts.webhook_key(account, rotate=rotate))
+    except NotFound as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    print(secret)
+
+
+# --- credits add, maintenance -------------------------------------------------------------------
+
+
+def credits_add(account: Annotated[str, typer.Argument(help="Account name or id.")],
+                amount: Annotated[int, typer.Argument(help="Credits to add (negative to deduct).")]) -> None:
+    """Grant (or with a negative amount, deduct) credits; recorded in the ledger."""
+    from safelight.store import InsufficientCredits, NotFound
+
+    try:
+        balance = _run(lambda store: store.accounts.add_credits(account, amount))
+    except (NotFound, InsufficientCredits) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    console.print(f"{account}: balance {balance}")
+
+
+def maintenance(mode: Annotated[str, typer.Argument(help="on or off")]) -> None:
+    """Maintenance mode: createTask answers code 455; polling and results keep working."""
+    if mode not in ("on", "off"):
+        console.print("[red]mode must be on or off[/]")
+        raise typer.Exit(2)
+    _run(lambda store: store.state.set_maintenance(mode == "on"))
+    console.print(f"maintenance {mode}")
+
+
+# --- models routes|enable|disable ---------------------------------------------------------------
+
+
+def models_routes() -> None:
+    """The effective route of each model on this host (SAFELIGHT_CONFIG), checked as the server checks it."""
+    print_routes()
+
+
+def print_routes() -> None:
+    """The table of `safelight models routes`; also printed first by `safelight models` on a server host."""
+    from safelight.backends import backend_class
+    from safelight.config import Settings
+    from safelight.runtime import load_configured_routing
+
+    settings = Settings()
+    routing = _checked(lambda: load_configured_routing(settings))
+    source = settings.routing_file or "no SAFELIGHT_CONFIG: every model on the sandbox"
+    table = Table(title=f"Routes on this host ({source})", title_justify="left", box=None, padding=(0, 2, 0, 0))
+    for column in ("model", "route (tried in order)", "nsfw_checker"):
+        table.add_column(column)
+    for model, route in routing.routes.items():
+        steps: list[str] = []
+        checked = False
+        for name in route:
+            config = routing.backends[name]
+            offers = backend_class(config.type).offers_safety_checker(config.options)
+            checked = checked or offers
+            batch = f", batch {config.max_batch}" if config.max_batch > 1 else ""
+            steps.append(f"{name} ({config.type}, {config.concurrency} in flight{batch})")
+        table.add_row(model, " -> ".join(steps) or "[yellow]not served (route = [])[/]",
+                      "yes" if checked else "[dim]no (505)[/]")
+    console.print(table)
+
+
+def _set_model(model_id: str, enabled: bool) -> None:
+    from safelight.catalog import MODELS
+
+    if model_id not in MODELS:
+        console.print(f"[red]unknown model {model_id!r}; models: {', '.join(MODELS)}[/]")
+        raise typer.Exit(1)
+    disabled = _run(lambda store: store.state.set_model_enabled(model_id, enabled))
+    console.print(f"{model_id} {'enabled' if enabled else 'disabled'}; disabled now: {sorted(disabled) or 'none'}")
+
+
+def models_enable(model_id: str) -> None:
+    """Serve a model again."""
+    _set_model(model_id, True)
+
+
+def models_disable(model_id: str) -> None:
+    """Stop accepting tasks for a model (createTask answers code 505)."""
+    _set_model(model_id, False)
+
+
+# --- attempts -----------------------------------------------------------------------------------
+
+
+def attempts(task_id: Annotated[str, typer.Argument(help="Task id.")]) -> None:
+    """Which backends a task was tried on, in order, and why each one did not serve it."""
+    row = _run(lambda store: store.tasks.get(task_id))
+    if row is None:
+        console.print(f"[red]no task {task_id}[/]")
+        raise typer.Exit(1)
+    console.print(f"{task_id}  {row['model']}  state={row['state']}  served by={row['backend'] or '-'}  "
+                  f"claims={row['claims']}", highlight=False)
+    table = Table(box=None, padding=(0, 2, 0, 0))
+    for column in ("at (ms)", "backend", "outcome", "failCode", "detail"):
+        table.add_column(column)
+    for entry in json.loads(row["backend_attempts"] or "[]"):
+        table.add_row(str(entry["at"]), entry["backend"], entry["outcome"], entry["failCode"], entry["detail"])
+    console.print(table)
+
+
+# --- shared -------------------------------------------------------------------------------------
+
+
+def _bootstrap(settings: Settings) -> None:
+    """Migrate, and on the first start of an empty server print a ready-to-use demo key."""
+
+    async def go(store: Store) -> CreatedKey | None:
+        if settings.bootstrap_demo_key and await store.accounts.count_keys() == 0:
+            return await store.accounts.create_key("demo", credits=settings.demo_credits)
+        return None
+
+    created = _run(go)
+    if created is not None:
+        console.print(f"\n[bold green]First start:[/] created account 'demo' with {settings.demo_credits} credits.")
+        console.print(f"API key (shown once): [bold]{created.key}[/]\n")
+        console.print(f"  export SAFELIGHT_API_KEY={created.key}\n")
+
+
+def _describe_store(settings: Settings) -> str:
+    url = settings.effective_database_url
+    return url.split("@")[-1] if "@" in url else url
