@@ -9,6 +9,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from safelight.storage import LocalStorage, StorageKeyError
+
 CREATE = "/api/v1/jobs/createTask"
 RECORD = "/api/v1/jobs/recordInfo"
 
@@ -250,4 +252,23 @@ async def test_result_urls_are_signed_and_expire(live_server):
         expired = live_server.runtime.signer.url(key, -1)
         response = await client.get(expired)
         assert response.status_code == 403 and response.json()["code"] == 403
-        assert (await client.get("/files/../safelight.db?expires=9999999999&signature=x")).status_code in (403, 404)
+
+
+def test_local_storage_refuses_keys_that_leave_its_root(tmp_path):
+    storage = LocalStorage(tmp_path / "files")
+    for key in ("../x", "a/../../x", "/etc/passwd", "results/../../safelight.db", ""):
+        with pytest.raises(StorageKeyError):
+            storage.path(key)
+    assert storage.path("results/abc/0.png") == (tmp_path / "files" / "results" / "abc" / "0.png").resolve()
+
+
+async def test_a_validly_signed_traversal_key_is_refused(live_server):
+    # `%2e%2e` reaches the server undecoded (a client does not normalise it away), the route decodes it to
+    # `..`, and the signature is genuine: only the storage key check stands between it and the database.
+    key = "../safelight.db"
+    signed = live_server.runtime.signer.url(key, 60)
+    query = signed.split("?", 1)[1]
+    async with live_server.client() as client:
+        response = await client.get(f"/files/%2e%2e/safelight.db?{query}")
+        assert (response.status_code, response.json()["msg"]) == (403, "invalid file path")
+        assert b"SQLite" not in response.content
