@@ -51,7 +51,8 @@ async def download_url(request: Request) -> EnvelopeResponse:
         raise KieError(Code.INVALID, f"{NOT_OURS}: its signature is missing or not valid")
 
     parts = key.split("/")
-    if parts[0] == "results" and len(parts) == 3:
+    # results/<taskId>/<claim>/<n>.<ext> (results/<taskId>/<n>.<ext> before 0.2)
+    if parts[0] == "results" and len(parts) in (3, 4):
         row = await runtime.store.tasks.get(parts[1][:64], account_id)
         if row is None:
             raise KieError(Code.INVALID, NOT_YOURS)

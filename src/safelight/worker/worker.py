@@ -73,6 +73,10 @@ class Worker:
         self.max_claims = max_claims
         self.task_timeout = task_timeout_seconds
         self.id = f"{socket.gethostname()[:30]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # Names this process's result files apart from any other claimant's of the same task.
+        self.file_token = uuid.uuid4().hex[:12]
+        # task id -> the claim this worker holds it under (tasks.claims when claimed).
+        self._claims: dict[str, int] = {}
         # Calls in flight per backend, across primaries and fallbacks ("BFL allows 24 in flight").
         self._slots = {name: asyncio.Semaphore(backend.concurrency) for name, backend in self.backends.items()}
         # Claimed batches per primary backend: claiming stops when the primary has no free slot.
@@ -190,6 +194,7 @@ class Worker:
             for row in rows:
                 self._running.pop(row["id"], None)
                 self._attempts.pop(row["id"], None)
+                self._claims.pop(row["id"], None)
             self._claimed[primary] -= 1
             self.store.wakeup.poke()  # a slot is free
 
@@ -211,6 +216,7 @@ class Worker:
             references.append(image)
             files.append((data, mime))
         task_id = row["id"]
+        self._claims[task_id] = int(row["claims"])
         reporter = ProgressReporter(asyncio.get_running_loop(),
                                     lambda pct: self.store.tasks.set_progress(task_id, self.id, pct))
         return Job(task_id=task_id, params=params, seeds=pick_seeds(params.seed, params.num_images),
@@ -297,17 +303,19 @@ class Worker:
             await self._fail(task_id, FailCode.INTERNAL, f"backend {backend.name} returned {len(images)} images, "
                                                      f"expected {job.params.num_images}; credits refunded", open_ids)
             return
+        # Files are keyed by this claim: a worker that lost its lease (paused, partitioned) and
+        # finishes late writes beside the new owner's files, never over them, and removes only its own.
+        directory = f"results/{task_id}/{self._claims.get(task_id, 0)}-{self.file_token}"
         keys = []
         for index, image in enumerate(images):
-            key = f"results/{task_id}/{index}.{image.extension}"
+            key = f"{directory}/{index}.{image.extension}"
             await self.storage.put(key, image.data)
             keys.append(key)
         open_ids.discard(task_id)
         if not await self.store.tasks.succeed(task_id, self.id, files=keys, seeds=[i.seed for i in images],
                                               backend_attempts=self._attempts.get(task_id)):
-            log.warning("task %s finished after its lease was lost; result discarded", task_id)
-            for key in keys:
-                await self.storage.delete(key)
+            log.warning("task %s finished after its lease was lost; its result files are removed", task_id)
+            await self.storage.delete_dir(directory)
 
     def _record_attempt(self, task_id: str, backend: str, outcome: Outcome, code: str, detail: str) -> None:
         entry = {"backend": backend, "outcome": str(outcome), "failCode": str(code), "detail": detail[:500],
