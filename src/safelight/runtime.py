@@ -68,11 +68,17 @@ def build_backends(settings: Settings, routing: Routing, policy: OutboundPolicy)
             for name in routing.used_backends()}
 
 
+def outbound_policy(settings: Settings) -> OutboundPolicy:
+    """SAFELIGHT_OUTBOUND_ALLOW, plus this server's own address, which is never a target."""
+    return OutboundPolicy.for_server(settings.outbound_allow, listen_host=settings.host, listen_port=settings.port,
+                                     public_url=settings.public_url)
+
+
 def preflight(settings: Settings, routing: Routing, roles: Iterable[Role]) -> None:
     """Fail before serving, with a message naming what is missing (weights files, key variables).
     Only a process that runs the worker role needs its backends' weights and keys."""
     if Role.WORKER in set(roles):
-        for backend in build_backends(settings, routing, OutboundPolicy.from_string(settings.outbound_allow)).values():
+        for backend in build_backends(settings, routing, outbound_policy(settings)).values():
             backend.preflight()
 
 
@@ -105,7 +111,7 @@ class Runtime:
             raise
         runtime = cls(settings=settings, roles=frozenset(roles), store=store,
                       storage=LocalStorage(settings.files_dir), signer=signer,
-                      policy=OutboundPolicy.from_string(settings.outbound_allow),
+                      policy=outbound_policy(settings),
                       routing=routing or load_configured_routing(settings))
         try:
             await runtime._start_roles()

@@ -22,10 +22,9 @@ from safelight.client import (
     WaitTimeoutError,
     ZImageInput,
 )
+from tests.fake_kie import CREATE, RECORD
 
 POLL = {"poll": 0.01, "max_poll": 0.02}
-CREATE = "/api/v1/jobs/createTask"
-RECORD = "/api/v1/jobs/recordInfo"
 
 
 @pytest.fixture

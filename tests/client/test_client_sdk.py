@@ -1,4 +1,4 @@
-"""The blocking SDK against the fake kie.ai on loopback."""
+"""The blocking SDK against the fake kie.ai on loopback (tests/fake_kie.py)."""
 
 from __future__ import annotations
 
@@ -32,10 +32,9 @@ from safelight.client import (
     _sync,
 )
 from safelight.client._base import Poller
+from tests.fake_kie import CREATE, RECORD
 
 POLL = {"poll": 0.01, "max_poll": 0.02}
-CREATE = "/api/v1/jobs/createTask"
-RECORD = "/api/v1/jobs/recordInfo"
 
 
 @pytest.fixture

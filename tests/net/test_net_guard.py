@@ -316,3 +316,54 @@ async def test_default_resolver_is_used_when_none_is_given() -> None:
     policy = OutboundPolicy(allow_hosts=frozenset({"localhost"}))
     addresses = await check_url("http://localhost:80/", policy)
     assert addresses and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+
+
+# -- allow-list entries with a port ----------------------------------------------------------------
+def test_from_string_reads_ports() -> None:
+    policy = OutboundPolicy.from_string("127.0.0.1:9000, [::1]:9000, 10.0.0.0/8:443, Minio.Internal:9000, fd00::/8")
+    assert policy.allow_network_ports == (
+        (ipaddress.ip_network("127.0.0.1/32"), 9000),
+        (ipaddress.ip_network("::1/128"), 9000),
+        (ipaddress.ip_network("10.0.0.0/8"), 443),
+    )
+    assert policy.allow_host_ports == frozenset({("minio.internal", 9000)})
+    assert policy.allow_networks == (ipaddress.ip_network("fd00::/8"),)  # unbracketed IPv6: no port
+    assert policy.allow_hosts == frozenset()
+
+
+@pytest.mark.parametrize("entry", ["127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:http", "[::1]x", "[::1", "h:"])
+def test_a_bad_port_names_the_entry(entry: str) -> None:
+    with pytest.raises(ValueError, match=repr(entry).replace("[", r"\[")):
+        OutboundPolicy.from_string(entry)
+
+
+async def test_an_entry_with_a_port_opens_only_that_port(fake_resolver) -> None:
+    fake_resolver.table["minio.internal"] = ["10.1.2.3"]
+    policy = OutboundPolicy.from_string("127.0.0.1:9000,[::1]:9000,10.0.0.0/8:443,minio.internal:9000")
+    assert await check_url("http://127.0.0.1:9000/", policy) == ["127.0.0.1"]
+    assert await check_url("http://[::1]:9000/", policy) == ["::1"]
+    assert await check_url("https://10.9.8.7/", policy) == ["10.9.8.7"]
+    assert await check_url("http://minio.internal:9000/b", policy, resolver=fake_resolver) == ["10.1.2.3"]
+    for url in ("http://127.0.0.1:9001/", "http://127.0.0.1/", "http://[::1]:8000/", "http://10.9.8.7:80/"):
+        with pytest.raises(UnsafeURLError, match="loopback|private"):
+            await check_url(url, policy)
+    with pytest.raises(UnsafeURLError, match="minio.internal resolves to 10.1.2.3, a private address"):
+        await check_url("http://minio.internal:8080/", policy, resolver=fake_resolver)
+
+
+async def test_the_servers_own_address_is_never_a_target(fake_resolver) -> None:
+    policy = OutboundPolicy.for_server("127.0.0.0/8,::1/128,localhost", listen_host="0.0.0.0", listen_port=8123,
+                                       public_url="http://127.0.0.1:8123")
+    for url in ("http://127.0.0.1:8123/api/v1/chat/credit", "http://[::1]:8123/", "http://127.0.0.2:8123/",
+                "http://0x7f000001:8123/", "http://[::ffff:127.0.0.1]:8123/"):
+        with pytest.raises(UnsafeURLError, match="this Safelight server's own address"):
+            await check_url(url, policy)
+    fake_resolver.table["localhost"] = ["127.0.0.1"]
+    with pytest.raises(UnsafeURLError, match="own address"):
+        await check_url("http://localhost:8123/", policy, resolver=fake_resolver)
+    assert await check_url("http://127.0.0.1:8124/", policy) == ["127.0.0.1"]  # another service: allowed
+
+    public = OutboundPolicy.for_server("", listen_host="10.0.0.5", listen_port=80, public_url="https://8.8.4.4")
+    with pytest.raises(UnsafeURLError, match="own address"):
+        await check_url("https://8.8.4.4/files/x", public)
+    assert await check_url("https://8.8.8.8/", public) == ["8.8.8.8"]

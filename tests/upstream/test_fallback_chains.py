@@ -9,9 +9,9 @@ import logging
 import httpx
 import pytest
 from fake_bfl import FakeBfl
-from fake_kie_upstream import FakeKieUpstream
 
-from tests.helpers import free_port, serve_app, start_server
+from tests.fake_kie import CREATE, FakeKie
+from tests.helpers import free_port, start_server
 
 KIE_KEY = "kie-upstream-secret-9876543210"
 FAST_BFL = ('retries = 1\nbackoff_seconds = 0.01\npoll_interval_seconds = 0.01\nmax_poll_interval_seconds = 0.02\n'
@@ -28,15 +28,8 @@ async def bfl():
 
 @pytest.fixture
 async def kie():
-    fake = FakeKieUpstream(api_key=KIE_KEY)
-    port = free_port()
-    server, task = await serve_app(fake.app(), port, lifespan="off")
-    fake.base_url = f"http://127.0.0.1:{port}"
-    try:
+    async with FakeKie(api_key=KIE_KEY) as fake:
         yield fake
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def serve_with(settings, tmp_path, routing: str, env: dict, monkeypatch):
@@ -98,15 +91,15 @@ async def test_bfl_transient_failures_fall_back_to_kie(settings, tmp_path, monke
                 "input": {**FLUX_INPUT, "input_urls": [f"{image_server}/img/64x64.png"]}}
         record = await finish(client, body)
         assert record["state"] == "success", record
-        assert len(kie.calls("/api/v1/jobs/createTask")) == 1
-        assert kie.calls("/api/v1/jobs/createTask")[0]["json"] == {"model": body["model"], "input": body["input"]}
+        assert len(kie.calls(CREATE)) == 1
+        assert kie.calls(CREATE)[0]["json"] == {"model": body["model"], "input": body["input"]}
         row = await runtime.store.tasks.get(record["taskId"])
         attempts = json.loads(row["backend_attempts"])
         assert [(a["backend"], a["outcome"]) for a in attempts] == [("bfl", "fallback"), ("kie", "success")]
         assert row["backend"] == "kie"
         image = (await client.get(json.loads(record["resultJson"])["resultUrls"][0])).content
-        (served,) = kie.results.values()
-        assert image == served[0]  # our own copy of kie's image, served from our storage
+        assert len(kie.tasks) == 1
+        assert image == kie.png(0)  # our own copy of kie's image, served from our storage
         everything = json.dumps(record) + row["backend_attempts"] + caplog.text
         assert bfl.key not in everything and KIE_KEY not in everything
     finally:
@@ -127,7 +120,7 @@ async def test_moderation_does_not_fall_through(settings, tmp_path, monkeypatch,
         record = await finish(client, body)
         assert (record["state"], record["failCode"]) == ("fail", "451")
         assert "safety" in record["failMsg"] or "moderat" in record["failMsg"]
-        assert kie.calls("/api/v1/jobs/createTask") == []  # never tried
+        assert kie.calls(CREATE) == []  # never tried
         assert (await client.get("/api/v1/chat/credit")).json()["data"] == before  # refunded
         row = await runtime.store.tasks.get(record["taskId"])
         assert [(a["backend"], a["outcome"]) for a in json.loads(row["backend_attempts"])] == [("bfl", "fail")]
@@ -142,7 +135,7 @@ async def test_operator_problems_on_the_last_backend_show_users_provider_unavail
         settings, tmp_path, monkeypatch, bfl, kie, image_server, caplog):
     caplog.set_level(logging.DEBUG)
     bfl.mode = "no_credits"  # HTTP 402 from BFL: the operator's account, not the user's input
-    kie.submit_answers.append((200, {"code": 402, "msg": "Credits insufficient", "data": None}))
+    kie.inject(CREATE, (200, {"code": 402, "msg": "Credits insufficient", "data": None}))
     server, task, runtime, client = await serve_with(settings, tmp_path, bfl_then_kie(bfl, kie),
                                                      {"BFL_API_KEY": bfl.key, "KIE_API_KEY": KIE_KEY}, monkeypatch)
     try:

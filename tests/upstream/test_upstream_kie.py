@@ -1,4 +1,4 @@
-"""The `kie` upstream backend against a fake kie.ai on loopback, and against a real Safelight."""
+"""The `kie` upstream backend against the fake kie.ai on loopback (tests/fake_kie.py), and against a real Safelight."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from fake_kie_upstream import FakeKieUpstream, Script
 from PIL import Image
 
 from safelight.backends import BackendConfig
@@ -23,27 +22,18 @@ from safelight.backends.upstream.provider import PROVIDER_UNAVAILABLE
 from safelight.catalog import get_model, validate_input
 from safelight.kie import FailCode
 from safelight.net import OutboundPolicy
-from tests.helpers import free_port, serve_app
+from tests.fake_kie import CREATE, MODELS, RECORD, FakeKie, Script
 
 KEY = "kie-sk-7Hq2ZpW9xLmT4vRb"
 ENV = "KIE_TEST_KEY"
-CREATE = "/api/v1/jobs/createTask"
-RECORD = "/api/v1/jobs/recordInfo"
 FAST = {"poll_interval_seconds": 0.01, "max_poll_interval_seconds": 0.02, "backoff_seconds": 0.01,
         "retries": 2, "timeout_seconds": 5}
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeKieUpstream]:
-    fake = FakeKieUpstream(api_key=KEY)
-    port = free_port()
-    server, task = await serve_app(fake.app(), port, lifespan="off")
-    fake.base_url = f"http://127.0.0.1:{port}"
-    try:
+async def fake() -> AsyncIterator[FakeKie]:
+    async with FakeKie(api_key=KEY) as fake:
         yield fake
-    finally:
-        server.should_exit = True
-        await task
 
 
 def make_backend(base_url: str, key: str = KEY, **options: Any) -> KieBackend:
@@ -60,7 +50,7 @@ async def started_backend(base_url: str, key: str = KEY, **options: Any) -> KieB
 
 
 @pytest.fixture
-async def backend(fake: FakeKieUpstream) -> AsyncIterator[KieBackend]:
+async def backend(fake: FakeKie) -> AsyncIterator[KieBackend]:
     backend = await started_backend(fake.base_url)
     try:
         yield backend
@@ -92,6 +82,7 @@ async def fails(backend: KieBackend, job: Job) -> BackendError:
 
 
 async def test_forwards_the_input_unchanged_under_the_mapped_model_and_copies_the_result(fake):
+    fake.published = (*MODELS, "z-image-turbo")
     backend = await started_backend(fake.base_url, model_map={"z-image": "z-image-turbo"})
     job, _ = make_job(dict(Z_INPUT))
     try:
@@ -107,10 +98,10 @@ async def test_forwards_the_input_unchanged_under_the_mapped_model_and_copies_th
     assert polls and all(p["query"] == {"taskId": task_id} for p in polls)
     assert all(p["headers"]["authorization"] == f"Bearer {KEY}" for p in polls)
     # The result was downloaded (without our key) and its bytes are ours now.
-    (download,) = fake.calls(f"/results/{task_id}/0.png")
+    (download,) = fake.calls(f"/files/{task_id}_0.png")
     assert "authorization" not in download["headers"]
     assert len(images) == 1
-    assert images[0].data == fake.results[task_id][0]
+    assert images[0].data == fake.png(0)
     assert images[0].content_type == "image/png" and images[0].extension == "png"
     assert Image.open(io.BytesIO(images[0].data)).size == (32, 24)
     assert images[0].seed is None  # kie does not say which seed it used
@@ -121,8 +112,8 @@ async def test_identity_mapping_and_several_images_in_order(fake, backend):
     images = await backend.generate(job)
     (create,) = fake.calls(CREATE)
     assert create["json"] == {"model": "google/imagen4-fast", "input": IMAGEN_INPUT}
-    (task_id,) = fake.tasks
-    assert [i.data for i in images] == fake.results[task_id]
+    assert len(fake.tasks) == 1
+    assert [i.data for i in images] == [fake.png(0), fake.png(1)]
     assert [Image.open(io.BytesIO(i.data)).size for i in images] == [(32, 24), (33, 24)]
 
 
@@ -131,17 +122,17 @@ async def test_takes_num_images_of_more_urls_and_seeds_from_result_json(fake, ba
     job, _ = make_job(dict(IMAGEN_INPUT), model="google/imagen4-fast")
     images = await backend.generate(job)
     (task_id,) = fake.tasks
-    assert [i.data for i in images] == fake.results[task_id][:2]
+    assert [i.data for i in images] == [fake.png(0), fake.png(1)]
     assert [i.seed for i in images] == [41, 42]
-    assert not fake.calls(f"/results/{task_id}/2.png")
+    assert not fake.calls(f"/files/{task_id}_2.png")
 
 
 async def test_result_json_as_an_object_is_tolerated(fake, backend):
     fake.scripts.append(Script(result_as_object=True))
     job, _ = make_job(dict(Z_INPUT))
     images = await backend.generate(job)
-    (task_id,) = fake.tasks
-    assert images[0].data == fake.results[task_id][0]
+    assert len(fake.tasks) == 1
+    assert images[0].data == fake.png(0)
 
 
 async def test_progress_is_reported_while_generating(fake, backend):
@@ -174,8 +165,8 @@ async def test_record_info_null_past_the_grace_period_is_transient(fake):
 
 
 async def test_create_retries_a_429_envelope_then_succeeds(fake, backend):
-    fake.submit_answers.append((200, {"code": 429, "msg": "Rate limit exceeded"}))
-    fake.submit_answers.append((429, {"code": 429, "msg": "Rate limit exceeded"}, {"Retry-After": "0.01"}))
+    fake.inject(CREATE, (200, {"code": 429, "msg": "Rate limit exceeded"}),
+                (429, {"code": 429, "msg": "Rate limit exceeded"}, {"Retry-After": "0.01"}))
     job, _ = make_job(dict(Z_INPUT))
     images = await backend.generate(job)
     assert len(images) == 1
@@ -183,9 +174,8 @@ async def test_create_retries_a_429_envelope_then_succeeds(fake, backend):
 
 
 async def test_http_500_once_is_retried(fake, backend):
-    fake.submit_answers.append((500, "upstream exploded"))
-    fake.poll_answers.append((503, "busy"))
-    fake.poll_answers.append((200, {"code": 500, "msg": "Server Error", "data": None}))
+    fake.inject(CREATE, (500, "upstream exploded"))
+    fake.inject(RECORD, (503, "busy"), (200, {"code": 500, "msg": "Server Error", "data": None}))
     job, _ = make_job(dict(Z_INPUT))
     assert len(await backend.generate(job)) == 1
     assert len(fake.calls(CREATE)) == 2
@@ -214,7 +204,7 @@ async def test_http_500_once_is_retried(fake, backend):
     ],
 )
 async def test_create_task_errors(fake, backend, answers, fail_code, transient, creates):
-    fake.submit_answers.extend(answers)
+    fake.inject(CREATE, *answers)
     job, _ = make_job(dict(Z_INPUT))
     error = await fails(backend, job)
     assert (error.fail_code, error.transient) == (fail_code, transient)
@@ -226,7 +216,7 @@ async def test_create_task_errors(fake, backend, answers, fail_code, transient, 
 
 
 async def test_a_422_envelope_is_the_users_input_error_with_kies_message(fake, backend):
-    fake.submit_answers.append((200, {"code": 422, "msg": "input.prompt\n is too long\x00", "data": None}))
+    fake.inject(CREATE, (200, {"code": 422, "msg": "input.prompt\n is too long\x00", "data": None}))
     job, _ = make_job(dict(Z_INPUT))
     error = await fails(backend, job)
     assert (error.fail_code, error.transient) == (FailCode.INPUT, False)
@@ -317,7 +307,7 @@ async def test_an_expired_result_url_is_transient(fake, backend):
     assert (error.fail_code, error.transient) == (FailCode.GENERATION, True)
     assert "could not be downloaded" in error.message
     (task_id,) = fake.tasks
-    assert fake.calls(f"/results/{task_id}/0.png")
+    assert fake.calls(f"/files/{task_id}_0.png")
 
 
 @pytest.mark.parametrize(
@@ -329,7 +319,7 @@ async def test_an_expired_result_url_is_transient(fake, backend):
     ],
 )
 async def test_record_info_errors(fake, backend, answers):
-    fake.poll_answers.extend(answers)
+    fake.inject(RECORD, *answers)
     job, _ = make_job(dict(Z_INPUT))
     error = await fails(backend, job)
     assert (error.fail_code, error.message, error.transient) == (FailCode.UNAVAILABLE, PROVIDER_UNAVAILABLE, True)
@@ -337,7 +327,7 @@ async def test_record_info_errors(fake, backend, answers):
 
 
 async def test_a_malformed_record_is_transient(fake, backend):
-    fake.poll_answers.append((200, "<html>oops</html>"))
+    fake.inject(RECORD, (200, "<html>oops</html>"))
     job, _ = make_job(dict(Z_INPUT))
     error = await fails(backend, job)
     assert (error.fail_code, error.transient) == (FailCode.GENERATION, True)
@@ -365,16 +355,16 @@ async def test_the_key_never_reaches_logs_messages_or_details(fake, caplog):
     errors: list[BackendError] = []
     echo = f"Authorization: Bearer {KEY} is not valid here"
     scenarios = [
-        lambda: fake.submit_answers.append((200, {"code": 422, "msg": echo})),
-        lambda: fake.submit_answers.append((200, {"code": 402, "msg": echo})),
-        lambda: fake.submit_answers.extend([(500, echo)] * 3),
-        lambda: fake.submit_answers.append((200, echo)),
+        lambda: fake.inject(CREATE, (200, {"code": 422, "msg": echo})),
+        lambda: fake.inject(CREATE, (200, {"code": 402, "msg": echo})),
+        lambda: fake.inject(CREATE, *[(500, echo)] * 3),
+        lambda: fake.inject(CREATE, (200, echo)),
         lambda: fake.scripts.append(Script(fail=("400", echo))),
         lambda: fake.scripts.append(Script(fail=("500", f"NSFW: {echo}"))),
         lambda: fake.scripts.append(Script(result_json=echo)),
         lambda: fake.scripts.append(Script(expired=True)),
-        lambda: fake.poll_answers.extend([(200, {"code": 500, "msg": echo, "data": None})] * 3),
-        lambda: fake.poll_answers.append((200, {"code": 401, "msg": echo})),
+        lambda: fake.inject(RECORD, *[(200, {"code": 500, "msg": echo, "data": None})] * 3),
+        lambda: fake.inject(RECORD, (200, {"code": 401, "msg": echo})),
     ]
     backend = await started_backend(fake.base_url)
     try:

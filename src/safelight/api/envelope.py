@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -35,8 +36,35 @@ class BodyError(ValueError):
     """A request body that cannot be read as asked; the message says why."""
 
 
+# kie's bodies are a few levels deep; anything deeper is refused before it reaches validation.
+MAX_JSON_DEPTH = 32
+_SURROGATE = re.compile("[\ud800-\udfff]")
+LONE_SURROGATE = "request body has a lone UTF-16 surrogate (\\ud800-\\udfff) in a string or key; it is not text"
+
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _problem_in(value: Any) -> str | None:
+    """Why a parsed body cannot be stored as UTF-8 JSON (too deep, a lone surrogate), or None."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            if depth > MAX_JSON_DEPTH:
+                return f"request body is nested more than {MAX_JSON_DEPTH} levels deep"
+            for key, child in item.items():
+                if _SURROGATE.search(key):
+                    return LONE_SURROGATE
+                stack.append((child, depth + 1))
+        elif isinstance(item, list):
+            if depth > MAX_JSON_DEPTH:
+                return f"request body is nested more than {MAX_JSON_DEPTH} levels deep"
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str) and _SURROGATE.search(item):
+            return LONE_SURROGATE
+    return None
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -66,6 +94,8 @@ def parse_json_object(raw: bytes, shape: str) -> dict[str, Any]:
         raise BodyError("request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BodyError(f"request body must be a JSON object{shape}")
+    if problem := _problem_in(body):
+        raise BodyError(problem)
     return body
 
 

@@ -1,17 +1,22 @@
 """Which addresses an outbound request may reach.
 
-The default is "public internet only". Operators widen it with ``SAFELIGHT_OUTBOUND_ALLOW``
-(CIDRs and host names). Explicit allow-list entries win over every built-in refusal, with one
-exception: cloud metadata endpoints are only unlocked by an entry naming exactly that address
+The default is "public internet only". Operators widen it with ``SAFELIGHT_OUTBOUND_ALLOW``:
+CIDRs and host names, each optionally with a port (``127.0.0.1:9000``, ``[::1]:9000``,
+``10.0.0.0/8:443``, ``minio.internal:9000``). An entry without a port opens every port of its
+addresses. Explicit allow-list entries win over every built-in refusal, with two exceptions:
+cloud metadata endpoints are only unlocked by an entry naming exactly that address
 (``169.254.169.254/32``), so allowing a whole link-local or ULA range for some appliance does not
-also hand out the instance's cloud credentials.
+also hand out the instance's cloud credentials; and this server's own listening address is never
+a target, since its own files are read from storage and nothing else of its own should be
+fetched over HTTP.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -128,6 +133,25 @@ def address_refusal(ip: IPAddress) -> str | None:
     return None
 
 
+def _split_port(entry: str) -> tuple[str, int | None]:
+    """``host:port``, ``[v6]:port``, ``cidr:port`` -> (target, port); a bare IPv6 entry has no port."""
+    if entry.startswith("["):
+        inside, bracket, rest = entry[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"SAFELIGHT_OUTBOUND_ALLOW: {entry!r} is not [IPv6]:port")
+        return inside, _port_of(entry, rest[1:]) if rest else None
+    target, colon, port = entry.rpartition(":")
+    if not colon or ":" in target:  # no port, or an unbracketed IPv6 address or network
+        return entry, None
+    return target, _port_of(entry, port)
+
+
+def _port_of(entry: str, text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ValueError(f"SAFELIGHT_OUTBOUND_ALLOW: {entry!r} has a port outside 1..65535")
+    return int(text)
+
+
 def _parse_allow_entry(entry: str) -> IPNetwork | str:
     try:
         return ipaddress.ip_network(entry, strict=False)
@@ -153,47 +177,101 @@ def _parse_allow_entry(entry: str) -> IPNetwork | str:
 
 @dataclass(frozen=True)
 class OutboundPolicy:
+    # Allow-list entries without a port: every port of these networks and hosts.
     allow_networks: tuple[IPNetwork, ...] = ()
     allow_hosts: frozenset[str] = field(default_factory=frozenset)
+    # Entries with a port: only that port.
+    allow_network_ports: tuple[tuple[IPNetwork, int], ...] = ()
+    allow_host_ports: frozenset[tuple[str, int]] = field(default_factory=frozenset)
+    # This server's own listening endpoints, refused whatever the allow-list says: exact
+    # (address, port) pairs, and ports at which any loopback address reaches this server.
+    own_endpoints: frozenset[tuple[IPAddress, int]] = field(default_factory=frozenset)
+    own_loopback_ports: frozenset[int] = field(default_factory=frozenset)
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     max_redirects: int = 3
 
     @classmethod
     def from_string(cls, spec: str | None, **kw: Any) -> OutboundPolicy:
-        """Parse ``SAFELIGHT_OUTBOUND_ALLOW``: comma-separated CIDRs (bare IPs mean /32, /128) and host names."""
+        """Parse ``SAFELIGHT_OUTBOUND_ALLOW``: comma-separated CIDRs (bare IPs mean /32, /128) and host
+        names, each with an optional ``:port`` (IPv6 in brackets: ``[::1]:9000``)."""
         networks: list[IPNetwork] = []
         hosts: set[str] = set()
+        network_ports: list[tuple[IPNetwork, int]] = []
+        host_ports: set[tuple[str, int]] = set()
         for raw in (spec or "").split(","):
             entry = raw.strip()
             if not entry:
                 continue
-            parsed = _parse_allow_entry(entry)
-            if isinstance(parsed, str):
+            target, port = _split_port(entry)
+            parsed = _parse_allow_entry(target)
+            if isinstance(parsed, str) and port is None:
                 hosts.add(parsed)
-            else:
+            elif isinstance(parsed, str):
+                host_ports.add((parsed, port))
+            elif port is None:
                 networks.append(parsed)
-        return cls(allow_networks=tuple(networks), allow_hosts=frozenset(hosts), **kw)
+            else:
+                network_ports.append((parsed, port))
+        return cls(allow_networks=tuple(networks), allow_hosts=frozenset(hosts),
+                   allow_network_ports=tuple(network_ports), allow_host_ports=frozenset(host_ports), **kw)
 
-    def host_allowed(self, host: str) -> bool:
-        return host.lower().rstrip(".") in self.allow_hosts
+    @classmethod
+    def for_server(cls, spec: str | None, *, listen_host: str, listen_port: int, public_url: str,
+                   **kw: Any) -> OutboundPolicy:
+        """The allow-list of a Safelight process, which also refuses the server's own endpoints:
+        the address it listens on (any loopback address when it listens on all or on loopback)
+        and the address of its public URL when that is an IP literal."""
+        policy = cls.from_string(spec, **kw)
+        endpoints: set[tuple[IPAddress, int]] = set()
+        loopback_ports: set[int] = set()
+        try:
+            listen_ip = normalise_address(ipaddress.ip_address(listen_host))
+        except ValueError:
+            listen_ip = None  # a name ("localhost"): loopback is covered below
+        if listen_ip is None or listen_ip.is_unspecified or listen_ip.is_loopback:
+            loopback_ports.add(listen_port)
+        if listen_ip is not None and not listen_ip.is_unspecified:
+            endpoints.add((listen_ip, listen_port))
+        public = urlsplit(public_url)
+        try:
+            public_ip = normalise_address(ipaddress.ip_address(public.hostname or ""))
+            public_port = public.port or (443 if public.scheme == "https" else 80)
+            endpoints.add((public_ip, public_port))
+            if public_ip.is_loopback:
+                loopback_ports.add(public_port)
+        except ValueError:
+            pass
+        return replace(policy, own_endpoints=frozenset(endpoints), own_loopback_ports=frozenset(loopback_ports))
 
-    def network_allows(self, ip: IPAddress) -> bool:
-        """True if an allow-list network covers ``ip`` (metadata addresses need an exact entry)."""
+    def host_allowed(self, host: str, port: int | None = None) -> bool:
+        """Whether an allow-list entry names this host (for every port, or for ``port``)."""
+        name = host.lower().rstrip(".")
+        return name in self.allow_hosts or (port is not None and (name, port) in self.allow_host_ports)
+
+    def network_allows(self, ip: IPAddress, port: int | None = None) -> bool:
+        """True if an allow-list network covers ``ip`` (at ``port``; metadata addresses need an exact entry)."""
         ip = normalise_address(ip)
         exact_only = ip in METADATA_ADDRESSES
-        for net in self.allow_networks:
+        candidates = [*self.allow_networks, *(net for net, only in self.allow_network_ports if only == port)]
+        for net in candidates:
             if net.version != ip.version or ip not in net:
                 continue
             if not exact_only or net.num_addresses == 1:
                 return True
         return False
 
-    def refusal(self, ip: IPAddress, *, host_allowed: bool = False) -> str | None:
-        """Why this policy refuses ``ip``, or None. ``host_allowed``: the name was in ``allow_hosts``."""
+    def is_own_endpoint(self, ip: IPAddress, port: int) -> bool:
+        ip = normalise_address(ip)
+        return (ip, port) in self.own_endpoints or (ip.is_loopback and port in self.own_loopback_ports)
+
+    def refusal(self, ip: IPAddress, port: int | None = None, *, host_allowed: bool = False) -> str | None:
+        """Why this policy refuses ``ip`` (at ``port``), or None. ``host_allowed``: the name is allow-listed."""
         why = address_refusal(ip)
-        if why is None or self.network_allows(ip):
-            return None
-        if host_allowed and normalise_address(ip) not in METADATA_ADDRESSES:
-            return None
-        return why
+        allowed = (why is None or self.network_allows(ip, port)
+                   or (host_allowed and normalise_address(ip) not in METADATA_ADDRESSES))
+        if not allowed:
+            return why
+        if port is not None and self.is_own_endpoint(ip, port):
+            return "this Safelight server's own address"
+        return None

@@ -189,10 +189,10 @@ async def vet(parsed: ParsedURL, policy: OutboundPolicy, resolver: Resolver | No
     public and private records from being a switch an attacker can flip.
     """
     url = parsed.url
-    host_allowed = policy.host_allowed(parsed.host)
+    host_allowed = policy.host_allowed(parsed.host, parsed.port)
     if parsed.ip is not None:
         ip = normalise_address(parsed.ip)
-        why = policy.refusal(ip)
+        why = policy.refusal(ip, parsed.port)
         if why:
             shown = str(ip) if ip == parsed.ip else f"{parsed.ip} (IPv4 {ip})"
             raise UnsafeURLError(url, f"{shown} is {why}")
@@ -218,7 +218,7 @@ async def vet(parsed: ParsedURL, policy: OutboundPolicy, resolver: Resolver | No
             ip = ipaddress.ip_address(text)
         except ValueError:
             raise FetchError(url, f"resolver returned a non-address {text!r} for {parsed.host}") from None
-        why = policy.refusal(ip, host_allowed=host_allowed)
+        why = policy.refusal(ip, parsed.port, host_allowed=host_allowed)
         if why:
             raise UnsafeURLError(url, f"{parsed.host} resolves to {ip}, {why}")
         ip = normalise_address(ip)
