@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.client.conftest import API_KEY, FakeKie, ServerThread
+from tests.fake_kie import API_KEY, FakeKie
 
 pytestmark = [pytest.mark.packaging, pytest.mark.timeout(600)]
 
@@ -69,9 +69,7 @@ def venv(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def kie() -> Iterator[FakeKie]:
-    fake = FakeKie(serve_models=True)
-    with ServerThread(fake.app()) as server:
-        fake.base_url = server.url
+    with FakeKie(serve_models=True) as fake:
         yield fake
 
 

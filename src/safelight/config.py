@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     rate_limit_per_key: int = 0
     rate_limit_window_seconds: float = 10.0
     max_body_bytes: int = 1024 * 1024
+    # A request body must arrive within this many seconds of the first read, with no gap between
+    # chunks longer than the idle limit; otherwise HTTP 408 and the connection is closed.
+    body_timeout_seconds: float = Field(30.0, gt=0)
+    body_idle_timeout_seconds: float = Field(10.0, gt=0)
 
     # Prices in credits per image, overriding the catalog's defaults: {"z-image": 1}.
     prices: dict[str, int] = Field(default_factory=dict)

@@ -16,6 +16,7 @@ from safelight.runtime import SERVE_ROLES, Role, Runtime, load_configured_routin
 
 from . import account, callbacks, files, jobs, models, uploads
 from .auth import ApiKeys
+from .body_timeout import BodyTimeoutMiddleware
 from .envelope import EnvelopeResponse, envelope, install_error_handlers
 from .ratelimit import RateLimiter
 
@@ -60,6 +61,8 @@ def create_app(settings: Settings | None = None, *, roles: Iterable[Role] = SERV
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(BodyTimeoutMiddleware, total_seconds=settings.body_timeout_seconds,
+                       idle_seconds=settings.body_idle_timeout_seconds)
     for module in (jobs, callbacks, account, models, files, uploads):
         app.include_router(module.router)
 

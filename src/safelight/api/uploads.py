@@ -23,6 +23,7 @@ from safelight.kie import upload_reply
 from safelight.net import FetchError, UnsafeURLError, fetch, sniff_image_type
 
 from .auth import account_of, runtime_of
+from .body_timeout import BodyTimeout
 from .envelope import BodyError, EnvelopeResponse, parse_json_object, read_body
 
 router = APIRouter(tags=["files"])
@@ -147,6 +148,8 @@ async def upload_stream(request: Request) -> EnvelopeResponse:
     limit = runtime_of(request).settings.upload_max_bytes
     try:
         form = await request.form(max_files=1, max_fields=10, max_part_size=limit)
+    except BodyTimeout:
+        raise  # answered 408 by the middleware, with the connection closed
     except Exception as exc:  # malformed multipart, or a part over the limit
         raise UploadError(400, f"could not read the multipart body: {exc}") from None
     try:  # the form's files are spooled to temporary files: close them whatever happens
