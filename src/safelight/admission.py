@@ -21,15 +21,19 @@ from safelight.kie import Code, KieError, param_string
 from safelight.net import FetchError, OutboundPolicy, UnsafeURLError, check_url
 from safelight.routing import Routing
 from safelight.storage import UrlSigner
-from safelight.store import InsufficientCredits, Store
+from safelight.store import AccountQueueFull, InsufficientCredits, Store
 from safelight.ttl_cache import TtlCache
 
 MAX_URL_LENGTH = 2048
 # createTask vets callBackUrl and input URLs (DNS included) for at most this long; a check still
 # running then is left to the worker and the delivery loop, which vet every request they make.
 URL_CHECK_TIMEOUT_SECONDS = 3.0
-# Maintenance and disabled models are read from the store at most this often per process.
+# Maintenance, disabled models and the server-wide queue length are read from the store at most
+# this often per process.
 FLAGS_TTL_SECONDS = 1.0
+# A full queue has no exact horizon: workers free slots at their own pace. Clients are asked to
+# come back after this long (HTTP Retry-After).
+QUEUE_FULL_RETRY_AFTER_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -98,13 +102,23 @@ class Admission:
     async def create(self, account_id: int, request: CreateRequest) -> str:
         """Admit the request and create the task, reserving its credits; returns the task id."""
         task = await self.admit(request)
+        limit = self.settings.max_queued
+        if await self.unfinished_tasks() >= limit:
+            raise KieError(Code.RATE_LIMITED, f"Rate limit exceeded: the server's queue is full ({limit} unfinished "
+                                              "tasks); nothing was created or charged",
+                           retry_after=QUEUE_FULL_RETRY_AFTER_SECONDS)
         try:
             return await self.store.tasks.create(account_id=account_id, model=task.model, param=task.param,
                                                  callback_url=task.callback_url, num_images=task.num_images,
-                                                 cost=task.cost, batch_key=task.batch_key)
+                                                 cost=task.cost, batch_key=task.batch_key,
+                                                 max_unfinished=self.settings.max_queued_per_account)
         except InsufficientCredits as exc:
             raise KieError(Code.INSUFFICIENT_CREDITS, f"Credits insufficient: this task costs {exc.needed} "
                                                       f"credits, the balance is {exc.balance}") from None
+        except AccountQueueFull as exc:
+            raise KieError(Code.RATE_LIMITED, f"Rate limit exceeded: this account already has {exc.limit} unfinished "
+                                              "tasks (SAFELIGHT_MAX_QUEUED_PER_ACCOUNT); nothing was created or "
+                                              "charged", retry_after=QUEUE_FULL_RETRY_AFTER_SECONDS) from None
 
     async def admit(self, request: CreateRequest) -> AdmittedTask:
         spec = get_model(request.model)
@@ -151,6 +165,13 @@ class Admission:
             cached = await self.store.state.disabled_models()
             self._flags.put("disabled", cached)
         return set(cached)
+
+    async def unfinished_tasks(self) -> int:
+        cached = self._flags.get("unfinished")
+        if cached is None:
+            cached = await self.store.tasks.count_unfinished()
+            self._flags.put("unfinished", cached)
+        return int(cached)
 
     def forget_flags(self) -> None:
         """Read maintenance and disabled models from the store on the next request."""

@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     callback_retry_window_seconds: float = Field(26 * 3600.0, gt=0)
     callback_max_attempts: int = Field(200, ge=1)
 
+    # Bounded queues: createTask answers 429 (nothing created or charged) while an account has this
+    # many unfinished tasks, or the whole server has SAFELIGHT_MAX_QUEUED (counted at most 1 s ago).
+    max_queued_per_account: int = Field(1000, ge=1)
+    max_queued: int = Field(100_000, ge=1)
+
     # Request limits; 0 disables the per-key rate limit (kie allows 20 creates / 10 s).
     rate_limit_per_key: int = 0
     rate_limit_window_seconds: float = 10.0

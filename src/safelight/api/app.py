@@ -18,7 +18,7 @@ from . import account, callbacks, files, jobs, models, uploads
 from .auth import ApiKeys
 from .body_timeout import BodyTimeoutMiddleware
 from .envelope import EnvelopeResponse, envelope, install_error_handlers
-from .ratelimit import RateLimiter
+from .ratelimit import rate_limiter_for
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,8 @@ def create_app(settings: Settings | None = None, *, roles: Iterable[Role] = SERV
         app.state.admission = Admission(settings=settings, store=runtime.store, routing=routing,
                                         policy=runtime.policy, signer=runtime.signer)
         app.state.api_keys = ApiKeys(runtime.store)
-        app.state.rate_limiter = (RateLimiter(settings.rate_limit_per_key, settings.rate_limit_window_seconds)
-                                  if settings.rate_limit_per_key > 0 else None)
+        app.state.rate_limiter = rate_limiter_for(runtime.store, settings.rate_limit_per_key,
+                                                  settings.rate_limit_window_seconds)
         # Everything loaded so far lives as long as the process. Freezing it keeps the garbage
         # collector from re-scanning ~10^5 framework objects on every full collection, which
         # otherwise stalls the event loop for 70-80 ms (measured: bench/api.py p99).

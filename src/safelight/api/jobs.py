@@ -11,6 +11,7 @@ from safelight.kie import RECORD_IS_NULL, Code, KieError
 
 from .auth import admission_of, bearer_key, require_account, runtime_of
 from .envelope import EnvelopeResponse, envelope, read_json_object
+from .ratelimit import RateLimiter
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
@@ -32,10 +33,10 @@ async def create_task(request: Request) -> EnvelopeResponse:
     account_id = await require_account(request)
     runtime = runtime_of(request)
     settings = runtime.settings
-    limiter = request.app.state.rate_limiter
-    if limiter is not None and not limiter.allow(bearer_key(request) or ""):
-        raise KieError(Code.RATE_LIMITED, f"Rate limit exceeded: at most {settings.rate_limit_per_key} requests "
-                                          f"per {settings.rate_limit_window_seconds:g} s for this key")
+    limiter: RateLimiter | None = request.app.state.rate_limiter
+    if limiter is not None and (wait := await limiter.hit(bearer_key(request) or "")) is not None:
+        raise KieError(Code.RATE_LIMITED, f"Rate limit exceeded: at most {limiter.limit} requests per "
+                                          f"{limiter.window:g} s for this key", retry_after=wait)
     admission = admission_of(request)
     await admission.ensure_open()
     body = await read_json_object(request, settings.max_body_bytes, "{model, callBackUrl, input}")

@@ -205,12 +205,13 @@ class OutboundPolicy:
                 continue
             target, port = _split_port(entry)
             parsed = _parse_allow_entry(target)
-            if isinstance(parsed, str) and port is None:
-                hosts.add(parsed)
+            if port is None:
+                if isinstance(parsed, str):
+                    hosts.add(parsed)
+                else:
+                    networks.append(parsed)
             elif isinstance(parsed, str):
                 host_ports.add((parsed, port))
-            elif port is None:
-                networks.append(parsed)
             else:
                 network_ports.append((parsed, port))
         return cls(allow_networks=tuple(networks), allow_hosts=frozenset(hosts),

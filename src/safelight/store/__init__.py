@@ -6,8 +6,9 @@ from .accounts import AccountStore, CreatedKey, InsufficientCredits, NotFound
 from .callbacks import CallbackStore
 from .db import Database, now_ms
 from .notify import CALLBACKS_CHANNEL, TASKS_CHANNEL, Wakeup
+from .rate_limits import RateLimitStore
 from .state import StateStore
-from .tasks import RequeueReport, TaskStore
+from .tasks import AccountQueueFull, RequeueReport, TaskStore
 
 
 class Store:
@@ -21,6 +22,7 @@ class Store:
         self.callbacks = CallbackStore(self.db, self.callback_wakeup)
         self.tasks = TaskStore(self.db, self.wakeup, self.callbacks)
         self.state = StateStore(self.db)
+        self.rate_limits = RateLimitStore(self.db)
 
     async def migrate(self) -> None:
         await self.db.migrate()
@@ -31,5 +33,5 @@ class Store:
         await self.db.dispose()
 
 
-__all__ = ["AccountStore", "CallbackStore", "CreatedKey", "Database", "InsufficientCredits", "NotFound",
-           "RequeueReport", "StateStore", "Store", "TaskStore", "Wakeup", "now_ms"]
+__all__ = ["AccountQueueFull", "AccountStore", "CallbackStore", "CreatedKey", "Database", "InsufficientCredits",
+           "NotFound", "RateLimitStore", "RequeueReport", "StateStore", "Store", "TaskStore", "Wakeup", "now_ms"]

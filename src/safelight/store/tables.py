@@ -91,8 +91,19 @@ tasks = Table(
     # The claim query: oldest waiting task of the models a worker serves.
     Index("ix_tasks_state_model_create", "state", "model", "create_time"),
     Index("ix_tasks_account_create", "account_id", "create_time"),
+    # The per-account cap on unfinished tasks counts these.
+    Index("ix_tasks_account_state", "account_id", "state"),
     Index("ix_tasks_state_lease", "state", "lease_expires_at"),
     Index("ix_tasks_state_batch_create", "state", "batch_key", "create_time"),
+)
+
+# Per-key request counts of fixed windows, shared by API replicas on PostgreSQL (store/rate_limits.py).
+rate_limit_windows = Table(
+    "rate_limit_windows", metadata,
+    # SHA-256 of the API key, never the key itself.
+    Column("key_hash", String(64), primary_key=True),
+    Column("window_start", BigInteger, primary_key=True),
+    Column("hits", Integer, nullable=False, default=0),
 )
 
 # Small shared key/value facts: URL-signing secret, maintenance flag, disabled models.

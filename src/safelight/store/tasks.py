@@ -39,7 +39,16 @@ class _CreateRequest:
     num_images: int
     cost: int
     batch_key: str | None
+    max_unfinished: int | None
     outcome: asyncio.Future[str]
+
+
+class AccountQueueFull(Exception):
+    """The account already has `limit` unfinished tasks; nothing was created or charged."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the account already has {limit} unfinished tasks")
+        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -57,8 +66,10 @@ class TaskStore:
         self._flusher: asyncio.Task[None] | None = None
 
     async def create(self, *, account_id: int, model: str, param: str, callback_url: str | None,
-                     num_images: int, cost: int, batch_key: str | None = None) -> str:
-        """Insert a waiting task and reserve its credits, atomically. Raises InsufficientCredits.
+                     num_images: int, cost: int, batch_key: str | None = None,
+                     max_unfinished: int | None = None) -> str:
+        """Insert a waiting task and reserve its credits, atomically. Raises InsufficientCredits, or
+        AccountQueueFull when the account already has `max_unfinished` unfinished tasks.
 
         Concurrent creates are group-committed: while one transaction is being written, new
         requests queue up and the next transaction takes them all. Each request still gets its
@@ -66,7 +77,8 @@ class TaskStore:
         """
         request = _CreateRequest(task_id=uuid.uuid4().hex, account_id=account_id, model=model, param=param,
                                  callback_url=callback_url, num_images=num_images, cost=cost,
-                                 batch_key=batch_key, outcome=asyncio.get_running_loop().create_future())
+                                 batch_key=batch_key, max_unfinished=max_unfinished,
+                                 outcome=asyncio.get_running_loop().create_future())
         self._pending.append(request)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_creates())
@@ -102,9 +114,21 @@ class TaskStore:
         balances = dict((await conn.execute(
             select(accounts.c.id, accounts.c.balance).where(accounts.c.id.in_(account_ids))
             .order_by(accounts.c.id).with_for_update())).all())
+        # Unfinished tasks per account, counted under the same account locks (the per-account cap).
+        capped = sorted({request.account_id for request in batch if request.max_unfinished is not None})
+        unfinished: dict[int, int] = {}
+        if capped:
+            unfinished = {account: int(count) for account, count in (await conn.execute(
+                select(tasks.c.account_id, func.count()).where(tasks.c.account_id.in_(capped),
+                                                               tasks.c.state.in_(TaskState.UNFINISHED))
+                .group_by(tasks.c.account_id))).all()}
         outcomes: list[object] = []
         ledger_rows, task_rows = [], []
         for request in batch:
+            queued = unfinished.get(request.account_id, 0)
+            if request.max_unfinished is not None and queued >= request.max_unfinished:
+                outcomes.append(AccountQueueFull(request.max_unfinished))
+                continue
             balance = balances[request.account_id]
             if request.cost > balance:
                 outcomes.append(InsufficientCredits(request.cost, balance))
@@ -120,6 +144,7 @@ class TaskStore:
                 param=request.param, callback_url=request.callback_url, num_images=request.num_images,
                 credits_reserved=request.cost, credits_consumed=0, fail_code="", fail_msg="", claims=0,
                 batch_key=request.batch_key, create_time=at, update_time=at, files_deleted=False))
+            unfinished[request.account_id] = queued + 1
             outcomes.append(None)
         for account_id in {row["account_id"] for row in ledger_rows}:
             await conn.execute(update(accounts).where(accounts.c.id == account_id)
@@ -289,6 +314,12 @@ class TaskStore:
                                                             _results_expired(completed_before_ms))
                                         .values(files_deleted=True))
             return int(result.rowcount)
+
+    async def count_unfinished(self) -> int:
+        """Tasks waiting or running, server-wide (the global queue cap)."""
+        async with self.db.read() as conn:
+            return int((await conn.execute(select(func.count()).select_from(tasks)
+                                           .where(tasks.c.state.in_(TaskState.UNFINISHED)))).scalar_one())
 
     async def count_by_state(self) -> dict[str, int]:
         async with self.db.read() as conn:
