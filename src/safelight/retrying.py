@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import random
 from collections.abc import AsyncIterator, Iterator
 from email.utils import parsedate_to_datetime
 from typing import Protocol
@@ -73,27 +74,44 @@ class Attempts(Protocol):
     def __aiter__(self) -> AsyncIterator[stamina.Attempt]: ...
 
 
+def backoff_delay(attempt: int, backoff_seconds: float, max_backoff_seconds: float) -> float:
+    """The wait before retry number `attempt` (0-based): "equal jitter", between half and all of
+    `backoff_seconds * 2**attempt`, capped. Never 0, and clients that failed together spread out."""
+    ceiling = min(max_backoff_seconds, max(backoff_seconds, 0.0) * 2.0 ** min(attempt, 40))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
 def retry_context(*, retries: int, backoff_seconds: float, max_wait_seconds: float,
+                  max_backoff_seconds: float | None = None, budget_seconds: float | None = None,
                   timeout_seconds: float | None = None) -> Attempts:
     """A stamina retry context (use with `for` or `async for`) that retries `TryAgain`.
 
     - `retries`: attempts after the first; 0 means one attempt only.
-    - `backoff_seconds`: the first wait, drawn between half of it and all of it; it doubles with
-      each attempt. A `TryAgain` with a `retry_after` waits that long instead.
+    - `backoff_seconds`: the first wait, between half of it and all of it; it doubles with each
+      attempt (`backoff_delay`). A `TryAgain` with a `retry_after` waits that long instead.
+    - `max_backoff_seconds`: the cap of that doubling (default: `max_wait_seconds`).
     - `max_wait_seconds`: no single wait is longer, the server's Retry-After included.
-    - `timeout_seconds`: give up once this much time has passed since the first attempt (None: no
-      limit besides the attempts).
+    - `budget_seconds`: give up rather than wait so long that the waits of this call add up to more.
+    - `timeout_seconds`: give up once this much time has passed since the first attempt.
     """
     if retries < 0:
         raise ValueError("retries must be 0 or more")
+    cap = max_wait_seconds if max_backoff_seconds is None else min(max_backoff_seconds, max_wait_seconds)
+    waited = 0.0
+    retry = 0
 
     def hook(exc: Exception) -> bool | float:
+        nonlocal waited, retry
         if not isinstance(exc, TryAgain):
             return False
-        if exc.retry_after is None:
-            return True  # stamina's exponential backoff
-        return min(max(exc.retry_after, 0.0), max_wait_seconds)
+        if exc.retry_after is not None:
+            delay = min(max(exc.retry_after, 0.0), max_wait_seconds)
+        else:
+            delay = backoff_delay(retry, backoff_seconds, cap)
+        if budget_seconds is not None and waited + delay > budget_seconds:
+            return False  # the budget is spent: the TryAgain propagates
+        waited += delay
+        retry += 1
+        return delay
 
-    half = max(backoff_seconds, 0.0) / 2
-    return stamina.retry_context(on=hook, attempts=retries + 1, timeout=timeout_seconds, wait_initial=half,
-                                 wait_max=max(max_wait_seconds, 0.0), wait_jitter=half)
+    return stamina.retry_context(on=hook, attempts=retries + 1, timeout=timeout_seconds)

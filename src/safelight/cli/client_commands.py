@@ -34,6 +34,7 @@ from safelight.client import (
     Task,
     WaitTimeoutError,
 )
+from safelight.validation import describe_errors
 
 # soft_wrap: never break a path or a task id across lines.
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -233,9 +234,9 @@ def _validate(model: str, task_input: dict[str, Any]) -> None:
     try:
         cls.model_validate(task_input)
     except InputValidationError as exc:
-        for error in exc.errors(include_url=False):
-            where = "input." + ".".join(str(part) for part in error["loc"])
-            err.print(f"[red]error:[/] {where}: {escape(error['msg'])}")
+        # The server's own wording: the same message the server would answer with code 422.
+        for problem in describe_errors(exc, "input").split("; "):
+            err.print(f"[red]error:[/] {escape(problem)}")
         schema = INPUT_SCHEMAS[model]
         fields = ", ".join(_field_summary(n, p, schema) for n, p in _fields(schema))
         err.print(escape(f"fields of {model}: {fields}"))

@@ -12,6 +12,8 @@ from typing import Any
 import anyio
 import httpx
 
+from safelight.retrying import TryAgain
+
 from . import _base as b
 from .errors import APIConnectionError, AuthenticationError, SafelightError
 from .task import Task
@@ -78,20 +80,23 @@ class AsyncClient:
         task_id: str | None = None,
         **kwargs: Any,
     ) -> Any:
-        attempt, slept = 0, 0.0
-        while True:
-            try:
-                try:
-                    response = await self._http.request(method, url, headers=self._auth(), **kwargs)
-                except httpx.TransportError as exc:
-                    raise b.connection_error(exc, idempotent, task_id) from exc
-                return b.parse_response(response, task_id)
-            except SafelightError as error:
-                delay = self.retry.next_delay(attempt, slept, error)
-                if delay is None:
-                    raise
-                await asyncio.sleep(delay)
-                attempt, slept = attempt + 1, slept + delay
+        try:
+            async for attempt in self.retry.attempts():
+                with attempt:
+                    try:
+                        try:
+                            response = await self._http.request(method, url, headers=self._auth(), **kwargs)
+                        except httpx.TransportError as exc:
+                            raise b.connection_error(exc, idempotent, task_id) from exc
+                        return b.parse_response(response, task_id)
+                    except SafelightError as error:
+                        if (again := b.try_again(error)) is None:
+                            raise
+                        raise again from error
+        except TryAgain as spent:  # the retry budget is spent: raise the last error itself
+            assert isinstance(spent.__cause__, SafelightError)
+            raise spent.__cause__ from None
+        raise AssertionError("unreachable: the retry loop returns or raises")
 
     # --- jobs -----------------------------------------------------------------------------------
 

@@ -6,10 +6,8 @@ The two clients only differ in how they wait and do I/O; every decision lives he
 from __future__ import annotations
 
 import copy
-import email.utils
 import mimetypes
 import os
-import random
 import re
 import time
 import uuid
@@ -23,6 +21,8 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from safelight import __version__
+from safelight.kie import TaskState
+from safelight.retrying import Attempts, TryAgain, retry_after_seconds, retry_context
 
 from .errors import (
     APIConnectionError,
@@ -83,28 +83,27 @@ def resolve_settings(api_key: str | None, base_url: str | None, upload_base_url:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retries for 429, 5xx and connection failures: exponential backoff with jitter.
-
-    `max_retries` bounds the attempts and `budget` the total seconds slept for one call.
-    """
+    """Retries for 429, 5xx and connection failures (safelight.retrying, on stamina): exponential
+    backoff with equal jitter, capped at `max_backoff`; a server's Retry-After is honoured as it
+    is. `max_retries` bounds the attempts and `budget` the total seconds slept for one call."""
 
     max_retries: int = 3
     backoff: float = 0.5
     max_backoff: float = 8.0
     budget: float = 30.0
 
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return retry_after  # the server knows best; the budget still bounds the wait
-        ceiling: float = min(self.max_backoff, self.backoff * 2**attempt)
-        return ceiling / 2 + random.uniform(0, ceiling / 2)  # "equal jitter": never 0, never in lockstep
+    def attempts(self) -> Attempts:
+        return retry_context(retries=self.max_retries, backoff_seconds=self.backoff,
+                             max_backoff_seconds=self.max_backoff, max_wait_seconds=self.budget,
+                             budget_seconds=self.budget)
 
-    def next_delay(self, attempt: int, slept: float, error: SafelightError) -> float | None:
-        """Seconds to sleep before retrying after `error`, or None to give up and raise it."""
-        if attempt >= self.max_retries or not retryable(error):
-            return None
-        delay = self.delay(attempt, getattr(error, "retry_after", None))
-        return None if slept + delay > self.budget else delay
+
+def try_again(error: SafelightError) -> TryAgain | None:
+    """`error` as a TryAgain for the retry loop when it is worth another attempt, else None."""
+    if not retryable(error):
+        return None
+    retry_after: float | None = getattr(error, "retry_after", None)
+    return TryAgain(str(error), retry_after)
 
 
 def retryable(error: SafelightError) -> bool:
@@ -151,14 +150,7 @@ def parse_response(response: httpx.Response, task_id: str | None = None) -> Any:
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+    return retry_after_seconds(response.headers.get("retry-after"))
 
 
 def input_payload(model: str, task_input: Any) -> dict[str, Any]:
@@ -246,9 +238,9 @@ class Poller:
     def result(self, task: Task) -> Task | None:
         """The finished task, None to keep polling; raises GenerationFailedError on `fail`."""
         self.last = task
-        if task.state == "success":
+        if task.state == TaskState.SUCCESS:
             return task
-        if task.state == "fail":
+        if task.state == TaskState.FAIL:
             raise failed_error(task)
         return None
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-TERMINAL_STATES = frozenset({"success", "fail"})
+from safelight.kie import TaskState
 
 
 @dataclass
@@ -38,15 +38,15 @@ class Task:
 
     @property
     def done(self) -> bool:
-        return self.state in TERMINAL_STATES
+        return self.state in TaskState.TERMINAL
 
     @property
     def succeeded(self) -> bool:
-        return self.state == "success"
+        return self.state == TaskState.SUCCESS
 
     @property
     def failed(self) -> bool:
-        return self.state == "fail"
+        return self.state == TaskState.FAIL
 
     @property
     def callback_url(self) -> str | None:
