@@ -5,4 +5,4 @@
 the package version is read from here by the build (pyproject.toml) and by the SDK's User-Agent.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
