@@ -270,3 +270,44 @@ async def test_a_callback_to_a_refused_address_fails_at_once(fast_retries):
         assert len(deliveries[0]["log"]) == 1 and deliveries[0]["log"][0]["error"].startswith("refused:")
     finally:
         await stop(server, task)
+
+
+async def test_one_accounts_hanging_receivers_do_not_delay_anothers_callbacks(settings, database_url):
+    """25 hanging receivers of account A, 16 delivery slots: B's callback still arrives at once, because
+    one account holds at most `callback_per_account` slots and accounts take turns."""
+    hanging, prompt = Receiver(["hang"] * 100), Receiver()
+    hang_port, fast_port = free_port(), free_port()
+    servers = [await serve_app(hanging.app(), hang_port, lifespan="off"),
+               await serve_app(prompt.app(), fast_port, lifespan="off")]
+    slow = settings.model_copy(update={"database_url": database_url, "callback_timeout_seconds": 10.0})
+    settings, server, task = await run_server(slow)
+    try:
+        runtime = server.config.app.state.runtime
+        a = await runtime.store.accounts.create_key("tenant-a", credits=100)
+        b = await runtime.store.accounts.create_key("tenant-b", credits=100)
+        for _ in range(25):
+            await create_task(settings.public_url, a.key, f"http://127.0.0.1:{hang_port}/cb")
+        await hanging.wait_for(settings.callback_per_account)
+        await asyncio.sleep(0.3)  # A's deliveries have taken every slot they may
+        assert len(hanging.received) == settings.callback_per_account
+
+        task_id = await create_task(settings.public_url, b.key, f"http://127.0.0.1:{fast_port}/cb")
+        row = await wait_finished(runtime, task_id)
+        await prompt.wait_for(1, timeout=5.0)
+        delivered = (await delivery_log(settings.public_url, b.key, task_id))[0]["deliveredTime"]
+        assert delivered is not None and delivered - row["complete_time"] < 1000  # ms after B's task ended
+    finally:
+        hanging.release.set()
+        await stop(server, task)
+        for receiver_server, receiver_task in servers:
+            await stop(receiver_server, receiver_task)
+
+
+async def wait_finished(runtime, task_id, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = await runtime.store.tasks.get(task_id)
+        if row["state"] in ("success", "fail"):
+            return row
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"task {task_id} did not finish")

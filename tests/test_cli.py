@@ -133,3 +133,25 @@ def test_the_cli_imports_nothing_of_the_server_until_a_server_command_runs():
             " or m.startswith(('safelight.config', 'safelight.store', 'safelight.api', 'safelight.runtime')));"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_negative_amounts_deduct_and_existing_accounts_are_named(data_dir):
+    assert run("keys", "create", "--name", "demo", "--credits", "100").exit_code == 0
+    deducted = run("credits", "add", "demo", "-40")
+    assert deducted.exit_code == 0, deducted.output
+    assert "balance 60" in deducted.output
+    too_much = run("credits", "add", "demo", "-999999")
+    assert too_much.exit_code == 1 and "insufficient credits" in too_much.output
+    again = run("keys", "create", "--name", "demo", "--credits", "5")
+    assert again.exit_code == 0
+    assert "account 'demo' already existed: the key was added to it and 5 credits granted; balance now 65" in " ".join(
+        again.output.split())
+
+
+def test_user_text_in_errors_is_printed_as_written(data_dir, tmp_path, monkeypatch):
+    routing = tmp_path / "safelight.toml"
+    routing.write_text('[models."z-image"]\nroute = ["kei"]\n')
+    monkeypatch.setenv("SAFELIGHT_CONFIG", str(routing))
+    result = run("models", "routes")
+    assert result.exit_code == 2
+    assert "which no [backends.kei] table defines" in " ".join(result.output.split())

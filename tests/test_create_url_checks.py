@@ -106,10 +106,23 @@ async def test_ideogram_reference_urls_are_checked_too(strict_server):
                                               "(IPv4 192.168.1.1) is a private address")
 
 
-async def test_a_name_that_does_not_resolve_is_refused(strict_server, fake_dns):
-    await assert_refused(strict_server, {"model": "z-image", "callBackUrl": "https://nowhere.invalid/cb",
+async def test_an_input_name_that_does_not_resolve_is_refused(strict_server, fake_dns):
+    await assert_refused(strict_server, flux("https://nowhere.invalid/a.png"),
+                         "input.input_urls[0] could not be resolved: could not resolve nowhere.invalid: ", prefix=True)
+
+
+async def test_a_callback_name_that_does_not_resolve_yet_is_accepted(strict_server, fake_dns):
+    # A client with a fixed callback host (an MCP server for kie.ai) must not fail every generation on a
+    # machine whose DNS cannot resolve it: delivery vets every attempt anyway.
+    # What resolves to a refused address is still refused at once.
+    fake_dns.records["intranet.example"] = ["10.1.2.3"]
+    await assert_refused(strict_server, {"model": "z-image", "callBackUrl": "https://intranet.example/cb",
                                          "input": Z_IMAGE},
-                         "callBackUrl could not be resolved: could not resolve nowhere.invalid: ", prefix=True)
+                         "callBackUrl is not allowed: intranet.example resolves to 10.1.2.3, a private address")
+    async with strict_server.client() as client:
+        reply = (await client.post(CREATE, json={"model": "z-image", "callBackUrl": "https://nowhere.invalid/cb",
+                                                 "input": Z_IMAGE})).json()
+    assert reply["code"] == 200, reply
 
 
 async def test_a_name_resolving_to_a_private_address_is_refused(strict_server, fake_dns):

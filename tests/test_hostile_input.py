@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
+
 import pytest
+
+from tests.helpers import png_bytes, wait_state
 
 CREATE = "/api/v1/jobs/createTask"
 OK_INPUT = '"prompt":"ok","aspect_ratio":"1:1"'
@@ -65,3 +71,106 @@ async def test_an_upload_url_cannot_read_this_servers_own_api(live_server):
     finally:
         server.should_exit = True
         await task
+
+
+async def test_405_names_the_allowed_methods(live_server):
+    async with live_server.client() as client:
+        response = await client.get(CREATE)
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    assert response.json()["code"] == 405
+
+
+async def test_a_500_answers_in_kie_shape_and_keeps_the_connection(settings):
+    """An unexpected error is logged and answered; the same keep-alive connection serves the next request."""
+    from safelight.api.app import create_app
+    from tests.helpers import free_port, serve_app
+
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    port = free_port()
+    own = settings.model_copy(update={"port": port, "public_url": f"http://127.0.0.1:{port}"})
+    app = create_app(own, roles=())
+    app.add_api_route("/test-only/boom", boom)  # stands for any bug in a route
+    server, task = await serve_app(app, port)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        answers = []
+        for path in ("/test-only/boom", "/healthz"):
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            answers.append((head.split(b" ")[1], json.loads(await reader.readexactly(length))))
+        writer.close()
+        assert answers[0] == (b"500", {"code": 500, "msg": "Server Error - An unexpected error occurred while "
+                                       "processing the request", "data": None})
+        assert answers[1] == (b"200", {"code": 200, "msg": "success", "data": {"status": "ok"}})
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def test_bad_keys_are_remembered_briefly(live_server):
+    """A flood of requests with a bad key costs one lookup, not one per request."""
+    from sqlalchemy import event
+
+    engine = live_server.runtime.store.db.read_engine.sync_engine
+    lookups = []
+
+    def count(_conn, _cursor, statement, *_args):
+        if "api_keys" in statement:
+            lookups.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        async with live_server.client(key="sl_not-a-key") as client:
+            replies = await asyncio.gather(*(client.get("/api/v1/chat/credit") for _ in range(30)))
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert {reply.json()["code"] for reply in replies} == {401}
+    assert 1 <= len(lookups) <= 5  # concurrent first misses may each look once; then the miss is cached
+
+
+async def test_uploads_report_the_type_of_their_content_and_keep_a_safe_name(live_server):
+    async with live_server.client() as client:
+        named_png = (await client.post("/api/file-base64-upload", json={
+            "base64Data": base64.b64encode(b"just text").decode(), "uploadPath": "u", "fileName": "x.png"})).json()
+        assert named_png["data"]["mimeType"] == "text/plain" and named_png["data"]["fileName"] == "x.png"
+        served = await client.get(named_png["data"]["downloadUrl"])
+        assert served.status_code == 200 and served.headers["content-type"] == "application/octet-stream"
+
+        streamed = (await client.post("/api/file-stream-upload", data={"uploadPath": "u"},
+                                      files={"file": ("../My notes (1).txt", b"hello", "text/plain")})).json()
+        assert streamed["data"]["fileName"] == "My_notes_1_.txt" and streamed["data"]["mimeType"] == "text/plain"
+        binary = (await client.post("/api/file-stream-upload", data={"uploadPath": "u"},
+                                    files={"file": ("notimage.bin", b"\x00\x01\x02\xff", "image/png")})).json()
+        assert binary["data"]["mimeType"] == "application/octet-stream"
+        image = (await client.post("/api/file-stream-upload", data={"uploadPath": "u"},
+                                   files={"file": ("photo", png_bytes(4, 4), "text/plain")})).json()
+        assert image["data"]["mimeType"] == "image/png" and image["data"]["fileName"] == "photo"
+
+
+async def test_an_input_url_of_another_accounts_file_is_refused(live_server):
+    other = await live_server.runtime.store.accounts.create_key("other", credits=100)
+    async with live_server.client(key=other.key) as theirs:
+        upload = (await theirs.post("/api/file-base64-upload", json={
+            "base64Data": base64.b64encode(png_bytes(16, 16)).decode(), "uploadPath": "refs"})).json()
+        their_url = upload["data"]["downloadUrl"]
+        made = (await theirs.post(CREATE, json={"model": "google/imagen4-fast", "input": {"prompt": "theirs"}})).json()
+        their_task = made["data"]["taskId"]
+    record = live_server.runtime.task_record(await wait_state(live_server.runtime, their_task))
+    their_result = json.loads(record["resultJson"])["resultUrls"][0]
+    async with live_server.client() as mine:
+        for url in (their_url, their_result):
+            body = {"model": "flux-2/pro-image-to-image",
+                    "input": {"prompt": "edit", "input_urls": [url], "aspect_ratio": "1:1", "resolution": "1K"}}
+            reply = (await mine.post(CREATE, json=body)).json()
+            assert reply == {"code": 422, "data": None,
+                             "msg": "input.input_urls[0] is a file of this server that belongs to another account"}
+        # The owner may use them.
+    async with live_server.client(key=other.key) as theirs:
+        body = {"model": "flux-2/pro-image-to-image",
+                "input": {"prompt": "edit", "input_urls": [their_url, their_result], "aspect_ratio": "1:1",
+                          "resolution": "1K"}}
+        assert (await theirs.post(CREATE, json=body)).json()["code"] == 200

@@ -101,7 +101,7 @@ class Admission:
 
     async def create(self, account_id: int, request: CreateRequest) -> str:
         """Admit the request and create the task, reserving its credits; returns the task id."""
-        task = await self.admit(request)
+        task = await self.admit(request, account_id)
         limit = self.settings.max_queued
         if await self.unfinished_tasks() >= limit:
             raise KieError(Code.RATE_LIMITED, f"Rate limit exceeded: the server's queue is full ({limit} unfinished "
@@ -120,7 +120,7 @@ class Admission:
                                               "tasks (SAFELIGHT_MAX_QUEUED_PER_ACCOUNT); nothing was created or "
                                               "charged", retry_after=QUEUE_FULL_RETRY_AFTER_SECONDS) from None
 
-    async def admit(self, request: CreateRequest) -> AdmittedTask:
+    async def admit(self, request: CreateRequest, account_id: int) -> AdmittedTask:
         spec = get_model(request.model)
         if spec is None:
             raise KieError(Code.INVALID, f"model {request.model[:100]!r} is not supported; "
@@ -137,6 +137,7 @@ class Admission:
         if params.nsfw_checker and spec.id not in self.safety_checked_models:
             raise KieError(Code.FEATURE_DISABLED, f"nsfw_checker is not available for {spec.id} on this server")
         input_urls = spec.input_urls(model_input)
+        await self._check_own_files(account_id, input_urls)
         if request.callback_url is not None or input_urls:
             await self._check_urls(request.callback_url, input_urls)
         num_images = spec.image_count(model_input)
@@ -177,8 +178,26 @@ class Admission:
         """Read maintenance and disabled models from the store on the next request."""
         self._flags.clear()
 
+    async def _check_own_files(self, account_id: int, input_urls: list[tuple[str, str]]) -> None:
+        """422 for an input URL naming another account's file on this server (its upload, or a
+        result of its task): download-url refuses those links, and so does createTask."""
+        for field, url in input_urls:
+            key = self.signer.key_from_url(url)
+            if key is None:
+                continue
+            parts = key.split("/")
+            if parts[0] == "uploads" and len(parts) >= 3:
+                mine = parts[1] == str(account_id)
+            elif parts[0] == "results" and len(parts) >= 3:
+                mine = await self.store.tasks.get(parts[1][:64], account_id) is not None
+            else:
+                mine = False
+            if not mine:
+                raise KieError(Code.INVALID, f"{field} is a file of this server that belongs to another account")
+
     async def _check_urls(self, callback_url: str | None, input_urls: list[tuple[str, str]]) -> None:
-        """422 naming the first field whose URL the outbound policy refuses or whose host does not resolve.
+        """422 naming the first field whose URL the outbound policy refuses, or (input URLs only) whose
+        host does not resolve.
 
         Input URLs pointing at our own files are read from storage, never over HTTP, so they are not
         checked; a callBackUrl always is (it is POSTed to through the outbound guard).
@@ -204,6 +223,10 @@ class Admission:
             if isinstance(exc, UnsafeURLError):
                 raise KieError(Code.INVALID, f"{field} is not allowed: {exc.reason}")
             if isinstance(exc, FetchError):
+                if field == "callBackUrl":
+                    # Refuse only what is refused for sure: a callback host may resolve by the time the
+                    # task ends, and every delivery attempt is vetted again.
+                    continue
                 raise KieError(Code.INVALID, f"{field} could not be resolved: {exc.reason}")
             if exc is not None:
                 raise exc

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     # Callbacks: at least once, signed, retried with exponential backoff and full jitter.
     callback_timeout_seconds: float = Field(15.0, gt=0)
     callback_concurrency: int = Field(16, ge=1)
+    # At most this many of those slots serve one account at a time, taken round-robin, so one
+    # account's slow or dead receivers never hold back another's callbacks.
+    callback_per_account: int = Field(4, ge=1)
     callback_retry_base_seconds: float = Field(5.0, gt=0)
     callback_retry_cap_seconds: float = Field(3600.0, gt=0)
     # Keep retrying at least this long after the task ended (kie documents no policy; 24 h+ is ours).

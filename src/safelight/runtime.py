@@ -166,7 +166,8 @@ class Runtime:
                             max_attempts=settings.callback_max_attempts)
         return CallbackDeliverer(store=self.store, policy=self.policy, retry=retry, build_record=self.task_record,
                                  timeout_seconds=settings.callback_timeout_seconds,
-                                 concurrency=settings.callback_concurrency)
+                                 concurrency=settings.callback_concurrency,
+                                 per_account=settings.callback_per_account)
 
     # --- small shared helpers -------------------------------------------------------------------
 

@@ -16,8 +16,8 @@ from safelight.runtime import SERVE_ROLES, Role, Runtime, load_configured_routin
 
 from . import account, callbacks, files, jobs, models, uploads
 from .auth import ApiKeys
-from .body_timeout import BodyTimeoutMiddleware
-from .envelope import EnvelopeResponse, envelope, install_error_handlers
+from .body_timeout import BodyTimeout, BodyTimeoutMiddleware
+from .envelope import EnvelopeResponse, UnexpectedErrorMiddleware, envelope, install_error_handlers
 from .ratelimit import rate_limiter_for
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,8 @@ def create_app(settings: Settings | None = None, *, roles: Iterable[Role] = SERV
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    # Added innermost first: a slow body is cut (408) before any other handling sees it.
+    app.add_middleware(UnexpectedErrorMiddleware, passthrough=(BodyTimeout,))
     app.add_middleware(BodyTimeoutMiddleware, total_seconds=settings.body_timeout_seconds,
                        idle_seconds=settings.body_idle_timeout_seconds)
     for module in (jobs, callbacks, account, models, files, uploads):

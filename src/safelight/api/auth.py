@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import Request
 
 from safelight.admission import Admission
@@ -20,14 +22,36 @@ class ApiKeys:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.cache: TtlCache[str, int] = TtlCache(KEY_CACHE_TTL_SECONDS)
+        # Keys that are not valid, remembered as briefly, so a flood of bad keys costs no reads.
+        # A separate cache: filling it with junk never evicts the valid keys.
+        self.misses: TtlCache[str, bool] = TtlCache(KEY_CACHE_TTL_SECONDS)
+        # Lookups in flight: concurrent requests with one key share one read.
+        self._pending: dict[str, asyncio.Future[int | None]] = {}
 
     async def account_for(self, key: str) -> int | None:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        account_id = await self.store.accounts.authenticate(key)
-        if account_id is not None:
+        if self.misses.get(key):
+            return None
+        pending = self._pending.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            account_id = await self.store.accounts.authenticate(key)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here: waiters, if any, re-raise it themselves
+            raise
+        finally:
+            del self._pending[key]
+        if account_id is None:
+            self.misses.put(key, True)
+        else:
             self.cache.put(key, account_id)
+        future.set_result(account_id)
         return account_id
 
 

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
@@ -60,28 +61,56 @@ def _clean_path(upload_path: Any) -> str:
     return upload_path
 
 
-def _clean_name(file_name: Any, mime: str) -> str:
-    if file_name in (None, ""):
-        return uuid.uuid4().hex + (mimetypes.guess_extension(mime) or "")
-    if not isinstance(file_name, str) or not SEGMENT.match(file_name):
-        raise UploadError(400, "fileName must be 1-128 letters, digits, '.', '_' or '-', not starting with '.'")
-    return file_name
+def _clean_name(file_name: Any, original: str | None, mime: str) -> str:
+    """The stored name: the client's `fileName` as given (refused when unsafe); else a safe form of
+    the file's own name (the multipart filename, the URL's last segment); else a fresh one."""
+    if file_name not in (None, ""):
+        if not isinstance(file_name, str) or not SEGMENT.match(file_name):
+            raise UploadError(400, "fileName must be 1-128 letters, digits, '.', '_' or '-', not starting with '.'")
+        return file_name
+    safe = safe_file_name(original or "")
+    return safe or uuid.uuid4().hex + (mimetypes.guess_extension(mime) or "")
 
 
-def _mime(data: bytes, file_name: str | None) -> str:
-    return (sniff_image_type(data) or (mimetypes.guess_type(file_name)[0] if file_name else None)
-            or "application/octet-stream")
+def safe_file_name(name: str) -> str:
+    """`My photo (1).PNG` -> `My_photo_1_.PNG`: the last path segment, unsafe characters replaced,
+    no leading dot, at most 128 characters with the extension kept; "" when nothing usable is left."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    stem, dot, extension = base.rpartition(".")
+    if not dot:
+        stem, extension = base, ""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).lstrip("._-")
+    extension = re.sub(r"[^A-Za-z0-9]+", "", extension)[:16]
+    if not stem:
+        return ""
+    suffix = f".{extension}" if extension else ""
+    return stem[: 128 - len(suffix)] + suffix
+
+
+def content_type(data: bytes) -> str:
+    """What the bytes are, not what their name says: an image type we accept, text, or opaque bytes."""
+    if image := sniff_image_type(data):
+        return image
+    if data[:5] == b"%PDF-":
+        return "application/pdf"
+    head = data[:8192]
+    try:
+        head.decode("utf-8")
+        is_text = b"\x00" not in head
+    except UnicodeDecodeError as exc:
+        is_text = exc.start >= len(head) - 3 and b"\x00" not in head  # a character cut at the 8 KiB mark
+    return "text/plain" if is_text else "application/octet-stream"
 
 
 async def _store(request: Request, account_id: int, upload_path: str, file_name: Any,
-                 data: bytes) -> EnvelopeResponse:
+                 data: bytes, original: str | None = None) -> EnvelopeResponse:
     runtime = runtime_of(request)
     if len(data) > runtime.settings.upload_max_bytes:
         raise UploadError(400, f"file is larger than {runtime.settings.upload_max_bytes} bytes")
     if not data:
         raise UploadError(400, "file is empty")
-    mime = _mime(data, file_name if isinstance(file_name, str) else None)
-    name = _clean_name(file_name, mime)
+    mime = content_type(data)
+    name = _clean_name(file_name, original, mime)
     file_path = f"{upload_path}/{name}"
     key = f"uploads/{account_id}/{file_path}"
     await runtime.storage.put(key, data)
@@ -159,9 +188,10 @@ async def upload_stream(request: Request) -> EnvelopeResponse:
             raise UploadError(400, "Missing required parameter: file")
         data = await file.read(limit + 1)
         file_name = form.get("fileName") or None
+        original = file.filename
     finally:
         await form.close()
-    return await _store(request, account_id, upload_path, file_name, data)
+    return await _store(request, account_id, upload_path, file_name, data, original)
 
 
 @router.post("/api/file-url-upload", summary="Upload a file by fetching a URL")
@@ -183,4 +213,5 @@ async def upload_url(request: Request) -> EnvelopeResponse:
     except FetchError as exc:
         raise UploadError(400, f"fileUrl could not be fetched: {exc.reason}") from None
     file_name = body.get("fileName") or None
-    return await _store(request, account_id, upload_path, file_name, result.content)
+    original = unquote(urlsplit(url).path)
+    return await _store(request, account_id, upload_path, file_name, result.content, original)

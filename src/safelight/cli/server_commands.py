@@ -80,7 +80,8 @@ def register(app: typer.Typer, *, keys_app: typer.Typer, credits_app: typer.Type
     keys_app.command("list")(needs_server(keys_list))
     keys_app.command("revoke")(needs_server(keys_revoke))
     keys_app.command("webhook-secret")(needs_server(keys_webhook_secret))
-    credits_app.command("add")(needs_server(credits_add))
+    # ignore_unknown_options: "-500" is a negative amount, not an option.
+    credits_app.command("add", context_settings={"ignore_unknown_options": True})(needs_server(credits_add))
     models_app.command("routes")(needs_server(models_routes))
     models_app.command("enable")(needs_server(models_enable))
     models_app.command("disable")(needs_server(models_disable))
@@ -110,7 +111,7 @@ def _checked(build: Callable[[], T]) -> T:
     try:
         return build()
     except (RoutingError, BackendStartError) as exc:
-        console.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
 
 
@@ -211,7 +212,12 @@ def keys_create(
 ) -> None:
     """Create an API key and print it (it is not shown again)."""
     created = _run(lambda store: store.accounts.create_key(name, account=account, credits=credits))
-    console.print(f"account [bold]{created.account_name}[/] (id {created.account_id}), key id {created.key_id}")
+    console.print(f"account [bold]{escape(created.account_name)}[/] (id {created.account_id}), "
+                  f"key id {created.key_id}")
+    if created.account_existed:
+        console.print(f"[yellow]note:[/] account {escape(repr(created.account_name))} already existed: the key was "
+                      f"added to it{f' and {credits} credits granted' if credits else ''}; balance now "
+                      f"{created.balance}", highlight=False)
     print(created.key)
 
 
@@ -229,7 +235,7 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or displayed pre
     """Revoke a key; it stops working within 2 seconds."""
     count = _run(lambda store: store.accounts.revoke_key(key))
     if not count:
-        console.print(f"[red]no active key {key!r}[/]")
+        console.print(f"[red]no active key {escape(repr(key))}[/]")
         raise typer.Exit(1)
     console.print(f"revoked {count} key(s)")
 
@@ -245,7 +251,7 @@ def keys_webhook_secret(
     try:
         secret = _run(lambda store: store.accounts.webhook_key(account, rotate=rotate))
     except NotFound as exc:
-        console.print(f"[red]{exc}[/]")
+        console.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(1) from None
     print(secret)
 
@@ -261,7 +267,7 @@ def credits_add(account: Annotated[str, typer.Argument(help="Account name or id.
     try:
         balance = _run(lambda store: store.accounts.add_credits(account, amount))
     except (NotFound, InsufficientCredits) as exc:
-        console.print(f"[red]{exc}[/]")
+        console.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(1) from None
     console.print(f"{account}: balance {balance}")
 
@@ -313,7 +319,7 @@ def _set_model(model_id: str, enabled: bool) -> None:
     from safelight.catalog import MODELS
 
     if model_id not in MODELS:
-        console.print(f"[red]unknown model {model_id!r}; models: {', '.join(MODELS)}[/]")
+        console.print(f"[red]unknown model {escape(repr(model_id))}; models: {', '.join(MODELS)}[/]")
         raise typer.Exit(1)
     disabled = _run(lambda store: store.state.set_model_enabled(model_id, enabled))
     console.print(f"{model_id} {'enabled' if enabled else 'disabled'}; disabled now: {sorted(disabled) or 'none'}")
@@ -336,7 +342,7 @@ def attempts(task_id: Annotated[str, typer.Argument(help="Task id.")]) -> None:
     """Which backends a task was tried on, in order, and why each one did not serve it."""
     row = _run(lambda store: store.tasks.get(task_id))
     if row is None:
-        console.print(f"[red]no task {task_id}[/]")
+        console.print(f"[red]no task {escape(task_id)}[/]")
         raise typer.Exit(1)
     console.print(f"{task_id}  {row['model']}  state={row['state']}  served by={row['backend'] or '-'}  "
                   f"claims={row['claims']}", highlight=False)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,13 +51,18 @@ class RetryPolicy:
 
 class CallbackDeliverer:
     def __init__(self, *, store: Store, policy: OutboundPolicy, build_record: Callable[[RowMapping], dict[str, Any]],
-                 retry: RetryPolicy, timeout_seconds: float = 15.0, concurrency: int = 16) -> None:
+                 retry: RetryPolicy, timeout_seconds: float = 15.0, concurrency: int = 16,
+                 per_account: int = 4) -> None:
         self.store = store
         self.policy = policy
         self.build_record = build_record
         self.retry = retry
         self.timeout = timeout_seconds
         self.concurrency = concurrency
+        # Deliveries in flight for one account: its hanging receivers cannot take every slot.
+        self.per_account = max(1, min(per_account, concurrency))
+        self._in_flight: Counter[int] = Counter()
+        self._accounts: dict[asyncio.Task[None], int] = {}
         self._lease_ms = int((timeout_seconds + 30) * 1000)
         self._sending: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -78,15 +84,19 @@ class CallbackDeliverer:
         while True:
             try:
                 free = self.concurrency - len(self._sending)
-                for delivery in await self.store.callbacks.claim_due(free, self._lease_ms):
+                busy = {account: count for account, count in self._in_flight.items() if count}
+                for delivery in await self.store.callbacks.claim_due(free, self._lease_ms,
+                                                                     per_account=self.per_account, busy=busy):
+                    self._in_flight[delivery["account_id"]] += 1
                     task = asyncio.create_task(self._deliver(delivery))
                     self._sending.add(task)
+                    self._accounts[task] = delivery["account_id"]
                     task.add_done_callback(self._done)
-                # Sleep until the next scheduled retry, or until a new delivery or a free slot.
-                next_due = await self.store.callbacks.next_due_at()
-                delay = IDLE_CHECK_SECONDS if next_due is None else max(0.0, (next_due - now_ms()) / 1000)
-                if free <= 0:
-                    delay = IDLE_CHECK_SECONDS  # a finished send pokes the wakeup
+                # Sleep until the next scheduled retry, or until a new delivery or a free slot pokes
+                # the wakeup. Deliveries due now but not taken wait for a slot (theirs or anyone's).
+                at = now_ms()
+                next_due = await self.store.callbacks.next_due_at(after=at)
+                delay = IDLE_CHECK_SECONDS if next_due is None else (next_due - at) / 1000
                 await wakeup.wait(min(max(delay, 0.01), IDLE_CHECK_SECONDS))
             except asyncio.CancelledError:
                 raise
@@ -96,6 +106,9 @@ class CallbackDeliverer:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
+        account = self._accounts.pop(task, None)
+        if account is not None:
+            self._in_flight[account] -= 1
         self.store.callback_wakeup.poke()  # a slot is free
 
     async def _deliver(self, delivery: RowMapping) -> None:

@@ -34,6 +34,8 @@ class CreatedKey:
     account_name: str
     key_id: int
     key: str  # shown once; only its hash is stored
+    account_existed: bool = False  # the key was added to an account that already existed
+    balance: int = 0  # the account's balance after any credits granted with the key
 
 
 def hash_key(key: str) -> str:
@@ -81,6 +83,7 @@ class AccountStore:
         async with self.db.write() as conn:
             account_id = (await conn.execute(select(accounts.c.id).where(accounts.c.name == account_name))
                           ).scalar_one_or_none()
+            existed = account_id is not None
             if account_id is None:
                 account_id = (await conn.execute(
                     insert(accounts).values(name=account_name, balance=0, webhook_key=new_webhook_key(),
@@ -91,7 +94,9 @@ class AccountStore:
                 insert(api_keys).values(account_id=account_id, name=name, key_hash=hash_key(key),
                                         prefix=key[: len(KEY_PREFIX) + 6], created_at=at).returning(api_keys.c.id)
             )).scalar_one()
-        return CreatedKey(account_id=account_id, account_name=account_name, key_id=key_id, key=key)
+            balance = await self.balance(account_id, conn=conn)
+        return CreatedKey(account_id=account_id, account_name=account_name, key_id=key_id, key=key,
+                          account_existed=existed, balance=balance)
 
     async def authenticate(self, key: str) -> int | None:
         """The account id of a live key, or None."""

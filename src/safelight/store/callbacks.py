@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import ColumnElement, and_, case, func, insert, literal, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -41,20 +42,39 @@ class CallbackStore:
         """Wake this process's delivery loop (after the enqueuing transaction committed)."""
         self.wakeup.poke()
 
-    async def claim_due(self, limit: int, lease_ms: int) -> list[RowMapping]:
-        """Take up to `limit` due deliveries; the lease keeps other senders off them while we send."""
+    async def claim_due(self, limit: int, lease_ms: int, *, per_account: int | None = None,
+                        busy: Mapping[int, int] | None = None) -> list[RowMapping]:
+        """Take up to `limit` due deliveries, oldest first but round-robin across accounts: at most
+        `per_account` in flight for one account, counting the `busy` ones this sender already has.
+        The lease keeps other senders off them while we send."""
         if limit <= 0:
             return []
         at = now_ms()
-        due = (select(deliveries.c.id)
-               .where(deliveries.c.status == "pending", deliveries.c.next_attempt_at <= at)
-               .order_by(deliveries.c.next_attempt_at).limit(limit)
-               .with_for_update(skip_locked=True))
+        per_account = per_account or limit
+        rank = func.row_number().over(partition_by=deliveries.c.account_id,
+                                      order_by=deliveries.c.next_attempt_at).label("rank")
+        due = (select(deliveries.c.id, deliveries.c.account_id, deliveries.c.next_attempt_at, rank)
+               .where(deliveries.c.status == "pending", deliveries.c.next_attempt_at <= at).subquery())
+        allowance: ColumnElement[int] = literal(per_account)
+        if busy:
+            allowance = allowance - case(dict(busy), value=due.c.account_id, else_=0)
+        # First every account's oldest, then every account's second, ...: one busy account cannot
+        # take all the slots.
+        chosen = (select(due.c.id).where(due.c.rank <= allowance)
+                  .order_by(due.c.rank, due.c.next_attempt_at).limit(limit))
         async with self.db.write() as conn:
-            return list((await conn.execute(
-                update(deliveries).where(deliveries.c.id.in_(due.scalar_subquery()))
+            ids = list((await conn.execute(chosen)).scalars())
+            if not ids:
+                return []
+            # Re-checked in the UPDATE: another sender that chose the same rows first has moved their
+            # next_attempt_at past `at`, so they are skipped here.
+            rows = (await conn.execute(
+                update(deliveries).where(deliveries.c.id.in_(ids), deliveries.c.status == "pending",
+                                         deliveries.c.next_attempt_at <= at)
                 .values(next_attempt_at=at + lease_ms, attempts=deliveries.c.attempts + 1)
-                .returning(*deliveries.c))).mappings().all())
+                .returning(*deliveries.c))).mappings().all()
+        order = {delivery_id: index for index, delivery_id in enumerate(ids)}
+        return sorted(rows, key=lambda row: order[row["id"]])
 
     async def record_attempt(self, delivery: RowMapping, *, status_code: int | None, latency_ms: int, error: str,
                              delivered: bool, retry_at: int | None) -> None:
@@ -72,10 +92,14 @@ class CallbackStore:
                 latency_ms=latency_ms, error=error[:1000]))
             await conn.execute(update(deliveries).where(deliveries.c.id == delivery["id"]).values(**values))
 
-    async def next_due_at(self) -> int | None:
+    async def next_due_at(self, after: int | None = None) -> int | None:
+        """When the next pending delivery is due (strictly after `after`, when given)."""
+        condition = deliveries.c.status == "pending"
+        if after is not None:
+            condition = and_(condition, deliveries.c.next_attempt_at > after)
         async with self.db.read() as conn:
             due: int | None = (await conn.execute(select(func.min(deliveries.c.next_attempt_at))
-                                                  .where(deliveries.c.status == "pending"))).scalar_one_or_none()
+                                                  .where(condition))).scalar_one_or_none()
             return due
 
     async def log(self, task_id: str, account_id: int) -> list[dict[str, Any]]:
