@@ -5,7 +5,10 @@
 Measures, in one run on this machine:
   1. a bare ASGI JSON endpoint served by the same uvicorn set-up (the limit of the stack);
   2. createTask on the embedded server (SQLite WAL, sandbox backend, in-process worker);
-  3. createTask -> success latency with the sandbox backend.
+  3. createTask -> success latency with the sandbox backend;
+  4. overload: `--overload-clients` (200) clients creating tasks as fast as they can for
+     `--overload-seconds`, with the queue caps in force, while one more client polls recordInfo;
+     createTask latency is reported apart for accepted (200) and refused (429) answers.
 Each server runs in its own process; the load generator is a small keep-alive HTTP/1.1 client on
 raw asyncio streams, so the client costs far less than the server it measures.
 """
@@ -136,11 +139,60 @@ async def end_to_end(port: int, key: str, count: int) -> dict:
             "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)], "mean_ms": 1000 * statistics.mean(latencies)}
 
 
+async def overload(port: int, key: str, clients: int, seconds: float) -> dict:
+    """Many clients creating at once; the caps turn the excess into fast 429s. A separate client
+    polls recordInfo of one task the whole time, to show reads stay responsive."""
+    headers = {"Authorization": f"Bearer {key}"}
+    body = json.dumps({"model": "z-image", "input": {"prompt": "overload", "aspect_ratio": "1:1"}}).encode()
+    by_code: dict[int, list[float]] = {}
+    reads: list[float] = []
+    stop_at = time.perf_counter() + seconds
+
+    probe = Connection("127.0.0.1", port)
+    await probe.open()
+    task_id = json.loads(await probe.request("POST", "/api/v1/jobs/createTask", body, headers))["data"]["taskId"]
+
+    async def creator() -> None:
+        conn = Connection("127.0.0.1", port)
+        await conn.open()
+        try:
+            while time.perf_counter() < stop_at:
+                started = time.perf_counter()
+                code = json.loads(await conn.request("POST", "/api/v1/jobs/createTask", body, headers))["code"]
+                by_code.setdefault(code, []).append(time.perf_counter() - started)
+        finally:
+            conn.close()
+
+    async def reader() -> None:
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            await probe.request("GET", f"/api/v1/jobs/recordInfo?taskId={task_id}", b"", headers)
+            reads.append(time.perf_counter() - started)
+            await asyncio.sleep(0.05)
+
+    await asyncio.gather(reader(), *(creator() for _ in range(clients)))
+    probe.close()
+
+    def summary(values: list[float]) -> dict:
+        values = sorted(values)
+        if not values:
+            return {"count": 0, "p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
+        return {"count": len(values), "p50_ms": 1000 * values[len(values) // 2],
+                "p99_ms": 1000 * values[int(len(values) * 0.99)], "max_ms": 1000 * values[-1]}
+
+    return {"codes": {code: summary(values) for code, values in sorted(by_code.items())},
+            "all": summary([v for values in by_code.values() for v in values]), "recordInfo": summary(reads)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--e2e-tasks", type=int, default=50)
+    parser.add_argument("--overload-clients", type=int, default=200)
+    parser.add_argument("--overload-seconds", type=float, default=25.0)
+    parser.add_argument("--max-queued-per-account", type=int, default=1000,
+                        help="SAFELIGHT_MAX_QUEUED_PER_ACCOUNT during the overload run")
     options = parser.parse_args()
     python = sys.executable
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -196,6 +248,18 @@ def main() -> None:
             server.terminate()
             server.wait()
 
+        server_env = {**env, "SAFELIGHT_DATA_DIR": str(Path(tmp) / "overload"), "SAFELIGHT_DEMO_CREDITS": "100000000",
+                      "SAFELIGHT_MAX_QUEUED_PER_ACCOUNT": str(options.max_queued_per_account)}
+        server = start([python, "-m", "safelight.cli", "serve", "--port", "8904", "--log-level", "warning"],
+                       server_env, "SAFELIGHT_API_KEY=")
+        key = re.search(r"SAFELIGHT_API_KEY=(sl_[\w-]+)", server.startup_output).group(1)
+        time.sleep(1.0)
+        try:
+            overloaded = asyncio.run(overload(8904, key, options.overload_clients, options.overload_seconds))
+        finally:
+            server.terminate()
+            server.wait()
+
     print(f"machine: {os.cpu_count()} cores; {options.clients} concurrent clients; {options.seconds:g} s per run")
     print(f"{'endpoint':<34}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
     rows = (("bare ASGI JSON (uvicorn limit)", baselines["bare_asgi"]),
@@ -211,6 +275,15 @@ def main() -> None:
           "  (target < 50 ms)")
     print(f"createTask -> success, sandbox, {e2e['tasks']} tasks one at a time: p50 {e2e['p50_ms']:.1f} ms, "
           f"p99 {e2e['p99_ms']:.1f} ms, mean {e2e['mean_ms']:.1f} ms")
+    print(f"overload: {options.overload_clients} clients for {options.overload_seconds:g} s, SQLite with the worker "
+          f"on, SAFELIGHT_MAX_QUEUED_PER_ACCOUNT={options.max_queued_per_account}")
+    print(f"  {'answer':<22}{'count':>8}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}")
+    rows_overload = [(f"createTask code {code}", result) for code, result in overloaded["codes"].items()]
+    rows_overload += [("createTask, all", overloaded["all"]), ("recordInfo (1 reader)", overloaded["recordInfo"])]
+    for name, result in rows_overload:
+        print(f"  {name:<22}{result['count']:>8}{result['p50_ms']:>10.1f}{result['p99_ms']:>10.1f}"
+              f"{result['max_ms']:>10.1f}")
+    print(f"  createTask p99 {overloaded['all']['p99_ms']:.0f} ms  (target < 500 ms)")
 
 
 if __name__ == "__main__":

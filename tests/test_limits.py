@@ -96,8 +96,9 @@ async def test_the_rate_limit_holds_across_api_replicas(settings, database_url):
         assert codes.count(200) == 5 and codes.count(429) == 7
         refused = next(answer for answer in answers if answer.json()["code"] == 429)
         assert refused.json()["msg"] == "Rate limit exceeded: at most 5 requests per 60 s for this key"
-        # Nothing leaves the window for about a minute: the header says so, not a constant.
-        assert 30 <= int(refused.headers["retry-after"]) <= 61
+        # Nothing leaves the window for about a minute: the header says so, not a constant. (The shared
+        # window is estimated from two fixed windows, so it may ask for up to one more window.)
+        assert 30 <= int(refused.headers["retry-after"]) <= 121
         assert await runtime.store.accounts.balance((await runtime.store.accounts.list_keys())[0]["id"]) >= 0
     finally:
         for server, task, _base in replicas:
