@@ -10,7 +10,7 @@ message that names the field and the rule; each door renders it in its own forma
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,25 +154,21 @@ class Admission:
             raise KieError(Code.INVALID, "input contains NaN or Infinity, which JSON does not allow") from None
 
     async def maintenance(self) -> bool:
-        cached = self._flags.get("maintenance")
-        if cached is None:
-            cached = await self.store.state.maintenance()
-            self._flags.put("maintenance", cached)
-        return bool(cached)
+        return bool(await self._cached("maintenance", self.store.state.maintenance))
 
     async def disabled_models(self) -> set[str]:
-        cached = self._flags.get("disabled")
-        if cached is None:
-            cached = await self.store.state.disabled_models()
-            self._flags.put("disabled", cached)
-        return set(cached)
+        return set(await self._cached("disabled", self.store.state.disabled_models))
 
     async def unfinished_tasks(self) -> int:
-        cached = self._flags.get("unfinished")
+        return int(await self._cached("unfinished", self.store.tasks.count_unfinished))
+
+    async def _cached(self, name: str, read: Callable[[], Awaitable[Any]]) -> Any:
+        """A store fact read at most once per FLAGS_TTL_SECONDS in this process."""
+        cached = self._flags.get(name)
         if cached is None:
-            cached = await self.store.tasks.count_unfinished()
-            self._flags.put("unfinished", cached)
-        return int(cached)
+            cached = await read()
+            self._flags.put(name, cached)
+        return cached
 
     def forget_flags(self) -> None:
         """Read maintenance and disabled models from the store on the next request."""

@@ -16,8 +16,8 @@ from safelight.runtime import SERVE_ROLES, Role, Runtime, load_configured_routin
 
 from . import account, callbacks, files, jobs, models, uploads
 from .auth import ApiKeys
-from .body_timeout import BodyTimeout, BodyTimeoutMiddleware
-from .envelope import EnvelopeResponse, UnexpectedErrorMiddleware, envelope, install_error_handlers
+from .envelope import EnvelopeResponse, envelope, install_error_handlers
+from .middleware import BodyTimeout, BodyTimeoutMiddleware, UnexpectedErrorMiddleware
 from .ratelimit import rate_limiter_for
 
 log = logging.getLogger(__name__)

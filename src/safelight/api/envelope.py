@@ -12,9 +12,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from safelight.kie import Code, KieError, dumps, message
+from safelight.kie import Code, KieError, dumps
 from safelight.kie import envelope as envelope_body
 from safelight.validation import error_path
 
@@ -133,38 +132,3 @@ def install_error_handlers(app: FastAPI) -> None:
         # Keeps the exception's headers: a 405 says which methods are allowed (Allow).
         return envelope(None, exc.status_code, str(exc.detail), http_status=exc.status_code,
                         headers=dict(exc.headers) if exc.headers else None)
-
-
-class UnexpectedErrorMiddleware:
-    """Answers an unhandled exception with kie's 500 envelope and keeps the connection usable.
-
-    Starlette's own last-resort handler re-raises after answering (so a server can log it), and
-    uvicorn then drops the keep-alive connection; a client's next request on it fails. Here the
-    error is logged and answered, and nothing is re-raised."""
-
-    def __init__(self, app: ASGIApp, *, passthrough: tuple[type[BaseException], ...] = ()) -> None:
-        self.app = app
-        self.passthrough = passthrough
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except self.passthrough:
-            raise
-        except Exception:
-            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-            if started:
-                raise  # half a response is out: only closing the connection can end it
-            response = envelope(None, Code.SERVER_ERROR, message(Code.SERVER_ERROR), http_status=500)
-            await response(scope, receive, send)

@@ -24,8 +24,8 @@ from safelight.kie import upload_reply
 from safelight.net import FetchError, UnsafeURLError, fetch, sniff_image_type
 
 from .auth import account_of, runtime_of
-from .body_timeout import BodyTimeout
 from .envelope import BodyError, EnvelopeResponse, parse_json_object, read_body
+from .middleware import BodyTimeout
 
 router = APIRouter(tags=["files"])
 
