@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import re
 from typing import Any
@@ -16,8 +15,6 @@ from starlette.responses import Response
 from safelight.kie import Code, KieError, dumps
 from safelight.kie import envelope as envelope_body
 from safelight.validation import error_path
-
-log = logging.getLogger(__name__)
 
 
 class EnvelopeResponse(Response):
