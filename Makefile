@@ -33,8 +33,12 @@ $(TEST_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[server,postgres,dev,gpu,google]'
 	touch $@
 
+# `make serve HOST=0.0.0.0 PORT=9000` to listen elsewhere.
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
 serve: $(SERVE_STAMP)
-	$(BIN)/safelight serve --host 127.0.0.1 --port 8000 --data-dir ./.safelight
+	$(BIN)/safelight serve --host $(HOST) --port $(PORT) --data-dir ./.safelight
 
 # `make check` first, then the whole suite, the packaging test included (`-m packaging` runs it alone).
 test: check

@@ -239,8 +239,11 @@ def main() -> None:
             import httpx
 
             while time.monotonic() < drain_deadline:
-                ready = httpx.get("http://127.0.0.1:8902/readyz").json()["data"]["tasks"]
-                if not ready.get("waiting") and not ready.get("queuing") and not ready.get("generating"):
+                # safelight_queue_tasks (refreshed from the store every few seconds): nothing unfinished left.
+                scrape = httpx.get("http://127.0.0.1:8902/metrics").text
+                queued = [line for line in scrape.splitlines() if line.startswith("safelight_queue_tasks{")]
+                if queued and all(float(line.rsplit(" ", 1)[1]) == 0 for line in queued) or (
+                        "safelight_queue_tasks" in scrape and not queued):
                     break
                 time.sleep(1)
             e2e = asyncio.run(end_to_end(8902, key, options.e2e_tasks))

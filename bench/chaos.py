@@ -218,7 +218,7 @@ def task_body(rng: random.Random, client: int, count: int) -> dict[str, Any]:
 
 
 async def run_client(index: int, urls: list[str], key: str, rng: random.Random, load: Load, stop_creating: float,
-                     give_up: asyncio.Event, max_outstanding: int = 4) -> None:
+                     give_up: asyncio.Event, max_outstanding: int = 6) -> None:
     """Create tasks until `stop_creating` (monotonic), keep at most `max_outstanding` unfinished, poll
     them; after `stop_creating` poll what is left until it ends or `give_up` is set."""
     outstanding: dict[str, Seen] = {}
@@ -237,11 +237,14 @@ async def run_client(index: int, urls: list[str], key: str, rng: random.Random, 
                     seen = Seen(model=body["model"])
                     load.accepted[task_id] = seen
                     outstanding[task_id] = seen
+            errors = load.poll_errors
             for task_id, seen in list(outstanding.items()):
                 await poll(http, urls, rng, task_id, seen, load)
                 if seen.states and seen.states[-1] in TERMINAL:
                     del outstanding[task_id]
-            await asyncio.sleep(rng.uniform(0.01, 0.06) if creating else 0.2)
+            if load.poll_errors > errors:  # a process is down: do not spin on its refused connections
+                await asyncio.sleep(rng.uniform(0.1, 0.3))
+            await asyncio.sleep(rng.uniform(0.02, 0.08) if creating else 0.2)
 
 
 async def create(http: httpx.AsyncClient, url: str, body: dict[str, Any], load: Load) -> str | None:
@@ -249,10 +252,11 @@ async def create(http: httpx.AsyncClient, url: str, body: dict[str, Any], load: 
         response = await http.post(f"{url}/api/v1/jobs/createTask", json=body)
     except httpx.ConnectError:
         load.create_refused += 1
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
         return None
     except httpx.HTTPError:
         load.create_unknown += 1
+        await asyncio.sleep(0.1)
         return None
     try:
         answer = response.json()
@@ -483,14 +487,17 @@ def verify(tasks: list[dict[str, Any]], ledger: list[dict[str, Any]], accounts: 
         expected = PRICES.get(task["model"], 0) * int(task["num_images"])
         refunded = sum(int(row["amount"]) for row in rows if row["kind"] == "refund")
         reserve_amount = -sum(int(row["amount"]) for row in rows if row["kind"] == "reserve")
+        charged_twice = []
         if kinds["reserve"] > 1:
-            finding.add("double_charges", f"{task_id}: {kinds['reserve']} reserve rows")
+            charged_twice.append(f"{kinds['reserve']} reserve rows")
         if kinds["refund"] > 1:
-            finding.add("double_charges", f"{task_id}: {kinds['refund']} refund rows")
+            charged_twice.append(f"{kinds['refund']} refund rows")
         if state == "success" and kinds["refund"]:
-            finding.add("double_charges", f"{task_id}: succeeded and refunded")
+            charged_twice.append("succeeded and refunded")
         if kinds["refund"] and consumed:
-            finding.add("double_charges", f"{task_id}: refunded and charged ({consumed} consumed)")
+            charged_twice.append(f"refunded and charged ({consumed} consumed)")
+        if charged_twice:
+            finding.add("double_charges", f"{task_id} ({state}): {'; '.join(charged_twice)}")
         other = set(kinds) - {"reserve", "refund"}
         problems = []
         if other:
@@ -512,8 +519,8 @@ def verify(tasks: list[dict[str, Any]], ledger: list[dict[str, Any]], accounts: 
                 problems.append(f"refund of {refunded} for a reservation of {reserved}")
         if state in UNFINISHED and (consumed or kinds["refund"]):
             problems.append(f"unfinished with consumed {consumed}, {kinds['refund']} refunds")
-        for problem in problems:
-            finding.add("ledger_mismatches", f"{task_id} ({state}): {problem}")
+        if problems:
+            finding.add("ledger_mismatches", f"{task_id} ({state}): {'; '.join(problems)}")
 
     # money, per account
     for account in accounts:

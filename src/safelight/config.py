@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Environment variables renamed since 0.1: old name -> new name. The old one still works, with a warning.
@@ -56,6 +56,23 @@ class Settings(BaseSettings):
     upload_retention_seconds: int = 3 * 24 * 3600
     upload_max_bytes: int = 100 * 1024 * 1024
 
+    # Where result files and uploads live: empty for <data_dir>/files, another directory, or
+    # s3://bucket/prefix for S3-compatible storage (the `s3` extra; safelight.storage.s3).
+    storage_url: str = ""
+    # The endpoint of MinIO, Ceph, R2, ... (empty: AWS), and path-style addressing (endpoint/bucket/key);
+    # unset, path-style is on exactly when an endpoint is set.
+    s3_endpoint_url: str = ""
+    s3_path_style: bool | None = None
+    # Region and credentials come from the standard AWS variables; without a key pair, obstore's own
+    # chain applies (web identity, ECS, instance metadata), and presigned URLs are not available.
+    s3_region: str = Field("", validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"))
+    s3_access_key_id: str = Field("", validation_alias="AWS_ACCESS_KEY_ID")
+    s3_secret_access_key: SecretStr = Field(SecretStr(""), validation_alias="AWS_SECRET_ACCESS_KEY")
+    s3_session_token: SecretStr = Field(SecretStr(""), validation_alias="AWS_SESSION_TOKEN")
+    # Result and upload URLs: "proxied" (Safelight's own signed /files/ links, streamed from storage)
+    # or "presigned" (S3 presigned GET URLs, fetched from the bucket directly; needs S3 and a key pair).
+    file_urls: Literal["proxied", "presigned"] = "proxied"
+
     # Inputs fetched by the worker (reference images).
     input_max_bytes: int = 10 * 1024 * 1024
     input_timeout_seconds: float = 30.0
@@ -92,6 +109,11 @@ class Settings(BaseSettings):
 
     # Prices in credits per image, overriding the catalog's defaults: {"z-image": 1}.
     prices: dict[str, int] = Field(default_factory=dict)
+
+    # Logs: "text" (the default) or "json" (one object per line, from every logger).
+    log_format: Literal["text", "json"] = "text"
+    # When set, GET /metrics (and a worker's --metrics-port) ask for `Authorization: Bearer <token>`.
+    metrics_token: str = ""
 
     # Demo key printed on the first start of an empty embedded server.
     bootstrap_demo_key: bool = True

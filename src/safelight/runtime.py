@@ -24,15 +24,21 @@ from typing import Any
 from safelight.backends import Backend, BackendContext, backend_class
 from safelight.config import Settings
 from safelight.delivery import CallbackDeliverer, RetryPolicy
+from safelight.delivery.deliverer import IDLE_CHECK_SECONDS
 from safelight.kie import task_record
+from safelight.metrics import StoreSnapshot, refresh_store_gauges
 from safelight.net import OutboundPolicy
 from safelight.routing import Routing, load_routing
 from safelight.storage import LocalStorage, UrlSigner
 from safelight.storage.retention import run_periodically
 from safelight.store import Store
+from safelight.store.workers import LIVE_SECONDS
 from safelight.worker import InputLoader, Worker
 
 log = logging.getLogger(__name__)
+
+# How often an API process checks that every model with waiting tasks has a live worker.
+UNSERVED_CHECK_SECONDS = 60.0
 
 
 class Role(StrEnum):
@@ -95,6 +101,8 @@ class Runtime:
     routing: Routing
     worker: Worker | None = None
     deliverer: CallbackDeliverer | None = None
+    # Models with waiting tasks that no live worker serves, as of the last check (API role).
+    unserved: list[str] = field(default_factory=list)
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -132,6 +140,62 @@ class Runtime:
                 run_periodically(self.store.tasks, self.storage, self.settings,
                                  self.settings.retention_sweep_interval_seconds),
                 name="retention-sweep"))
+        self._background.append(asyncio.create_task(refresh_store_gauges(self.store_snapshot), name="metrics"))
+        if Role.API in self.roles:
+            self._background.append(asyncio.create_task(self._watch_unserved_models(), name="unserved-models"))
+        if self.store.db.is_sqlite and self.roles in (SERVE_NO_WORKER_ROLES, WORKER_ROLES):
+            log.warning("a split deployment on SQLite (serve --no-worker with safelight worker) has no cross-process "
+                        "wake-ups: a worker sees new tasks only at its lease sweep (every %g s), and a finished "
+                        "task's callback waits up to %g s. Use PostgreSQL for API replicas and workers.",
+                        self.settings.lease_seconds / 2, IDLE_CHECK_SECONDS)
+
+    # --- what an operator sees --------------------------------------------------------------------
+
+    async def store_snapshot(self) -> StoreSnapshot:
+        """The queue, callback and worker gauges, read from the store (the metrics refresh them)."""
+        served: dict[str, int] = {}
+        for worker in await self.store.workers.live(int(LIVE_SECONDS * 1000)):
+            for model in worker.models:
+                served[model] = served.get(model, 0) + 1
+        return StoreSnapshot(queue=await self.store.tasks.count_unfinished_by_model(),
+                             callbacks_pending=await self.store.callbacks.count_pending(), workers=served)
+
+    async def unserved_models(self) -> list[str]:
+        """Models with tasks waiting that no live worker serves (they would wait forever)."""
+        waiting = await self.store.tasks.waiting_models()
+        if not waiting:
+            return []
+        served = {model for worker in await self.store.workers.live(int(LIVE_SECONDS * 1000))
+                  for model in worker.models}
+        if self.worker is not None:
+            served |= set(self.worker.routes)
+        return sorted(waiting - served)
+
+    async def _watch_unserved_models(self, every_seconds: float = UNSERVED_CHECK_SECONDS) -> None:
+        await asyncio.sleep(min(every_seconds, LIVE_SECONDS))  # give workers a chance to write a heartbeat
+        while True:
+            try:
+                self.unserved = await self.unserved_models()
+                if self.unserved:
+                    log.warning("tasks are waiting for %s, which no live worker serves: start a `safelight worker` "
+                                "that routes them (safelight workers lists the live ones)", ", ".join(self.unserved))
+            except Exception:
+                log.warning("could not check which models the live workers serve", exc_info=True)
+            await asyncio.sleep(every_seconds)
+
+    async def readiness(self) -> dict[str, Any]:
+        """This process: the database answers, the roles it runs are running."""
+        problems: list[str] = []
+        try:
+            await self.store.ping()
+        except Exception as exc:
+            problems.append(f"the database does not answer: {type(exc).__name__}")
+        if Role.WORKER in self.roles and (self.worker is None or not self.worker.running):
+            problems.append("the worker is not running")
+        if Role.DELIVERY in self.roles and (self.deliverer is None or not self.deliverer.running):
+            problems.append("callback delivery is not running")
+        return {"ready": not problems, "roles": sorted(role.value for role in self.roles), "problems": problems,
+                "unservedModels": self.unserved}
 
     async def close(self) -> None:
         """Stop the roles (the worker hands unfinished tasks back), then close the store."""

@@ -7,17 +7,19 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Iterable
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from starlette.responses import Response
 
 from safelight import __version__
 from safelight.admission import Admission
 from safelight.config import Settings
+from safelight.metrics import exposition, token_allows
 from safelight.runtime import SERVE_ROLES, Role, Runtime, load_configured_routing, preflight
 
 from . import account, callbacks, files, jobs, models, uploads
 from .auth import ApiKeys
 from .envelope import EnvelopeResponse, envelope, install_error_handlers
-from .middleware import BodyTimeout, BodyTimeoutMiddleware, UnexpectedErrorMiddleware
+from .middleware import BodyTimeout, BodyTimeoutMiddleware, RequestLogMiddleware, UnexpectedErrorMiddleware
 from .ratelimit import rate_limiter_for
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ def create_app(settings: Settings | None = None, *, roles: Iterable[Role] = SERV
     app.add_middleware(UnexpectedErrorMiddleware, passthrough=(BodyTimeout,))
     app.add_middleware(BodyTimeoutMiddleware, total_seconds=settings.body_timeout_seconds,
                        idle_seconds=settings.body_idle_timeout_seconds)
+    app.add_middleware(RequestLogMiddleware)
     for module in (jobs, callbacks, account, models, files, uploads):
         app.include_router(module.router)
 
@@ -74,10 +77,19 @@ def create_app(settings: Settings | None = None, *, roles: Iterable[Role] = SERV
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> EnvelopeResponse:
+        """This process: the database answers and its roles run (HTTP 503 otherwise). Task counts are
+        in /metrics."""
         runtime: Runtime = app.state.runtime
-        counts = await runtime.store.tasks.count_by_state()
-        worker = runtime.worker
-        return envelope({"tasks": counts, "worker": worker.id if worker else None,
-                         "inFlight": worker.in_flight if worker else 0})
+        readiness = await runtime.readiness()
+        ready = readiness["ready"]
+        return envelope(readiness, 200 if ready else 503, "ready" if ready else "not ready",
+                        http_status=200 if ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics(request: Request) -> Response:
+        if not token_allows(settings.metrics_token, request.headers.get("authorization")):
+            return envelope(None, 401, "send Authorization: Bearer <SAFELIGHT_METRICS_TOKEN>", http_status=401)
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
 
     return app

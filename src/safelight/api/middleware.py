@@ -6,16 +6,19 @@ connection.
   keep-alive connections but not the time to read a body, so `receive` is wrapped: the whole body
   must arrive within `total_seconds` of the app's first read, with no gap over `idle_seconds`.
 - `UnexpectedErrorMiddleware`: see its docstring.
+- `RequestLogMiddleware`: the access log and the request metrics, with the kie body code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from safelight import metrics
 from safelight.kie import Code, dumps, envelope, message
 
 log = logging.getLogger(__name__)
@@ -118,3 +121,49 @@ class UnexpectedErrorMiddleware:
                         "headers": [(b"content-type", b"application/json"),
                                     (b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body})
+
+
+_BODY_CODE = re.compile(rb'"code"\s*:\s*(\d{3})')
+access_log = logging.getLogger("safelight.access")
+
+
+class RequestLogMiddleware:
+    """One access-log line and the request metrics per HTTP request, with the kie code of the body.
+
+    kie answers business errors with HTTP 200 and the code in the body, so the HTTP status alone
+    says "200 OK" for a 402 or a 422. The first body chunk is read for `"code": NNN`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        code: int | None = None
+
+        async def observing_send(message: Message) -> None:
+            nonlocal status, code
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and code is None:
+                found = _BODY_CODE.search(message.get("body", b"")[:200])
+                code = int(found.group(1)) if found else status
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observing_send)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            kie_code = code if code is not None else status
+            metrics.API_REQUESTS.labels(route, str(kie_code)).inc()
+            metrics.API_REQUEST_SECONDS.labels(route).observe(elapsed)
+            client = scope.get("client")
+            access_log.info("%s %s %d code=%d %.1f ms", scope["method"], scope["path"], status, kie_code,
+                            elapsed * 1000,
+                            extra={"method": scope["method"], "path": scope["path"], "route": route, "status": status,
+                                   "code": kie_code, "duration_ms": round(elapsed * 1000, 1),
+                                   "client": client[0] if client else None})

@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -72,6 +72,7 @@ def register(app: typer.Typer, *, keys_app: typer.Typer, credits_app: typer.Type
     """Add the server commands to the main `safelight` app and its `keys`, `credits` and `models` groups."""
     app.command("serve")(needs_server(serve))
     app.command("worker")(needs_server(worker))
+    app.command("workers")(needs_server(workers))
     app.command("migrate")(needs_server(migrate))
     app.command("sweep")(needs_server(sweep))
     app.command("maintenance")(needs_server(maintenance))
@@ -132,30 +133,59 @@ def serve(
 
     from safelight.api.app import create_app
     from safelight.config import Settings
+    from safelight.logs import configure_logging
     from safelight.runtime import SERVE_NO_WORKER_ROLES, SERVE_ROLES, describe_roles
 
+    # The port first: a second server on a taken port stops here, before migrating or starting a worker.
+    listener = _listen(host, port)
     if data_dir is not None:
         os.environ["SAFELIGHT_DATA_DIR"] = str(data_dir)
     os.environ.setdefault("SAFELIGHT_PUBLIC_URL", f"http://{host}:{port}")
+    os.environ["SAFELIGHT_HOST"], os.environ["SAFELIGHT_PORT"] = host, str(port)
     roles = SERVE_ROLES if workers else SERVE_NO_WORKER_ROLES
     settings = Settings()
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level, settings.log_format)
     application = _checked(lambda: create_app(settings, roles=roles, check_backends=True))
     _bootstrap(settings)
     console.print(f"[bold]Safelight[/] on {settings.public_url}  (roles: {describe_roles(roles)}; "
                   f"store: {_describe_store(settings)}; files: {settings.files_dir.resolve()})", highlight=False)
-    uvicorn.run(application, host=host, port=port, log_level=log_level, proxy_headers=True)
+    config = uvicorn.Config(application, log_level=log_level, proxy_headers=True, log_config=None, access_log=False)
+    uvicorn.Server(config).run(sockets=[listener])
 
 
-def worker(log_level: str = "info") -> None:
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound now; a taken port exits 2 with one line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        err.print(f"[red]error:[/] cannot listen on {escape(host)}:{port}: {escape(exc.strerror or str(exc))} "
+                  "(another server running? choose another with --port)")
+        raise typer.Exit(2) from None
+    listener.listen(2048)
+    listener.set_inheritable(True)
+    return listener
+
+
+def worker(
+    log_level: str = "info",
+    metrics_port: Annotated[int | None, typer.Option(help="Serve GET /metrics on this port (127.0.0.1 and "
+                                                          "SAFELIGHT_HOST aside, every interface).")] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address for --metrics-port.")] = "0.0.0.0",
+) -> None:
     """Run only a worker (scale-out: one per GPU machine, sharing a PostgreSQL store).
 
     It claims and runs tasks; callbacks and retention are the `serve` processes' roles."""
     from safelight.config import Settings
+    from safelight.logs import configure_logging
     from safelight.runtime import WORKER_ROLES, Runtime, describe_roles, load_configured_routing, preflight
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics_listener = _listen(metrics_host, metrics_port) if metrics_port is not None else None
     settings = Settings()
+    configure_logging(log_level, settings.log_format)
 
     def build() -> Routing:
         routing = load_configured_routing(settings)
@@ -168,15 +198,61 @@ def worker(log_level: str = "info") -> None:
 
     async def go() -> None:
         runtime = await Runtime.open(settings, WORKER_ROLES, routing=routing)
+        metrics_server = None
         try:
+            if metrics_listener is not None:
+                metrics_server = await _serve_metrics(metrics_listener, settings.metrics_token, log_level)
             await asyncio.Event().wait()
         finally:
+            if metrics_server is not None:
+                metrics_server.should_exit = True
             await runtime.close()
 
     try:
         asyncio.run(go())
     except KeyboardInterrupt:
         pass
+
+
+async def _serve_metrics(listener: socket.socket, token: str, log_level: str) -> Any:
+    """GET /metrics for a worker without the API: a tiny Starlette app on its own port."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response
+    from starlette.routing import Route
+
+    from safelight.metrics import exposition, token_allows
+
+    async def scrape(request: Request) -> Response:
+        if not token_allows(token, request.headers.get("authorization")):
+            return PlainTextResponse("send Authorization: Bearer <SAFELIGHT_METRICS_TOKEN>", status_code=401)
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
+
+    app = Starlette(routes=[Route("/metrics", scrape)])
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, log_config=None, access_log=False))
+    asyncio.get_running_loop().create_task(server.serve(sockets=[listener]))
+    return server
+
+
+def workers() -> None:
+    """The live workers (heartbeat within the last 30 s): host, models, tasks in flight."""
+    import time
+
+    from safelight.store.workers import LIVE_SECONDS
+
+    live = _run(lambda store: store.workers.live(int(LIVE_SECONDS * 1000)))
+    if not live:
+        console.print(f"[yellow]no live workers[/] (none wrote a heartbeat in the last {LIVE_SECONDS:g} s): tasks "
+                      "wait until a `safelight serve` or `safelight worker` process runs", highlight=False)
+        return
+    table = Table("id", "host", "pid", "models", "in flight", "up", "last seen", box=None, padding=(0, 2, 0, 0))
+    now = time.time() * 1000
+    for row in live:
+        table.add_row(escape(row.id), escape(row.host), str(row.pid), escape(", ".join(row.models)), str(row.in_flight),
+                      f"{(now - row.started_at) / 1000:.0f} s", f"{(now - row.last_seen) / 1000:.1f} s ago")
+    console.print(table)
 
 
 def migrate() -> None:
@@ -369,7 +445,8 @@ def _bootstrap(settings: Settings) -> None:
     if created is not None:
         console.print(f"\n[bold green]First start:[/] created account 'demo' with {settings.demo_credits} credits.")
         console.print(f"API key (shown once): [bold]{created.key}[/]\n")
-        console.print(f"  export SAFELIGHT_API_KEY={created.key}\n")
+        console.print(f"  export SAFELIGHT_API_KEY={created.key}")
+        console.print(f"  export SAFELIGHT_BASE_URL={settings.public_url}\n", highlight=False)
 
 
 def _describe_store(settings: Settings) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy.engine import RowMapping
 
+from safelight import metrics
 from safelight.kie import callback_body
 from safelight.net import FetchError, OutboundPolicy, UnsafeURLError, post_json
 from safelight.store import Store, now_ms
@@ -66,6 +67,10 @@ class CallbackDeliverer:
         self._lease_ms = int((timeout_seconds + 30) * 1000)
         self._sending: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._loop_task is not None and not self._loop_task.done()
 
     async def start(self) -> None:
         await self.store.callback_wakeup.listen()
@@ -134,17 +139,24 @@ class CallbackDeliverer:
         except Exception as exc:  # never let one delivery kill the loop
             log.exception("callback %s failed unexpectedly", delivery["id"])
             error = f"internal error: {type(exc).__name__}"
-        latency_ms = int((time.perf_counter() - started) * 1000)
+        elapsed = time.perf_counter() - started
+        latency_ms = int(elapsed * 1000)
         delivered = not error
+        metrics.CALLBACK_DELIVERY_SECONDS.observe(elapsed)
         retry_at = None
         if not delivered and not permanent:
             retry_at = self.retry.next_attempt_at(delivery["attempts"], delivery["created_at"], now_ms())
         await self.store.callbacks.record_attempt(delivery, status_code=status_code, latency_ms=latency_ms,
                                                   error=error, delivered=delivered, retry_at=retry_at)
-        if not delivered:
+        metrics.CALLBACKS.labels("delivered" if delivered else "retry" if retry_at else "gave_up").inc()
+        context = {"task_id": delivery["task_id"], "account": delivery["account_id"]}
+        if delivered:
+            log.info("callback %s for task %s delivered (attempt %d, HTTP %s, %d ms)", delivery["id"],
+                     delivery["task_id"], delivery["attempts"], status_code, latency_ms, extra=context)
+        else:
             level = logging.INFO if retry_at else logging.WARNING
             log.log(level, "callback %s for task %s attempt %d: %s%s", delivery["id"], delivery["task_id"],
-                    delivery["attempts"], error, "" if retry_at else " (giving up)")
+                    delivery["attempts"], error, "" if retry_at else " (giving up)", extra=context)
 
     async def _body(self, delivery: RowMapping) -> tuple[bytes, str, str]:
         row = await self.store.tasks.get(delivery["task_id"])

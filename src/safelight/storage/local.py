@@ -6,24 +6,33 @@ import asyncio
 import contextlib
 import os
 import tempfile
-from pathlib import Path, PurePosixPath
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from stat import S_ISREG
 
+from .base import CHUNK_BYTES, Presigner, StorageKeyError, StoredFile, check_key
 
-class StorageKeyError(ValueError):
-    pass
+__all__ = ["LocalStorage", "StorageKeyError"]
 
 
 class LocalStorage:
+    """Files under one directory; every blocking call runs in a thread."""
+
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
 
+    @property
+    def description(self) -> str:
+        return str(self.root)
+
+    @property
+    def presigner(self) -> Presigner | None:
+        return None  # files are served by Safelight itself (/files/<key>)
+
     def path(self, key: str) -> Path:
         # Keys come from our own code and from signed URLs; refuse anything that could escape the root.
-        pure = PurePosixPath(key)
-        if pure.is_absolute() or ".." in pure.parts or not pure.parts:
-            raise StorageKeyError(f"invalid storage key {key!r}")
-        return self.root.joinpath(*pure.parts)
+        return self.root.joinpath(*check_key(key).parts)
 
     async def put(self, key: str, data: bytes) -> None:
         await asyncio.to_thread(self._write_atomically, self.path(key), data)
@@ -31,27 +40,36 @@ class LocalStorage:
     async def get(self, key: str) -> bytes:
         return await asyncio.to_thread(self.path(key).read_bytes)
 
+    async def open(self, key: str) -> StoredFile | None:
+        path = self.path(key)
+        size = await asyncio.to_thread(_file_size, path)
+        if size is None:
+            return None
+        return StoredFile(key=key, size=size, chunks=_read_chunks(path), path=path)
+
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self.path(key).is_file)
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self.path(key).unlink, missing_ok=True)
 
-    async def delete_dir(self, prefix: str) -> int:
-        """Delete every file under `prefix` (a directory key such as "results/<taskId>") and the
-        directory itself. Returns the number of bytes freed; a missing directory is not an error."""
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        paths = [self.path(key) for key in keys]
+        await asyncio.to_thread(lambda: [path.unlink(missing_ok=True) for path in paths])
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every file under `prefix` and the directory itself. Returns the bytes freed."""
         return await asyncio.to_thread(self._delete_dir, self.path(prefix))
 
     async def older_than(self, prefix: str, cutoff: float) -> list[tuple[str, int]]:
-        """(key, size) of every file under `prefix` last modified before `cutoff` (Unix seconds).
-
-        Re-uploading a name replaces the file, so its modification time is when it was last uploaded.
-        """
         return await asyncio.to_thread(self._older_than, prefix, cutoff)
 
     async def prune_empty_dirs(self, prefix: str) -> None:
         """Remove directories under `prefix` left empty by deletions (the prefix itself stays)."""
         await asyncio.to_thread(self._prune_empty_dirs, self.path(prefix))
+
+    async def close(self) -> None:
+        return None
 
     def _older_than(self, prefix: str, cutoff: float) -> list[tuple[str, int]]:
         base = self.path(prefix)
@@ -106,3 +124,22 @@ class LocalStorage:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _file_size(path: Path) -> int | None:
+    """The size of a regular file at `path`, or None if there is none."""
+    try:
+        stat = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return stat.st_size if S_ISREG(stat.st_mode) else None
+
+
+async def _read_chunks(path: Path) -> AsyncIterator[bytes]:
+    """The file's bytes, CHUNK_BYTES at a time, each read in a thread; opened on the first read."""
+    handle = await asyncio.to_thread(path.open, "rb")
+    try:
+        while chunk := await asyncio.to_thread(handle.read, CHUNK_BYTES):
+            yield chunk
+    finally:
+        await asyncio.to_thread(handle.close)

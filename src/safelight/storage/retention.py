@@ -5,6 +5,8 @@
   recordInfo then answers ``resultUrls: []``, and download-url refuses its old links.
 - Uploads last modified more than ``upload_retention_seconds`` ago (3 days, as on kie) are deleted.
 
+It works on any `Storage` (a local directory, an S3 bucket: objects are deleted there).
+
 A retention of 0 (or less) keeps those files forever. The sweep is idempotent and safe to
 interrupt: files are deleted before the task is marked, so a crash in between only means the next
 sweep deletes nothing and marks the task.
@@ -21,7 +23,7 @@ from typing import Protocol
 
 from safelight.config import Settings
 
-from .local import LocalStorage
+from .base import Storage
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ def _mb(size: int) -> str:
     return f"{size / (1024 * 1024):.1f} MB"
 
 
-async def sweep(tasks: TaskResults, storage: LocalStorage, settings: Settings, *, now: float | None = None,
+async def sweep(tasks: TaskResults, storage: Storage, settings: Settings, *, now: float | None = None,
                 batch_size: int = BATCH_SIZE) -> SweepReport:
     """Run one retention pass over result files (through the task store) and uploads."""
     now = time.time() if now is None else now
@@ -68,7 +70,7 @@ async def sweep(tasks: TaskResults, storage: LocalStorage, settings: Settings, *
     return SweepReport(tasks=swept, result_bytes=result_bytes, uploads=uploads, upload_bytes=upload_bytes)
 
 
-async def _sweep_results(tasks: TaskResults, storage: LocalStorage, cutoff_ms: int,
+async def _sweep_results(tasks: TaskResults, storage: Storage, cutoff_ms: int,
                          batch_size: int) -> tuple[int, int]:
     swept = freed = 0
     while True:
@@ -77,22 +79,21 @@ async def _sweep_results(tasks: TaskResults, storage: LocalStorage, cutoff_ms: i
             return swept, freed
         for task_id in ids:
             # Ids are 32 hex characters (our own), so this is always a key under results/.
-            freed += await storage.delete_dir(f"{RESULTS_PREFIX}/{task_id}")
+            freed += await storage.delete_prefix(f"{RESULTS_PREFIX}/{task_id}")
         swept += await tasks.mark_files_deleted(ids, cutoff_ms)
         if len(ids) < batch_size:
             return swept, freed
 
 
-async def _sweep_uploads(storage: LocalStorage, cutoff: float) -> tuple[int, int]:
+async def _sweep_uploads(storage: Storage, cutoff: float) -> tuple[int, int]:
     old = await storage.older_than(UPLOADS_PREFIX, cutoff)
-    for key, _size in old:
-        await storage.delete(key)
+    await storage.delete_many([key for key, _size in old])
     if old:
         await storage.prune_empty_dirs(UPLOADS_PREFIX)
     return len(old), sum(size for _key, size in old)
 
 
-async def run_periodically(tasks: TaskResults, storage: LocalStorage, settings: Settings,
+async def run_periodically(tasks: TaskResults, storage: Storage, settings: Settings,
                            every_seconds: float) -> None:
     """Sweep now and then every `every_seconds`, until cancelled. A failed pass is logged and retried."""
     while True:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sqlalchemy import text
+
 from .accounts import AccountStore, CreatedKey, InsufficientCredits, NotFound
 from .callbacks import CallbackStore
 from .db import Database, now_ms
@@ -9,6 +11,7 @@ from .notify import CALLBACKS_CHANNEL, TASKS_CHANNEL, Wakeup
 from .rate_limits import RateLimitStore
 from .state import StateStore
 from .tasks import AccountQueueFull, RequeueReport, TaskStore
+from .workers import LiveWorker, WorkerStore
 
 
 class Store:
@@ -23,6 +26,12 @@ class Store:
         self.tasks = TaskStore(self.db, self.wakeup, self.callbacks)
         self.state = StateStore(self.db)
         self.rate_limits = RateLimitStore(self.db)
+        self.workers = WorkerStore(self.db)
+
+    async def ping(self) -> None:
+        """Raise if the database does not answer."""
+        async with self.db.read() as conn:
+            await conn.execute(text("SELECT 1"))
 
     async def migrate(self) -> None:
         await self.db.migrate()
@@ -33,5 +42,8 @@ class Store:
         await self.db.dispose()
 
 
-__all__ = ["AccountQueueFull", "AccountStore", "CallbackStore", "CreatedKey", "Database", "InsufficientCredits",
-           "NotFound", "RateLimitStore", "RequeueReport", "StateStore", "Store", "TaskStore", "Wakeup", "now_ms"]
+__all__ = [
+    "AccountQueueFull", "AccountStore", "CallbackStore", "CreatedKey", "Database", "InsufficientCredits",
+    "LiveWorker", "NotFound", "RateLimitStore", "RequeueReport", "StateStore", "Store", "TaskStore", "Wakeup",
+    "WorkerStore", "now_ms",
+]

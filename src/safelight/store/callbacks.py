@@ -92,6 +92,11 @@ class CallbackStore:
                 latency_ms=latency_ms, error=error[:1000]))
             await conn.execute(update(deliveries).where(deliveries.c.id == delivery["id"]).values(**values))
 
+    async def count_pending(self) -> int:
+        async with self.db.read() as conn:
+            return int((await conn.execute(select(func.count()).select_from(deliveries)
+                                           .where(deliveries.c.status == "pending"))).scalar_one())
+
     async def next_due_at(self, after: int | None = None) -> int | None:
         """When the next pending delivery is due (strictly after `after`, when given)."""
         condition = deliveries.c.status == "pending"

@@ -144,3 +144,16 @@ callback_attempts = Table(
     Column("latency_ms", Integer, nullable=False),
     Column("error", Text, nullable=False, default=""),
 )
+
+# Live workers: each writes its row every few seconds (heartbeat) and deletes it when it stops.
+workers = Table(
+    "workers", metadata,
+    Column("id", String(100), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    # JSON list of the public model ids this worker claims tasks for.
+    Column("models", Text, nullable=False),
+    Column("in_flight", Integer, nullable=False, default=0),
+    Column("started_at", BigInteger, nullable=False),
+    Column("last_seen", BigInteger, nullable=False, index=True),
+)

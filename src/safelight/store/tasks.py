@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from sqlalchemy import ColumnElement, and_, false, func, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from safelight import metrics
 from safelight.kie import FailCode, TaskState
 
 from .accounts import InsufficientCredits, add_ledger_entry
@@ -23,6 +25,8 @@ from .tables import accounts, tasks
 from .tables import credit_ledger as ledger
 
 # The backend attempt log written with a task's final state: [{"backend", "outcome", "failCode", "detail", "at"}].
+log = logging.getLogger(__name__)
+
 AttemptLog = list[dict[str, Any]]
 
 # Bounds one group commit; larger bursts simply take several transactions.
@@ -99,6 +103,11 @@ class TaskStore:
                     raise
                 continue
             for request, outcome in zip(batch, outcomes, strict=True):
+                if outcome is None:  # created (even if its requester has gone away since)
+                    metrics.TASKS_CREATED.labels(request.model).inc()
+                    log.info("task %s: waiting", request.task_id,
+                             extra={"task_id": request.task_id, "model": request.model, "state": "waiting",
+                                    "account": request.account_id})
                 if not request.outcome.done():
                     if isinstance(outcome, Exception):
                         request.outcome.set_exception(outcome)
@@ -180,7 +189,7 @@ class TaskStore:
                         claims=tasks.c.claims + 1, update_time=at,
                         start_time=func.coalesce(tasks.c.start_time, at))
                 .returning(*tasks.c))).mappings().all()
-        return sorted(rows, key=lambda row: row["create_time"])
+        return _claimed(rows, worker_id, at)
 
     async def claim_batch(self, models: Sequence[str], max_batch: int, worker_id: str,
                           lease_ms: int) -> list[RowMapping]:
@@ -212,7 +221,7 @@ class TaskStore:
                         claims=tasks.c.claims + 1, update_time=at,
                         start_time=func.coalesce(tasks.c.start_time, at))
                 .returning(*tasks.c))).mappings().all()
-        return sorted(rows, key=lambda row: row["create_time"])
+        return _claimed(rows, worker_id, at)
 
     async def mark_generating(self, task_ids: Sequence[str], worker_id: str, backend: str) -> set[str]:
         """Move a claimed batch to generating on `backend`, in one statement; returns the ids this
@@ -223,7 +232,11 @@ class TaskStore:
                                     tasks.c.state.in_(TaskState.ACTIVE))
                 .values(state=TaskState.GENERATING, backend=backend, progress=0, update_time=now_ms())
                 .returning(tasks.c.id))
-            return set(rows.scalars())
+            held = set(rows.scalars())
+        for task_id in held:
+            log.info("task %s: generating on %s", task_id, backend,
+                     extra={"task_id": task_id, "backend": backend, "state": "generating"})
+        return held
 
     async def set_progress(self, task_id: str, worker_id: str, progress: int) -> bool:
         return await self._owned_update(task_id, worker_id, progress=max(0, min(100, progress)))
@@ -244,6 +257,8 @@ class TaskStore:
                                                    tasks.c.state.in_(TaskState.ACTIVE))
                                .values(state=TaskState.WAITING, lease_owner=None, lease_expires_at=None, progress=None,
                                        claims=tasks.c.claims - 1, update_time=now_ms()))
+        for task_id in task_ids:
+            log.info("task %s: handed back to the queue", task_id, extra={"task_id": task_id, "state": "waiting"})
         self.wakeup.poke()
 
     async def succeed(self, task_id: str, worker_id: str, *, files: list[str], seeds: list[int | None],
@@ -259,30 +274,34 @@ class TaskStore:
                 .values(state=TaskState.SUCCESS, result=result, credits_consumed=tasks.c.credits_reserved, progress=100,
                         complete_time=at, update_time=at, lease_owner=None, lease_expires_at=None,
                         **_attempt_log(backend_attempts))
-                .returning(tasks.c.account_id, tasks.c.callback_url))).first()
+                .returning(tasks.c.account_id, tasks.c.callback_url, tasks.c.model, tasks.c.backend,
+                           tasks.c.start_time))).first()
             if row is None:
                 return False
             await self._queue_callback(conn, task_id, row.account_id, row.callback_url, at)
         if row.callback_url:
             self.callbacks.enqueued()
+        _ended(Ended(task_id, row.model, row.backend, TaskState.SUCCESS, "", row.start_time, at))
         return True
 
     async def fail(self, task_id: str, fail_code: str, fail_msg: str, *, worker_id: str | None = None,
                    backend_attempts: AttemptLog | None = None) -> bool:
         """fail, refunding the reservation. With worker_id, only if that worker still holds the task."""
         async with self.db.write() as conn:
-            failed = await self._fail_in(conn, task_id, fail_code, fail_msg, worker_id=worker_id,
-                                         backend_attempts=backend_attempts)
-        if failed:
-            self.callbacks.enqueued()
-        return failed
+            ended = await self._fail_in(conn, task_id, fail_code, fail_msg, worker_id=worker_id,
+                                        backend_attempts=backend_attempts)
+        if ended is None:
+            return False
+        self.callbacks.enqueued()
+        _ended(ended, fail_msg)
+        return True
 
     async def requeue_expired(self, max_claims: int) -> RequeueReport:
         """Tasks whose worker died mid-task go back to waiting, or fail (refunded) after max_claims."""
         at = now_ms()
         expired = and_(tasks.c.state.in_(TaskState.ACTIVE), tasks.c.lease_expires_at < at)
         requeued: list[str] = []
-        failed: list[str] = []
+        ended: list[Ended] = []
         async with self.db.write() as conn:
             rows = (await conn.execute(select(tasks.c.id, tasks.c.claims).where(expired))).all()
             for task_id, claims in rows:
@@ -293,9 +312,15 @@ class TaskStore:
                     requeued.append(task_id)
                 else:
                     msg = f"the task was interrupted {claims} times (worker lost); credits refunded"
-                    if await self._fail_in(conn, task_id, FailCode.INTERNAL, msg):
-                        failed.append(task_id)
-        return RequeueReport(requeued, failed)
+                    if failed := await self._fail_in(conn, task_id, FailCode.INTERNAL, msg):
+                        ended.append(failed)
+        for task_id in requeued:
+            log.info("task %s: lease expired, back to waiting", task_id, extra={"task_id": task_id})
+        for failed in ended:
+            _ended(failed, "interrupted too often")
+        if ended:
+            self.callbacks.enqueued()
+        return RequeueReport(requeued, [failed.task_id for failed in ended])
 
     async def expired_results(self, completed_before_ms: int, limit: int) -> list[str]:
         """Ids of succeeded tasks, completed before the cutoff, whose result files still exist; oldest first."""
@@ -321,6 +346,20 @@ class TaskStore:
             return int((await conn.execute(select(func.count()).select_from(tasks)
                                            .where(tasks.c.state.in_(TaskState.UNFINISHED)))).scalar_one())
 
+    async def count_unfinished_by_model(self) -> dict[tuple[str, str], int]:
+        """(model, state) -> tasks waiting, queuing or generating (the queue gauges)."""
+        async with self.db.read() as conn:
+            rows = await conn.execute(select(tasks.c.model, tasks.c.state, func.count())
+                                      .where(tasks.c.state.in_(TaskState.UNFINISHED))
+                                      .group_by(tasks.c.model, tasks.c.state))
+            return {(str(model), str(state)): int(count) for model, state, count in rows}
+
+    async def waiting_models(self) -> set[str]:
+        """Models with at least one task waiting for a worker."""
+        async with self.db.read() as conn:
+            return set((await conn.execute(select(tasks.c.model).where(tasks.c.state == TaskState.WAITING)
+                                           .distinct())).scalars())
+
     async def count_by_state(self) -> dict[str, int]:
         async with self.db.read() as conn:
             rows = await conn.execute(select(tasks.c.state, func.count()).group_by(tasks.c.state))
@@ -335,7 +374,7 @@ class TaskStore:
             return result.rowcount == 1
 
     async def _fail_in(self, conn: AsyncConnection, task_id: str, fail_code: str, fail_msg: str, *,
-                       worker_id: str | None = None, backend_attempts: AttemptLog | None = None) -> bool:
+                       worker_id: str | None = None, backend_attempts: AttemptLog | None = None) -> Ended | None:
         at = now_ms()
         condition = and_(tasks.c.id == task_id, tasks.c.state.not_in(TaskState.TERMINAL))
         if worker_id is not None:
@@ -345,20 +384,54 @@ class TaskStore:
             .values(state=TaskState.FAIL, fail_code=fail_code, fail_msg=fail_msg[:2000], credits_consumed=0,
                     complete_time=at, update_time=at, lease_owner=None, lease_expires_at=None,
                     **_attempt_log(backend_attempts))
-            .returning(tasks.c.account_id, tasks.c.credits_reserved, tasks.c.callback_url))).first()
+            .returning(tasks.c.account_id, tasks.c.credits_reserved, tasks.c.callback_url, tasks.c.model,
+                       tasks.c.backend, tasks.c.start_time))).first()
         if row is None:
-            return False
+            return None
         if row.credits_reserved:
             await add_ledger_entry(conn, row.account_id, row.credits_reserved, "refund", task_id=task_id, at=at,
                                    note=f"refund: {fail_code}")
         await self._queue_callback(conn, task_id, row.account_id, row.callback_url, at)
-        return True
+        return Ended(task_id, row.model, row.backend, TaskState.FAIL, str(fail_code), row.start_time, at)
 
     async def _queue_callback(self, conn: AsyncConnection, task_id: str, account_id: int, url: str | None,
                               at: int) -> None:
         # Same transaction as the state change: the callback is owed exactly when the task ends.
         if url:
             await self.callbacks.enqueue_in(conn, task_id=task_id, account_id=account_id, url=url, at=at)
+
+
+def _claimed(rows: Sequence[RowMapping], worker_id: str, at: int) -> list[RowMapping]:
+    """Claimed rows, oldest first; the queue time of first claims goes to the metrics."""
+    for row in rows:
+        if row["claims"] == 1:
+            metrics.TASK_QUEUE_SECONDS.labels(row["model"]).observe(max(0, at - row["create_time"]) / 1000)
+        log.info("task %s: queuing (claim %d by %s)", row["id"], row["claims"], worker_id,
+                 extra={"task_id": row["id"], "model": row["model"], "state": "queuing"})
+    return sorted(rows, key=lambda row: row["create_time"])
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A task that reached success or fail, for the metrics and the log (after the commit)."""
+
+    task_id: str
+    model: str
+    backend: str | None
+    state: TaskState
+    fail_code: str
+    start_time: int | None
+    complete_time: int
+
+
+def _ended(ended: Ended, detail: str = "") -> None:
+    backend = ended.backend or "none"
+    metrics.TASKS_FINISHED.labels(ended.model, backend, ended.state, ended.fail_code).inc()
+    if ended.start_time is not None:
+        metrics.TASK_RUN_SECONDS.labels(ended.model, backend).observe((ended.complete_time - ended.start_time) / 1000)
+    log.info("task %s: %s%s", ended.task_id, ended.state, f" {ended.fail_code} ({detail})" if ended.fail_code else "",
+             extra={"task_id": ended.task_id, "model": ended.model, "backend": ended.backend,
+                    "state": str(ended.state), "fail_code": ended.fail_code})
 
 
 def _results_expired(completed_before_ms: int) -> ColumnElement[bool]:

@@ -26,11 +26,13 @@ from typing import Any
 
 from sqlalchemy.engine import RowMapping
 
+from safelight import metrics
 from safelight.backends import Backend, BackendError, GeneratedImage, Job
 from safelight.catalog import InvalidInputError, get_model, validate_input
 from safelight.kie import FailCode
 from safelight.storage import LocalStorage
 from safelight.store import Store, now_ms
+from safelight.store.workers import HEARTBEAT_SECONDS
 
 from .inputs import InputFetchError, InputLoader
 from .progress import ProgressReporter
@@ -86,10 +88,16 @@ class Worker:
         self._attempts: dict[str, list[dict[str, Any]]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._started_at = now_ms()
 
     def models_for(self, backend_name: str) -> list[str]:
         """Models whose route starts at this backend (the ones it claims for)."""
         return [model for model, route in self.routes.items() if route[0] == backend_name]
+
+    @property
+    def running(self) -> bool:
+        """Started, not stopping, and its claim loop alive."""
+        return bool(self._loops) and not self._stopping and not self._loops[0].done()
 
     @property
     def in_flight(self) -> int:
@@ -103,6 +111,7 @@ class Worker:
         if report.requeued or report.failed:
             log.warning("recovered interrupted tasks: %d re-queued, %d failed after %d claims",
                         len(report.requeued), len(report.failed), self.max_claims)
+        await self._beat()
         self._loops = [asyncio.create_task(self._claim_loop(), name="worker-claim"),
                        asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat")]
         log.info("worker %s serving %s", self.id, {model: route for model, route in self.routes.items()})
@@ -129,6 +138,8 @@ class Worker:
         for name in self._used_backends():
             with contextlib.suppress(Exception):
                 await self.backends[name].close()
+        with contextlib.suppress(Exception):
+            await self.store.workers.gone(self.id)
 
     async def _claim_loop(self) -> None:
         sweep_every = self.lease_ms / 2000
@@ -168,12 +179,19 @@ class Worker:
                         self._running[row["id"]] = task
 
     async def _heartbeat_loop(self) -> None:
+        """Renew the leases of running tasks (every third of a lease) and this worker's heartbeat row."""
+        every = min(self.lease_ms / 3000, HEARTBEAT_SECONDS)
         while True:
-            await asyncio.sleep(self.lease_ms / 3000)
+            await asyncio.sleep(every)
             try:
                 await self.store.tasks.extend_leases(list(self._running), self.id, self.lease_ms)
+                await self._beat()
             except Exception:
-                log.exception("could not extend leases")
+                log.exception("could not extend leases or write the heartbeat")
+
+    async def _beat(self) -> None:
+        await self.store.workers.beat(self.id, host=socket.gethostname(), pid=os.getpid(), models=list(self.routes),
+                                      in_flight=self.in_flight, started_at=self._started_at)
 
     async def _process(self, primary: str, rows: list[RowMapping]) -> None:
         open_ids = {row["id"] for row in rows}  # tasks of this batch not yet finished
@@ -318,6 +336,7 @@ class Worker:
             await self.storage.delete_dir(directory)
 
     def _record_attempt(self, task_id: str, backend: str, outcome: Outcome, code: str, detail: str) -> None:
+        metrics.BACKEND_CALLS.labels(backend, outcome).inc()
         entry = {"backend": backend, "outcome": str(outcome), "failCode": str(code), "detail": detail[:500],
                  "at": now_ms()}
         self._attempts.setdefault(task_id, []).append(entry)
