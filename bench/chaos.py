@@ -197,7 +197,7 @@ class Seen:
 class Load:
     accepted: dict[str, Seen] = field(default_factory=dict)
     rejected: Counter[str] = field(default_factory=Counter)  # createTask answered, code != 200
-    create_refused: int = 0  # connection refused: nothing was sent, surely not created
+    create_refused: int = 0  # every replica refused the connection: nothing was sent, surely not created
     create_unknown: int = 0  # the connection broke after sending: maybe created
     poll_errors: int = 0
     downloads: int = 0
@@ -232,7 +232,7 @@ async def run_client(index: int, urls: list[str], key: str, rng: random.Random, 
             if creating and len(outstanding) < max_outstanding:
                 count += 1
                 body = task_body(rng, index, count)
-                task_id = await create(http, rng.choice(urls), body, load)
+                task_id = await create(http, urls, rng, body, load)
                 if task_id is not None:
                     seen = Seen(model=body["model"])
                     load.accepted[task_id] = seen
@@ -247,15 +247,27 @@ async def run_client(index: int, urls: list[str], key: str, rng: random.Random, 
             await asyncio.sleep(rng.uniform(0.02, 0.08) if creating else 0.2)
 
 
-async def create(http: httpx.AsyncClient, url: str, body: dict[str, Any], load: Load) -> str | None:
-    try:
-        response = await http.post(f"{url}/api/v1/jobs/createTask", json=body)
-    except httpx.ConnectError:
+def replicas(urls: list[str], rng: random.Random) -> list[str]:
+    """The API replicas in the order to try them: a random one first, then the others (a load
+    balancer's failover: a refused connection sent nothing, so the next replica may take it)."""
+    first = rng.randrange(len(urls))
+    return urls[first:] + urls[:first]
+
+
+async def create(http: httpx.AsyncClient, urls: list[str], rng: random.Random, body: dict[str, Any],
+                 load: Load) -> str | None:
+    for url in replicas(urls, rng):
+        try:
+            response = await http.post(f"{url}/api/v1/jobs/createTask", json=body)
+            break
+        except httpx.ConnectError:
+            continue
+        except httpx.HTTPError:  # sent, then the connection broke: maybe created, maybe not
+            load.create_unknown += 1
+            await asyncio.sleep(0.1)
+            return None
+    else:
         load.create_refused += 1
-        await asyncio.sleep(0.1)
-        return None
-    except httpx.HTTPError:
-        load.create_unknown += 1
         await asyncio.sleep(0.1)
         return None
     try:
@@ -272,11 +284,16 @@ async def create(http: httpx.AsyncClient, url: str, body: dict[str, Any], load: 
 
 async def poll(http: httpx.AsyncClient, urls: list[str], rng: random.Random, task_id: str, seen: Seen,
                load: Load) -> None:
-    base = rng.choice(urls)
-    try:
-        response = await http.get(f"{base}/api/v1/jobs/recordInfo", params={"taskId": task_id})
-        answer = response.json()
-    except (httpx.HTTPError, ValueError):
+    answer = None
+    for base in replicas(urls, rng):
+        try:
+            answer = (await http.get(f"{base}/api/v1/jobs/recordInfo", params={"taskId": task_id})).json()
+            break
+        except httpx.ConnectError:
+            continue
+        except (httpx.HTTPError, ValueError):
+            break
+    if not isinstance(answer, dict):
         load.poll_errors += 1
         return
     if answer.get("code") == 422:
@@ -595,10 +612,10 @@ def verify(tasks: list[dict[str, Any]], ledger: list[dict[str, Any]], accounts: 
 # --- the run ------------------------------------------------------------------------------------
 
 
-def child_env(data_dir: Path, database_url: str | None, lease_seconds: float) -> dict[str, str]:
+def child_env(data_dir: Path, database_url: str | None, lease_seconds: float, max_claims: int) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith("SAFELIGHT_")}
     env.update(PYTHONUNBUFFERED="1", SAFELIGHT_DATA_DIR=str(data_dir), SAFELIGHT_LEASE_SECONDS=str(lease_seconds),
-               SAFELIGHT_BOOTSTRAP_DEMO_KEY="false")
+               SAFELIGHT_MAX_CLAIMS=str(max_claims), SAFELIGHT_BOOTSTRAP_DEMO_KEY="false")
     if database_url:
         env["SAFELIGHT_DATABASE_URL"] = database_url
     return env
@@ -662,7 +679,7 @@ async def chaos_run(options: argparse.Namespace, workdir: Path) -> dict[str, Any
         database_url = None
         if options.mode == "postgres":
             database_url = await stack.enter_async_context(postgres_database(options.pg_admin_url))
-        env = child_env(data_dir, database_url, options.lease_seconds)
+        env = child_env(data_dir, database_url, options.lease_seconds, options.max_claims)
         key = await asyncio.to_thread(create_key, env, 10**12)
         store_url = database_url or f"sqlite+aiosqlite:///{(data_dir / 'safelight.db').resolve()}"
 
@@ -674,7 +691,7 @@ async def chaos_run(options: argparse.Namespace, workdir: Path) -> dict[str, Any
         urls = [service.url for service in services if service.port is not None]
         schedule = kill_schedule(rng, [service.name for service in services], options.kills, options.seconds)
         say(f"chaos: mode {options.mode}, {options.seconds:g} s, {options.kills} kills, {options.clients} clients, "
-            f"seed {options.seed}, lease {options.lease_seconds:g} s; logs in {logs}")
+            f"seed {options.seed}, lease {options.lease_seconds:g} s, max claims {options.max_claims}; logs in {logs}")
 
         load = Load()
         chaos = Chaos(services)
@@ -720,7 +737,7 @@ async def chaos_run(options: argparse.Namespace, workdir: Path) -> dict[str, Any
     stored_unacknowledged = len({task["id"] for task in tasks} - load.accepted.keys())
     report: dict[str, Any] = {
         "mode": options.mode, "seconds": options.seconds, "kills": options.kills, "clients": options.clients,
-        "seed": options.seed, "lease_seconds": options.lease_seconds,
+        "seed": options.seed, "lease_seconds": options.lease_seconds, "max_claims": options.max_claims,
         "accepted": len(load.accepted),
         "succeeded": sum(1 for task_id in load.accepted if state_of.get(task_id) == "success"),
         "failed": sum(1 for task_id in load.accepted if state_of.get(task_id) == "fail"),
@@ -741,7 +758,8 @@ async def chaos_run(options: argparse.Namespace, workdir: Path) -> dict[str, Any
 
 def print_table(report: dict[str, Any]) -> None:
     title = (f"Safelight chaos run: --mode {report['mode']} --seconds {report['seconds']:g} --kills {report['kills']} "
-             f"--clients {report['clients']} --seed {report['seed']} --lease-seconds {report['lease_seconds']:g}")
+             f"--clients {report['clients']} --seed {report['seed']} --lease-seconds {report['lease_seconds']:g}"
+             f" --max-claims {report['max_claims']}")
     print(title)
     print("-" * len(title))
     rows = [
@@ -798,6 +816,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--lease-seconds", type=float, default=3.0,
                         help="SAFELIGHT_LEASE_SECONDS of the processes (default 3: quick recovery)")
+    parser.add_argument("--max-claims", type=int, default=3,
+                        help="SAFELIGHT_MAX_CLAIMS (default 3); 1 fails (and refunds) every task a kill interrupts")
     parser.add_argument("--settle-seconds", type=float, default=90.0,
                         help="how long every task has to end once the killing stops (default 90)")
     parser.add_argument("--pg-admin-url", default=PG_ADMIN_URL,

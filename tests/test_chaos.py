@@ -22,9 +22,10 @@ from tests.helpers import PG_ADMIN_URL, pg_available
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAOS = ROOT / "bench" / "chaos.py"
-# A few kills in a short load, sized for two cores: about 20 s per mode, start-ups included.
+# A few kills in a short load, sized for two cores: about 20 s per mode, start-ups included. Two claims:
+# a task one kill interrupts is recovered (run again), one that two kills interrupt fails and is refunded.
 SHORT = ["--seconds", "15", "--kills", "4", "--clients", "4", "--seed", "7", "--lease-seconds", "2",
-         "--settle-seconds", "45", "--json"]
+         "--max-claims", "2", "--settle-seconds", "45", "--json"]
 MUST_BE_ZERO = ("lost", "run_twice", "double_charges", "ledger_mismatches", "missing_files", "state_regressions")
 
 

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from safelight import tracing
 from safelight.backends import backend_class
 from safelight.catalog import MODELS, InvalidInputError, ModelSpec, get_model, validate_input
 from safelight.config import Settings
@@ -100,7 +101,13 @@ class Admission:
             raise KieError(Code.MAINTENANCE)
 
     async def create(self, account_id: int, request: CreateRequest) -> str:
-        """Admit the request and create the task, reserving its credits; returns the task id."""
+        """Admit the request and create the task, reserving its credits; returns the task id.
+
+        With tracing on, this span starts the task's trace; its context is stored with the task."""
+        with tracing.span("safelight.create_task", model=request.model, account=account_id):
+            return await self._create(account_id, request)
+
+    async def _create(self, account_id: int, request: CreateRequest) -> str:
         task = await self.admit(request, account_id)
         limit = self.settings.max_queued
         if await self.unfinished_tasks() >= limit:
@@ -111,7 +118,8 @@ class Admission:
             return await self.store.tasks.create(account_id=account_id, model=task.model, param=task.param,
                                                  callback_url=task.callback_url, num_images=task.num_images,
                                                  cost=task.cost, batch_key=task.batch_key,
-                                                 max_unfinished=self.settings.max_queued_per_account)
+                                                 max_unfinished=self.settings.max_queued_per_account,
+                                                 trace_context=tracing.traceparent())
         except InsufficientCredits as exc:
             raise KieError(Code.INSUFFICIENT_CREDITS, f"Credits insufficient: this task costs {exc.needed} "
                                                       f"credits, the balance is {exc.balance}") from None
@@ -176,7 +184,10 @@ class Admission:
 
     async def _check_own_files(self, account_id: int, input_urls: list[tuple[str, str]]) -> None:
         """422 for an input URL naming another account's file on this server (its upload, or a
-        result of its task): download-url refuses those links, and so does createTask."""
+        result of its task): download-url refuses those links, and so does createTask.
+
+        Our files are recognised as the worker recognises them: a genuine link (Safelight's, whatever
+        host it names, or the store's presigned URL)."""
         for field, url in input_urls:
             key = self.signer.key_from_url(url)
             if key is None:
@@ -195,8 +206,9 @@ class Admission:
         """422 naming the first field whose URL the outbound policy refuses, or (input URLs only) whose
         host does not resolve.
 
-        Input URLs pointing at our own files are read from storage, never over HTTP, so they are not
-        checked; a callBackUrl always is (it is POSTed to through the outbound guard).
+        Input URLs that are genuine links to our own files are read from storage, never over HTTP, so
+        they are not checked; one that only looks like ours (a forged signature) is checked like any
+        other. A callBackUrl always is (it is POSTed to through the outbound guard).
         """
         foreign = [("callBackUrl", callback_url)] if callback_url is not None else []
         foreign += [(field, url) for field, url in input_urls if self.signer.key_from_url(url) is None]

@@ -29,7 +29,7 @@ from safelight.kie import task_record
 from safelight.metrics import StoreSnapshot, refresh_store_gauges
 from safelight.net import OutboundPolicy
 from safelight.routing import Routing, load_routing
-from safelight.storage import LocalStorage, UrlSigner
+from safelight.storage import Storage, UrlSigner, check_storage, open_storage, url_signer
 from safelight.storage.retention import run_periodically
 from safelight.store import Store
 from safelight.store.workers import LIVE_SECONDS
@@ -83,6 +83,7 @@ def outbound_policy(settings: Settings) -> OutboundPolicy:
 def preflight(settings: Settings, routing: Routing, roles: Iterable[Role]) -> None:
     """Fail before serving, with a message naming what is missing (weights files, key variables).
     Only a process that runs the worker role needs its backends' weights and keys."""
+    check_storage(settings)
     if Role.WORKER in set(roles):
         for backend in build_backends(settings, routing, outbound_policy(settings)).values():
             backend.preflight()
@@ -95,7 +96,7 @@ class Runtime:
     settings: Settings
     roles: frozenset[Role]
     store: Store
-    storage: LocalStorage
+    storage: Storage
     signer: UrlSigner
     policy: OutboundPolicy
     routing: Routing
@@ -109,16 +110,17 @@ class Runtime:
     async def open(cls, settings: Settings, roles: Iterable[Role], *, routing: Routing | None = None,
                    migrate: bool = True) -> Runtime:
         """Connect the store (migrating it first), then build and start each role asked for."""
+        storage = open_storage(settings)
         store = Store(settings.effective_database_url)
         try:
             if migrate:
                 await store.migrate()
-            signer = UrlSigner(await store.state.secret_key(), settings.public_url)
+            signer = url_signer(await store.state.secret_key(), settings, storage)
         except BaseException:
             await store.close()
             raise
         runtime = cls(settings=settings, roles=frozenset(roles), store=store,
-                      storage=LocalStorage(settings.files_dir), signer=signer,
+                      storage=storage, signer=signer,
                       policy=outbound_policy(settings),
                       routing=routing or load_configured_routing(settings))
         try:
@@ -208,6 +210,7 @@ class Runtime:
         if self.deliverer is not None:
             await self.deliverer.stop()
         await self.store.close()
+        await self.storage.close()
 
     # --- what the roles are made of -------------------------------------------------------------
 
@@ -236,7 +239,7 @@ class Runtime:
     # --- small shared helpers -------------------------------------------------------------------
 
     def result_url(self, key: str) -> str:
-        return self.signer.url(key, self.settings.result_url_ttl_seconds)
+        return self.signer.link(key, self.settings.result_url_ttl_seconds)
 
     def task_record(self, row: Mapping[Any, Any]) -> dict[str, Any]:
         """The recordInfo `data` of a task row, with its result URLs signed now."""

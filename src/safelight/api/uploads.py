@@ -2,7 +2,8 @@
 
 Uploaded files are kept per account under `uploads/<account>/<uploadPath>/<fileName>`; as on kie,
 re-uploading a name overwrites it. The returned `downloadUrl` is a signed link to this server,
-valid for the upload retention period, and works directly as a task's input URL.
+valid for the upload retention period (or the store's presigned URL, with SAFELIGHT_FILE_URLS=presigned),
+and works directly as a task's input URL.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ async def _store(request: Request, account_id: int, upload_path: str, file_name:
         "success": True,
         "fileName": name,
         "filePath": file_path,
-        "downloadUrl": runtime.signer.url(key, runtime.settings.upload_retention_seconds),
+        "downloadUrl": runtime.signer.link(key, runtime.settings.upload_retention_seconds),
         "fileSize": len(data),
         "mimeType": mime,
         "uploadedAt": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),

@@ -108,10 +108,11 @@ def _checked(build: Callable[[], T]) -> T:
     """Build the app or runtime; a bad routing file or missing weights/keys exits with one clear line."""
     from safelight.backends import BackendStartError
     from safelight.routing import RoutingError
+    from safelight.storage import StorageConfigError
 
     try:
         return build()
-    except (RoutingError, BackendStartError) as exc:
+    except (RoutingError, BackendStartError, StorageConfigError) as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
 
@@ -135,6 +136,7 @@ def serve(
     from safelight.config import Settings
     from safelight.logs import configure_logging
     from safelight.runtime import SERVE_NO_WORKER_ROLES, SERVE_ROLES, describe_roles
+    from safelight.tracing import configure_tracing
 
     # The port first: a second server on a taken port stops here, before migrating or starting a worker.
     listener = _listen(host, port)
@@ -145,10 +147,11 @@ def serve(
     roles = SERVE_ROLES if workers else SERVE_NO_WORKER_ROLES
     settings = Settings()
     configure_logging(log_level, settings.log_format)
+    configure_tracing("safelight")
     application = _checked(lambda: create_app(settings, roles=roles, check_backends=True))
     _bootstrap(settings)
     console.print(f"[bold]Safelight[/] on {settings.public_url}  (roles: {describe_roles(roles)}; "
-                  f"store: {_describe_store(settings)}; files: {settings.files_dir.resolve()})", highlight=False)
+                  f"store: {_describe_store(settings)}; files: {_describe_files(settings)})", highlight=False)
     config = uvicorn.Config(application, log_level=log_level, proxy_headers=True, log_config=None, access_log=False)
     uvicorn.Server(config).run(sockets=[listener])
 
@@ -182,10 +185,12 @@ def worker(
     from safelight.config import Settings
     from safelight.logs import configure_logging
     from safelight.runtime import WORKER_ROLES, Runtime, describe_roles, load_configured_routing, preflight
+    from safelight.tracing import configure_tracing
 
     metrics_listener = _listen(metrics_host, metrics_port) if metrics_port is not None else None
     settings = Settings()
     configure_logging(log_level, settings.log_format)
+    configure_tracing("safelight-worker")
 
     def build() -> Routing:
         routing = load_configured_routing(settings)
@@ -269,11 +274,11 @@ def migrate() -> None:
 def sweep() -> None:
     """Run the retention sweep once: delete expired result files and uploads (task records stay)."""
     from safelight.config import Settings
-    from safelight.storage import LocalStorage
+    from safelight.storage import open_storage
     from safelight.storage.retention import sweep as run_sweep
 
     settings = Settings()
-    storage = LocalStorage(settings.files_dir)
+    storage = _checked(lambda: open_storage(settings))
     report = _run(lambda store: run_sweep(store.tasks, storage, settings))
     console.print(f"swept: {report}")
 
@@ -452,3 +457,12 @@ def _bootstrap(settings: Settings) -> None:
 def _describe_store(settings: Settings) -> str:
     url = settings.effective_database_url
     return url.split("@")[-1] if "@" in url else url
+
+
+def _describe_files(settings: Settings) -> str:
+    """Where result files and uploads go (SAFELIGHT_STORAGE_URL), and how clients are linked to them."""
+    url = settings.storage_url.strip()
+    where = url if url.startswith("s3://") else str(Path(url.removeprefix("file://") or settings.files_dir).resolve())
+    if url.startswith("s3://") and settings.s3_endpoint_url:
+        where += f" at {settings.s3_endpoint_url}"
+    return f"{where}, {settings.file_urls} links" if settings.file_urls != "proxied" else where

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.engine import RowMapping
 
-from safelight import metrics
+from safelight import metrics, tracing
 from safelight.kie import callback_body
 from safelight.net import FetchError, OutboundPolicy, UnsafeURLError, post_json
 from safelight.store import Store, now_ms
@@ -121,8 +121,14 @@ class CallbackDeliverer:
         error = ""
         permanent = False
         started = time.perf_counter()
+        span = tracing.Span()
         try:
-            body, task_id, secret = await self._body(delivery)
+            row = await self.store.tasks.get(delivery["task_id"])
+            if row is None:
+                raise LookupError(f"task {delivery['task_id']} of callback {delivery['id']} does not exist")
+            span = tracing.start_span("safelight.callback", parent=row["trace_context"], task_id=row["id"],
+                                      attempt=delivery["attempts"])
+            body, task_id, secret = await self._body(row)
             headers = signature_headers(secret=secret, task_id=task_id, webhook_id=delivery["id"],
                                         timestamp=int(time.time()), body=body)
             headers.update({"Content-Type": "application/json", "User-Agent": USER_AGENT})
@@ -149,6 +155,7 @@ class CallbackDeliverer:
         await self.store.callbacks.record_attempt(delivery, status_code=status_code, latency_ms=latency_ms,
                                                   error=error, delivered=delivered, retry_at=retry_at)
         metrics.CALLBACKS.labels("delivered" if delivered else "retry" if retry_at else "gave_up").inc()
+        span.end(error=error or None)
         context = {"task_id": delivery["task_id"], "account": delivery["account_id"]}
         if delivered:
             log.info("callback %s for task %s delivered (attempt %d, HTTP %s, %d ms)", delivery["id"],
@@ -158,9 +165,6 @@ class CallbackDeliverer:
             log.log(level, "callback %s for task %s attempt %d: %s%s", delivery["id"], delivery["task_id"],
                     delivery["attempts"], error, "" if retry_at else " (giving up)", extra=context)
 
-    async def _body(self, delivery: RowMapping) -> tuple[bytes, str, str]:
-        row = await self.store.tasks.get(delivery["task_id"])
-        if row is None:
-            raise LookupError(f"task {delivery['task_id']} of callback {delivery['id']} does not exist")
+    async def _body(self, row: RowMapping) -> tuple[bytes, str, str]:
         balance, secret = await self.store.accounts.balance_and_webhook_key(row["account_id"])
         return callback_body(self.build_record(row), balance), row["id"], secret

@@ -55,7 +55,7 @@ class LocalStorage:
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         paths = [self.path(key) for key in keys]
-        await asyncio.to_thread(lambda: [path.unlink(missing_ok=True) for path in paths])
+        await asyncio.to_thread(_unlink_all, paths)
 
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every file under `prefix` and the directory itself. Returns the bytes freed."""
@@ -124,6 +124,11 @@ class LocalStorage:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _unlink_all(paths: Sequence[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _file_size(path: Path) -> int | None:

@@ -33,6 +33,7 @@ from .base import CHUNK_BYTES, Presigner, StorageConfigError, StoredFile, check_
 
 if TYPE_CHECKING:
     from obstore import Attributes, GetResult
+    from obstore.store import S3Config
 
 # SigV4 presigned URLs live at most 7 days.
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
@@ -94,8 +95,7 @@ class S3Storage:
         # AWS prefers virtual-hosted style (bucket.s3.region.amazonaws.com/key).
         self.path_style = bool(self.endpoint_url) if path_style is None else path_style
         self._credentials = credentials
-        config: dict[str, str | bool] = {"region": self.region,
-                                         "virtual_hosted_style_request": not self.path_style}
+        config: S3Config = {"region": self.region, "virtual_hosted_style_request": not self.path_style}
         if self.endpoint_url:
             config["endpoint"] = self.endpoint_url
         if credentials is not None:
@@ -104,7 +104,7 @@ class S3Storage:
             if credentials.session_token:
                 config["session_token"] = credentials.session_token
         self._store = S3Store(
-            location.bucket, prefix=location.prefix or None, config=config,  # type: ignore[arg-type]
+            location.bucket, prefix=location.prefix or None, config=config,
             client_options={"allow_http": self.endpoint_url.startswith("http://"), "connect_timeout": "5s",
                             "timeout": "120s"},
             retry_config={"max_retries": 3, "retry_timeout": timedelta(seconds=30)})

@@ -88,6 +88,8 @@ tasks = Table(
     Column("complete_time", BigInteger, nullable=True),
     # Set when retention removed the result files; the record itself stays.
     Column("files_deleted", Boolean, nullable=False, default=False),
+    # The W3C traceparent of createTask's span (with the [otel] extra): every process joins that trace.
+    Column("trace_context", String(64), nullable=True),
     # The claim query: oldest waiting task of the models a worker serves.
     Index("ix_tasks_state_model_create", "state", "model", "create_time"),
     Index("ix_tasks_account_create", "account_id", "create_time"),

@@ -44,6 +44,7 @@ class _CreateRequest:
     cost: int
     batch_key: str | None
     max_unfinished: int | None
+    trace_context: str | None
     outcome: asyncio.Future[str]
 
 
@@ -71,7 +72,7 @@ class TaskStore:
 
     async def create(self, *, account_id: int, model: str, param: str, callback_url: str | None,
                      num_images: int, cost: int, batch_key: str | None = None,
-                     max_unfinished: int | None = None) -> str:
+                     max_unfinished: int | None = None, trace_context: str | None = None) -> str:
         """Insert a waiting task and reserve its credits, atomically. Raises InsufficientCredits, or
         AccountQueueFull when the account already has `max_unfinished` unfinished tasks.
 
@@ -81,7 +82,7 @@ class TaskStore:
         """
         request = _CreateRequest(task_id=uuid.uuid4().hex, account_id=account_id, model=model, param=param,
                                  callback_url=callback_url, num_images=num_images, cost=cost,
-                                 batch_key=batch_key, max_unfinished=max_unfinished,
+                                 batch_key=batch_key, max_unfinished=max_unfinished, trace_context=trace_context,
                                  outcome=asyncio.get_running_loop().create_future())
         self._pending.append(request)
         if self._flusher is None or self._flusher.done():
@@ -152,7 +153,8 @@ class TaskStore:
                 id=request.task_id, account_id=request.account_id, model=request.model, state=TaskState.WAITING,
                 param=request.param, callback_url=request.callback_url, num_images=request.num_images,
                 credits_reserved=request.cost, credits_consumed=0, fail_code="", fail_msg="", claims=0,
-                batch_key=request.batch_key, create_time=at, update_time=at, files_deleted=False))
+                batch_key=request.batch_key, create_time=at, update_time=at, files_deleted=False,
+                trace_context=request.trace_context))
             unfinished[request.account_id] = queued + 1
             outcomes.append(None)
         for account_id in {row["account_id"] for row in ledger_rows}:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
-
 from PIL import Image
 
 from safelight.net import (
@@ -15,7 +13,7 @@ from safelight.net import (
     fetch_image,
     sniff_image_type,
 )
-from safelight.storage import LocalStorage, StorageKeyError, UrlSigner
+from safelight.storage import OwnLink, Storage, StorageKeyError, UrlSigner
 
 
 class InputFetchError(Exception):
@@ -23,7 +21,7 @@ class InputFetchError(Exception):
 
 
 class InputLoader:
-    def __init__(self, *, storage: LocalStorage, signer: UrlSigner, policy: OutboundPolicy,
+    def __init__(self, *, storage: Storage, signer: UrlSigner, policy: OutboundPolicy,
                  max_bytes: int, max_pixels: int) -> None:
         self.storage = storage
         self.signer = signer
@@ -34,9 +32,11 @@ class InputLoader:
     async def load(self, field: str, url: str) -> tuple[bytes, str, Image.Image]:
         """(file bytes, mime type by content, decoded image) of one input URL."""
         try:
-            key = self.signer.key_from_url(url)
-            if key is not None:
-                return await self._load_own(field, url, key)
+            # Our own files (a genuine link, whatever host it names) are read from storage; a URL
+            # that only looks like ours is fetched through the outbound guard like any other.
+            link = self.signer.own_link(url)
+            if link is not None:
+                return await self._load_own(field, link)
             return await fetch_image(url, policy=self.policy, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
         except UnsafeURLError as exc:
             raise InputFetchError(f"{field} is not allowed: {exc.reason}") from None
@@ -45,16 +45,21 @@ class InputLoader:
         except ImageError as exc:
             raise InputFetchError(f"{field} is not a usable image: {exc.reason}") from None
 
-    async def _load_own(self, field: str, url: str, key: str) -> tuple[bytes, str, Image.Image]:
+    async def _load_own(self, field: str, link: OwnLink) -> tuple[bytes, str, Image.Image]:
         # Our own upload or result URL: read it from storage instead of making an HTTP request to ourselves.
-        query = parse_qs(urlsplit(url).query)
-        if not self.signer.verify(key, query.get("expires", [""])[0], query.get("signature", [""])[0]):
+        if link.expired():
             raise InputFetchError(f"{field} is a link to this server that has expired or is not valid")
         try:
-            data = await self.storage.get(key)
-        except (FileNotFoundError, StorageKeyError):
-            raise InputFetchError(f"{field} points to a file that no longer exists") from None
-        if len(data) > self.max_bytes:
+            stored = await self.storage.open(link.key)
+        except StorageKeyError:
+            stored = None
+        if stored is None:
+            raise InputFetchError(f"{field} points to a file that no longer exists")
+        if stored.size > self.max_bytes:  # refused before a byte of it is read
             raise InputFetchError(f"{field} is larger than {self.max_bytes // (1024 * 1024)} MB")
+        try:
+            data = await stored.read()
+        except FileNotFoundError:  # deleted (retention) between opening and reading
+            raise InputFetchError(f"{field} points to a file that no longer exists") from None
         image = decode_image(data, max_pixels=self.max_pixels)
         return data, sniff_image_type(data) or "image/png", image

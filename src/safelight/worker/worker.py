@@ -26,11 +26,11 @@ from typing import Any
 
 from sqlalchemy.engine import RowMapping
 
-from safelight import metrics
+from safelight import metrics, tracing
 from safelight.backends import Backend, BackendError, GeneratedImage, Job
 from safelight.catalog import InvalidInputError, get_model, validate_input
 from safelight.kie import FailCode
-from safelight.storage import LocalStorage
+from safelight.storage import Storage
 from safelight.store import Store, now_ms
 from safelight.store.workers import HEARTBEAT_SECONDS
 
@@ -60,7 +60,7 @@ class Attempt:
 
 
 class Worker:
-    def __init__(self, *, store: Store, storage: LocalStorage, loader: InputLoader,
+    def __init__(self, *, store: Store, storage: Storage, loader: InputLoader,
                  backends: Mapping[str, Backend] | Sequence[Backend], routes: Mapping[str, Sequence[str] | str],
                  lease_seconds: float = 60.0, max_claims: int = 3, task_timeout_seconds: float = 600.0) -> None:
         self.store = store
@@ -79,6 +79,8 @@ class Worker:
         self.file_token = uuid.uuid4().hex[:12]
         # task id -> the claim this worker holds it under (tasks.claims when claimed).
         self._claims: dict[str, int] = {}
+        # task id -> the traceparent stored with it (tracing), so its spans join the task's trace.
+        self._traces: dict[str, str | None] = {}
         # Calls in flight per backend, across primaries and fallbacks ("BFL allows 24 in flight").
         self._slots = {name: asyncio.Semaphore(backend.concurrency) for name, backend in self.backends.items()}
         # Claimed batches per primary backend: claiming stops when the primary has no free slot.
@@ -195,6 +197,11 @@ class Worker:
 
     async def _process(self, primary: str, rows: list[RowMapping]) -> None:
         open_ids = {row["id"] for row in rows}  # tasks of this batch not yet finished
+        claims = []
+        for row in rows:
+            self._traces[row["id"]] = row["trace_context"]
+            claims.append(tracing.start_span("safelight.claim", parent=row["trace_context"], task_id=row["id"],
+                                             model=row["model"], worker=self.id, claim=row["claims"]))
         try:
             await asyncio.wait_for(self._run(rows, open_ids), timeout=self.task_timeout)
         except TimeoutError:
@@ -213,6 +220,9 @@ class Worker:
                 self._running.pop(row["id"], None)
                 self._attempts.pop(row["id"], None)
                 self._claims.pop(row["id"], None)
+                self._traces.pop(row["id"], None)
+            for claim in claims:
+                claim.end()
             self._claimed[primary] -= 1
             self.store.wakeup.poke()  # a slot is free
 
@@ -288,13 +298,22 @@ class Worker:
             jobs = [job for job in jobs if job.task_id in held]
             if not jobs:  # leases lost: other workers own these tasks now
                 return Attempt(Outcome.SUCCESS, [], [])
+            spans = [tracing.start_span("safelight.backend", parent=self._traces.get(job.task_id), backend=name,
+                                        task_id=job.task_id, batch=len(jobs)) for job in jobs]
             try:
                 results = await self._generate(self.backends[name], jobs)
             except BackendError as exc:
                 outcome = Outcome.FALLBACK if exc.transient and not last else Outcome.FAIL
-                for job in jobs:
+                for job, span in zip(jobs, spans, strict=True):
                     self._record_attempt(job.task_id, name, outcome, exc.fail_code, exc.detail or exc.message)
+                    span.end(error=f"{exc.fail_code} {outcome}")
                 return Attempt(outcome, jobs, [], exc)
+            except BaseException as exc:
+                for span in spans:
+                    span.end(error=type(exc).__name__)
+                raise
+            for span, result in zip(spans, results, strict=True):
+                span.end(error=result.fail_code if isinstance(result, BackendError) else None)
         return Attempt(Outcome.SUCCESS, jobs, results)
 
     def _route_for(self, job: Job) -> list[str]:
@@ -324,16 +343,14 @@ class Worker:
         # Files are keyed by this claim: a worker that lost its lease (paused, partitioned) and
         # finishes late writes beside the new owner's files, never over them, and removes only its own.
         directory = f"results/{task_id}/{self._claims.get(task_id, 0)}-{self.file_token}"
-        keys = []
-        for index, image in enumerate(images):
-            key = f"{directory}/{index}.{image.extension}"
-            await self.storage.put(key, image.data)
-            keys.append(key)
+        keys = [f"{directory}/{index}.{image.extension}" for index, image in enumerate(images)]
+        # Written side by side: on S3 each put is a round trip.
+        await asyncio.gather(*(self.storage.put(key, image.data) for key, image in zip(keys, images, strict=True)))
         open_ids.discard(task_id)
         if not await self.store.tasks.succeed(task_id, self.id, files=keys, seeds=[i.seed for i in images],
                                               backend_attempts=self._attempts.get(task_id)):
             log.warning("task %s finished after its lease was lost; its result files are removed", task_id)
-            await self.storage.delete_dir(directory)
+            await self.storage.delete_prefix(directory)
 
     def _record_attempt(self, task_id: str, backend: str, outcome: Outcome, code: str, detail: str) -> None:
         metrics.BACKEND_CALLS.labels(backend, outcome).inc()
