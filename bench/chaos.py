@@ -199,7 +199,7 @@ class Load:
     rejected: Counter[str] = field(default_factory=Counter)  # createTask answered, code != 200
     create_refused: int = 0  # every replica refused the connection: nothing was sent, surely not created
     create_unknown: int = 0  # the connection broke after sending: maybe created
-    poll_errors: int = 0
+    poll_errors: Counter[str] = field(default_factory=Counter)  # recordInfo answered nothing usable, by why
     downloads: int = 0
     download_errors: Counter[str] = field(default_factory=Counter)
 
@@ -237,12 +237,12 @@ async def run_client(index: int, urls: list[str], key: str, rng: random.Random, 
                     seen = Seen(model=body["model"])
                     load.accepted[task_id] = seen
                     outstanding[task_id] = seen
-            errors = load.poll_errors
+            errors = load.poll_errors.total()
             for task_id, seen in list(outstanding.items()):
                 await poll(http, urls, rng, task_id, seen, load)
                 if seen.states and seen.states[-1] in TERMINAL:
                     del outstanding[task_id]
-            if load.poll_errors > errors:  # a process is down: do not spin on its refused connections
+            if load.poll_errors.total() > errors:  # a process is down: do not spin on its refused connections
                 await asyncio.sleep(rng.uniform(0.1, 0.3))
             await asyncio.sleep(rng.uniform(0.02, 0.08) if creating else 0.2)
 
@@ -284,24 +284,29 @@ async def create(http: httpx.AsyncClient, urls: list[str], rng: random.Random, b
 
 async def poll(http: httpx.AsyncClient, urls: list[str], rng: random.Random, task_id: str, seen: Seen,
                load: Load) -> None:
-    answer = None
+    answer: Any = None
+    error = "every replica refused the connection"
     for base in replicas(urls, rng):
         try:
             answer = (await http.get(f"{base}/api/v1/jobs/recordInfo", params={"taskId": task_id})).json()
             break
         except httpx.ConnectError:
             continue
-        except (httpx.HTTPError, ValueError):
+        except httpx.HTTPError as exc:
+            error = f"connection broke ({type(exc).__name__})"
+            break
+        except ValueError:
+            error = "not JSON"
             break
     if not isinstance(answer, dict):
-        load.poll_errors += 1
+        load.poll_errors[error] += 1
         return
     if answer.get("code") == 422:
         seen.unknown_after_accept += 1
         return
     data = answer.get("data")
     if answer.get("code") != 200 or not isinstance(data, dict):
-        load.poll_errors += 1
+        load.poll_errors[f"code {answer.get('code')}"] += 1
         return
     state = str(data.get("state"))
     previous = seen.states[-1] if seen.states else None
@@ -744,7 +749,7 @@ async def chaos_run(options: argparse.Namespace, workdir: Path) -> dict[str, Any
         **{kind: finding.counts.get(kind, 0) for kind in FAILING},
         "stored_tasks": len(tasks), "store_states": dict(states), "fail_codes": dict(fail_codes),
         "stored_without_answer": stored_unacknowledged, "create_unknown": load.create_unknown,
-        "create_refused": load.create_refused, "rejected": dict(load.rejected), "poll_errors": load.poll_errors,
+        "create_refused": load.create_refused, "rejected": dict(load.rejected), "poll_errors": dict(load.poll_errors),
         "downloads": load.downloads, "download_errors": dict(load.download_errors),
         **info,
         "kills_by_process": {service.name: service.kills for service in services},
@@ -788,7 +793,7 @@ def print_table(report: dict[str, Any]) -> None:
         ("succeeded, unreferenced claim dirs", report["succeeded_with_unreferenced_claim_dirs"]),
         ("result dirs of failed tasks", report["result_dirs_of_failed_tasks"]),
         ("downloads via signed URL", f"{report['downloads']} (errors: {_codes(report['download_errors']) or 0})"),
-        ("poll errors (process down)", report["poll_errors"]),
+        ("poll errors (process down)", _codes(report["poll_errors"]) or 0),
         ("exits nobody asked for", sum(len(v) for v in report["unexpected_exits"].values())),
         ("load / settle time", f"{report['load_seconds']:g} s / {report['settle_seconds']:g} s"),
     ]
@@ -836,6 +841,9 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         print(f"chaos: the run could not be made: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("chaos: interrupted; every process it started is killed", file=sys.stderr)
+        return 130
     finally:
         _cleanup()
         signal.signal(signal.SIGTERM, previous)

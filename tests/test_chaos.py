@@ -7,6 +7,7 @@ The long form (`bench/chaos.py --seconds 120 --kills 40`) is run by hand; see th
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import json
 import os
@@ -29,6 +30,7 @@ SHORT = ["--seconds", "15", "--kills", "4", "--clients", "4", "--seed", "7", "--
 MUST_BE_ZERO = ("lost", "run_twice", "double_charges", "ledger_mismatches", "missing_files", "state_regressions")
 
 
+@functools.cache
 def load_chaos():
     spec = importlib.util.spec_from_file_location("safelight_bench_chaos", CHAOS)
     module = importlib.util.module_from_spec(spec)
