@@ -10,7 +10,7 @@ SERVE_STAMP := $(VENV)/.installed-serve
 DEV_STAMP := $(VENV)/.installed-dev
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: serve test check lint client-models bench bench-gpu clean
+.PHONY: serve test check lint client-models bench bench-gpu clean fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 # PostgreSQL. torch is pinned first: the CPU build, since an unpinned torch pulls gigabytes of CUDA packages.
 $(TEST_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[server,postgres,dev,gpu,google]'
+	$(BIN)/pip install --quiet -e '.[server,postgres,s3,otel,dev,gpu,google]'
 	touch $@
 
 # `make serve HOST=0.0.0.0 PORT=9000` to listen elsewhere.
@@ -49,6 +49,11 @@ test: check
 check: $(TEST_STAMP)
 	$(BIN)/ruff check src tests bench tools
 	$(BIN)/mypy
+
+# The fuzz tests (tests/test_fuzz.py: hypothesis on createTask, schemathesis on every documented operation)
+# at length: 5000 examples instead of the suite's CI-sized run; SAFELIGHT_FUZZ_EXAMPLES=N sets another count.
+fuzz: $(TEST_STAMP)
+	SAFELIGHT_FUZZ_EXAMPLES=$${SAFELIGHT_FUZZ_EXAMPLES:-5000} HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests/test_fuzz.py
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench tools

@@ -207,7 +207,7 @@ async def test_a_hanging_receiver_times_out_without_holding_the_worker(fast_retr
         while (await runtime.store.tasks.get(second))["state"] != "success":  # noqa: ASYNC110 - polling the store
             await asyncio.sleep(0.01)
         assert time.monotonic() - started < 4.0  # the receiver hangs for 5 s
-        deliveries = await wait_delivered(settings.public_url, created.key, first)
+        deliveries = await wait_delivered(settings.public_url, created.key, first, timeout=30.0)
         first_try, second_try = deliveries[0]["log"][:2]
         assert "did not complete within" in first_try["error"] and second_try["statusCode"] == 200
 

@@ -10,6 +10,9 @@ message that names the field and the rule; each door renders it in its own forma
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +25,7 @@ from safelight.kie import Code, KieError, param_string
 from safelight.net import FetchError, OutboundPolicy, UnsafeURLError, check_url
 from safelight.routing import Routing
 from safelight.storage import UrlSigner
-from safelight.store import AccountQueueFull, InsufficientCredits, Store
+from safelight.store import AccountQueueFull, IdempotencyConflict, InsufficientCredits, Store, now_ms
 from safelight.ttl_cache import TtlCache
 
 MAX_URL_LENGTH = 2048
@@ -45,6 +48,16 @@ class CreateRequest:
     # The model's input exactly as sent: validated here, and kept verbatim in `param`.
     input: Any
     callback_url: str | None = None
+    # Extensions (headers on createTask): the same key and request within 24 h give the same task;
+    # a task not finished this long after its creation is cancelled.
+    idempotency_key: str | None = None
+    cancel_after_seconds: float | None = None
+
+    def fingerprint(self) -> str:
+        """What "the same request" means for an Idempotency-Key: model, callBackUrl and input."""
+        canonical = json.dumps({"model": self.model, "callBackUrl": self.callback_url, "input": self.input},
+                               sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+        return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> CreateRequest:
@@ -66,6 +79,28 @@ class CreateRequest:
         if "input" not in body:
             raise KieError(Code.INVALID, "input is required")
         return cls(model=model, input=body["input"], callback_url=callback_url)
+
+
+MAX_IDEMPOTENCY_KEY = 255
+MAX_CANCEL_AFTER_SECONDS = 7 * 24 * 3600
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([sm]?)\s*$")
+
+
+def idempotency_key(value: str) -> str:
+    """An Idempotency-Key header: 1-255 printable ASCII characters."""
+    if not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY or not all(" " <= ch <= "~" for ch in value):
+        raise KieError(Code.INVALID, f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters")
+    return value
+
+
+def cancel_after_seconds(value: str) -> float:
+    """A Cancel-After header: seconds, as `30`, `30s` or `2m`."""
+    found = _DURATION.match(value)
+    seconds = (float(found.group(1)) * (60 if found.group(2) == "m" else 1)) if found else 0.0
+    if not 0 < seconds <= MAX_CANCEL_AFTER_SECONDS:
+        raise KieError(Code.INVALID, f"Cancel-After must be a duration such as 30, 30s or 2m, more than 0 and at "
+                                     f"most {MAX_CANCEL_AFTER_SECONDS // 86400} days; got {value[:40]!r}")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -119,10 +154,16 @@ class Admission:
                                                  callback_url=task.callback_url, num_images=task.num_images,
                                                  cost=task.cost, batch_key=task.batch_key,
                                                  max_unfinished=self.settings.max_queued_per_account,
-                                                 trace_context=tracing.traceparent())
+                                                 trace_context=tracing.traceparent(),
+                                                 cancel_at=_deadline(request.cancel_after_seconds),
+                                                 idempotency=(request.idempotency_key, request.fingerprint())
+                                                 if request.idempotency_key else None)
         except InsufficientCredits as exc:
             raise KieError(Code.INSUFFICIENT_CREDITS, f"Credits insufficient: this task costs {exc.needed} "
                                                       f"credits, the balance is {exc.balance}") from None
+        except IdempotencyConflict as exc:
+            raise KieError(Code.INVALID, f"this Idempotency-Key was already used for a different request (task "
+                                         f"{exc.task_id}); use a new key for a new request") from None
         except AccountQueueFull as exc:
             raise KieError(Code.RATE_LIMITED, f"Rate limit exceeded: this account already has {exc.limit} unfinished "
                                               "tasks (SAFELIGHT_MAX_QUEUED_PER_ACCOUNT); nothing was created or "
@@ -238,3 +279,7 @@ class Admission:
                 raise KieError(Code.INVALID, f"{field} could not be resolved: {exc.reason}")
             if exc is not None:
                 raise exc
+
+
+def _deadline(cancel_after: float | None) -> int | None:
+    return None if cancel_after is None else now_ms() + int(cancel_after * 1000)

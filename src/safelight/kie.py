@@ -49,6 +49,7 @@ class FailCode(StrEnum):
     UNAVAILABLE = "503"  # every backend of the route was overloaded, down or misconfigured
     TIMEOUT = "504"  # generation passed the task timeout or a provider's deadline
     NOT_SERVED = "505"  # the task asks for something this server cannot honour (nsfw_checker)
+    CANCELLED = "499"  # cancelled by its owner (POST /api/v1/jobs/cancel) or its Cancel-After deadline
 
 
 class Code(IntEnum):

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 # How often an API process checks that every model with waiting tasks has a live worker.
 UNSERVED_CHECK_SECONDS = 60.0
+# How often each API or worker process cancels tasks past their Cancel-After deadline.
+DEADLINE_SWEEP_SECONDS = 1.0
 
 
 class Role(StrEnum):
@@ -131,6 +133,10 @@ class Runtime:
         return runtime
 
     async def _start_roles(self) -> None:
+        if self.roles & {Role.API, Role.WORKER}:
+            # Waits (Prefer: wait, the event stream) and a worker's cancels hear of other processes' changes.
+            await self.store.task_events.listen()
+            self._background.append(asyncio.create_task(self._sweep_deadlines(), name="cancel-after"))
         if Role.WORKER in self.roles:
             self.worker = self.build_worker(build_backends(self.settings, self.routing, self.policy))
             await self.worker.start()
@@ -150,6 +156,16 @@ class Runtime:
                         "wake-ups: a worker sees new tasks only at its lease sweep (every %g s), and a finished "
                         "task's callback waits up to %g s. Use PostgreSQL for API replicas and workers.",
                         self.settings.lease_seconds / 2, IDLE_CHECK_SECONDS)
+
+    async def _sweep_deadlines(self, every_seconds: float = DEADLINE_SWEEP_SECONDS) -> None:
+        """Cancel tasks whose Cancel-After deadline passed. Every API and worker process sweeps, so a
+        deadline holds even when no worker runs; the store ends each task once."""
+        while True:
+            try:
+                await self.store.tasks.cancel_overdue()
+            except Exception:
+                log.warning("could not sweep Cancel-After deadlines", exc_info=True)
+            await asyncio.sleep(every_seconds)
 
     # --- what an operator sees --------------------------------------------------------------------
 

@@ -1,19 +1,35 @@
-"""The kie Market job routes: createTask and recordInfo."""
+"""The kie Market job routes, createTask and recordInfo, and our extensions of them.
+
+Extensions a kie client never notices (without the header or route, every byte is kie's):
+`Prefer: wait[=N]`, `Idempotency-Key` and `Cancel-After` on createTask; `queuePosition` on a
+waiting task's record; `POST /cancel` and `GET /list`. The event stream is in stream.py.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+from dataclasses import replace
+from typing import Any
 
 from fastapi import APIRouter, Request
 from sqlalchemy.engine import RowMapping
 
-from safelight.admission import CreateRequest
+from safelight.admission import CreateRequest, cancel_after_seconds, idempotency_key
 from safelight.catalog import MODELS
-from safelight.kie import RECORD_IS_NULL, Code, KieError
+from safelight.kie import RECORD_IS_NULL, Code, KieError, TaskState
+from safelight.store import TaskNotCancellable
 
 from .auth import admission_of, bearer_key, require_account, runtime_of
 from .envelope import EnvelopeResponse, envelope, read_json_object
 from .ratelimit import RateLimiter
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+
+# `Prefer: wait` holds createTask at most this long.
+MAX_WAIT_SECONDS = 60.0
+MAX_LIST_LIMIT = 100
 
 # The body is parsed by hand (kie-style error messages), so describe it for /docs explicitly.
 CREATE_TASK_DOC = {
@@ -39,9 +55,59 @@ async def create_task(request: Request) -> EnvelopeResponse:
                                           f"{limiter.window:g} s for this key", retry_after=wait)
     admission = admission_of(request)
     await admission.ensure_open()
+    wait = prefer_wait(request.headers.get("prefer"))
     body = await read_json_object(request, settings.max_body_bytes, "{model, callBackUrl, input}")
-    task_id = await admission.create(account_id, CreateRequest.from_body(body))
-    return envelope({"taskId": task_id})
+    create = CreateRequest.from_body(body)
+    key, deadline = request.headers.get("idempotency-key"), request.headers.get("cancel-after")
+    if key is not None or deadline is not None:
+        create = replace(create, idempotency_key=idempotency_key(key) if key is not None else None,
+                         cancel_after_seconds=cancel_after_seconds(deadline) if deadline is not None else None)
+    task_id = await admission.create(account_id, create)
+    if wait is None:
+        return envelope({"taskId": task_id})
+    row = await wait_for_end(request, task_id, account_id, wait)
+    applied = {"Preference-Applied": f"wait={wait:g}"}
+    if row is not None and row["state"] in TaskState.TERMINAL:
+        return envelope(await task_data(request, row), headers=applied)
+    return envelope({"taskId": task_id}, headers=applied)
+
+
+def prefer_wait(header: str | None) -> float | None:
+    """Seconds of `Prefer: wait` or `wait=N` (RFC 7240), 1 <= N <= 60; None when not asked for."""
+    if not header:
+        return None
+    for preference in header.split(","):
+        name, _, value = preference.strip().partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        value = value.strip().strip('"')
+        if not value:
+            return MAX_WAIT_SECONDS
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise KieError(Code.INVALID, f"Prefer: wait must be a number of seconds; got {value[:20]!r}") from None
+        return min(max(seconds, 1.0), MAX_WAIT_SECONDS)
+    return None
+
+
+async def wait_for_end(request: Request, task_id: str, account_id: int, timeout: float) -> RowMapping | None:
+    """The task's row once it ends, or as it is after `timeout` seconds. Woken by the task's own
+    changes (task events: in-process, or NOTIFY on PostgreSQL), not by polling; no database
+    connection is held while waiting."""
+    store = runtime_of(request).store
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    with store.task_events.subscribe(task_id) as changed:
+        while True:
+            changed.clear()
+            row = await store.tasks.get(task_id, account_id)
+            remaining = deadline - loop.time()
+            if row is None or row["state"] in TaskState.TERMINAL or remaining <= 0:
+                return row
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
 
 
 @router.get("/recordInfo", summary="Get a task's state and result")
@@ -50,7 +116,61 @@ async def record_info(request: Request, taskId: str = "") -> EnvelopeResponse:  
     row = await owned_task(request, taskId, account_id)
     if row is None:
         return record_is_null()
-    return envelope(runtime_of(request).task_record(row))
+    return envelope(await task_data(request, row))
+
+
+@router.post("/cancel", summary="Cancel a task (extension): it ends as fail 499, fully refunded")
+async def cancel(request: Request) -> EnvelopeResponse:
+    account_id = await require_account(request)
+    body = await read_json_object(request, 64 * 1024, '{"taskId": "..."}')
+    task_id = body.get("taskId")
+    if not isinstance(task_id, str) or not task_id:
+        raise KieError(Code.INVALID, "taskId is required")
+    try:
+        row = await runtime_of(request).store.tasks.cancel(task_id[:64], account_id)
+    except TaskNotCancellable as exc:
+        raise KieError(Code.INVALID, f"the task has already ended ({exc.state}); only a waiting, queuing or "
+                                     "generating task can be cancelled") from None
+    if row is None:
+        return record_is_null()
+    return envelope(await task_data(request, row))
+
+
+@router.get("/list", summary="The account's tasks, newest first (extension)")
+async def list_tasks(request: Request, state: str | None = None, model: str | None = None,
+                     since: int | None = None, limit: int = 20, cursor: str | None = None) -> EnvelopeResponse:
+    account_id = await require_account(request)
+    if state is not None and state not in set(TaskState):
+        raise KieError(Code.INVALID, f"state must be one of {', '.join(TaskState)}; got {state[:30]!r}")
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise KieError(Code.INVALID, f"limit must be 1-{MAX_LIST_LIMIT}; got {limit}")
+    before = decode_cursor(cursor) if cursor else None
+    rows = await runtime_of(request).store.tasks.list_for(account_id, limit=limit + 1, state=state, model=model,
+                                                         since_ms=since, before=before)
+    page, more = rows[:limit], len(rows) > limit
+    next_cursor = encode_cursor(page[-1]["create_time"], page[-1]["id"]) if more else None
+    return envelope({"items": [await task_data(request, row) for row in page], "nextCursor": next_cursor})
+
+
+def encode_cursor(create_time: int, task_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{create_time}:{task_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        create_time, _, task_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
+        return int(create_time), task_id
+    except (ValueError, UnicodeDecodeError):
+        raise KieError(Code.INVALID, "cursor is not one this server gave out (use nextCursor as it is)") from None
+
+
+async def task_data(request: Request, row: RowMapping) -> dict[str, Any]:
+    """The recordInfo `data`: kie's record, plus `queuePosition` while the task is waiting."""
+    runtime = runtime_of(request)
+    data = runtime.task_record(row)
+    if row["state"] == TaskState.WAITING:
+        data["queuePosition"] = await runtime.store.tasks.queue_position(row)
+    return data
 
 
 async def owned_task(request: Request, task_id: str, account_id: int) -> RowMapping | None:

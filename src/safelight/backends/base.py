@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -34,6 +35,8 @@ class Job:
     raw_input: Mapping[str, Any] = field(default_factory=dict)
     # Report progress 0-100; the worker throttles what reaches the store.
     report_progress: Callable[[int], None] = lambda _pct: None
+    # Set (from any thread) when the task was cancelled: a backend that can stop early should.
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass(frozen=True)

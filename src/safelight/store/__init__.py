@@ -7,10 +7,10 @@ from sqlalchemy import text
 from .accounts import AccountStore, CreatedKey, InsufficientCredits, NotFound
 from .callbacks import CallbackStore
 from .db import Database, now_ms
-from .notify import CALLBACKS_CHANNEL, TASKS_CHANNEL, Wakeup
+from .notify import CALLBACKS_CHANNEL, TASKS_CHANNEL, TaskEvents, Wakeup
 from .rate_limits import RateLimitStore
 from .state import StateStore
-from .tasks import AccountQueueFull, RequeueReport, TaskStore
+from .tasks import AccountQueueFull, IdempotencyConflict, RequeueReport, TaskNotCancellable, TaskStore
 from .workers import LiveWorker, WorkerStore
 
 
@@ -23,7 +23,9 @@ class Store:
         self.callback_wakeup = Wakeup(self.db, CALLBACKS_CHANNEL)
         self.accounts = AccountStore(self.db)
         self.callbacks = CallbackStore(self.db, self.callback_wakeup)
-        self.tasks = TaskStore(self.db, self.wakeup, self.callbacks)
+        # Wakes whoever waits on one task (Prefer: wait, the event stream, a worker's cancel).
+        self.task_events = TaskEvents(self.db)
+        self.tasks = TaskStore(self.db, self.wakeup, self.callbacks, self.task_events)
         self.state = StateStore(self.db)
         self.rate_limits = RateLimitStore(self.db)
         self.workers = WorkerStore(self.db)
@@ -39,11 +41,13 @@ class Store:
     async def close(self) -> None:
         await self.wakeup.close()
         await self.callback_wakeup.close()
+        await self.task_events.close()
         await self.db.dispose()
 
 
 __all__ = [
-    "AccountQueueFull", "AccountStore", "CallbackStore", "CreatedKey", "Database", "InsufficientCredits",
+    "AccountQueueFull", "AccountStore", "CallbackStore", "CreatedKey", "Database", "IdempotencyConflict",
+    "InsufficientCredits", "TaskEvents", "TaskNotCancellable",
     "LiveWorker", "NotFound", "RateLimitStore", "RequeueReport", "StateStore", "Store", "TaskStore", "Wakeup",
     "WorkerStore", "now_ms",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable, Iterator
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -56,6 +57,68 @@ class Wakeup:
         assert driver is not None, "LISTEN needs an open asyncpg connection"
         await driver.add_listener(self.channel, lambda *_args: self._event.set())
         log.info("listening for notifications on %s", self.channel)
+
+    async def close(self) -> None:
+        if self._listen_conn is not None:
+            with contextlib.suppress(Exception):
+                await self._listen_conn.close()
+            self._listen_conn = None
+
+
+TASK_EVENTS_CHANNEL = "safelight_task_events"
+
+
+class TaskEvents:
+    """Wake-ups per task: "this task changed" (state, progress, cancel), in this process and, on
+    PostgreSQL, in every process that listens. Waiters re-read the task from the store; an event
+    carries nothing but the task id, so a missed or duplicated one is harmless.
+
+    `Prefer: wait`, the event stream and a worker's cancel all wait on these instead of polling,
+    and hold no database connection while they wait."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._listen_conn: AsyncConnection | None = None
+
+    async def notify_in_transaction(self, conn: AsyncConnection, task_ids: Iterable[str]) -> None:
+        """Tell other processes, when this transaction commits (PostgreSQL only)."""
+        if self.db.is_sqlite:
+            return
+        for task_id in task_ids:
+            await conn.execute(text("SELECT pg_notify(:channel, :payload)"),
+                               {"channel": TASK_EVENTS_CHANNEL, "payload": task_id})
+
+    def publish(self, task_ids: Iterable[str]) -> None:
+        """Wake this process's waiters on these tasks (after the change committed)."""
+        for task_id in task_ids:
+            for event in self._waiters.get(task_id, ()):
+                event.set()
+
+    @contextlib.contextmanager
+    def subscribe(self, task_id: str, event: asyncio.Event | None = None) -> Iterator[asyncio.Event]:
+        """An event set whenever the task changes; clear it before re-reading the task. Pass one
+        `event` to several subscriptions to hear of any of several tasks."""
+        event = event or asyncio.Event()
+        self._waiters.setdefault(task_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            waiters = self._waiters.get(task_id)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[task_id]
+
+    async def listen(self) -> None:
+        """Receive other processes' task events (PostgreSQL only)."""
+        if self.db.is_sqlite or self._listen_conn is not None:
+            return
+        self._listen_conn = await self.db.write_engine.connect()
+        raw = await self._listen_conn.get_raw_connection()
+        driver = raw.driver_connection
+        assert driver is not None, "LISTEN needs an open asyncpg connection"
+        await driver.add_listener(TASK_EVENTS_CHANNEL, lambda *args: self.publish([str(args[-1])]))
 
     async def close(self) -> None:
         if self._listen_conn is not None:

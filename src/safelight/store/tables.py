@@ -90,6 +90,8 @@ tasks = Table(
     Column("files_deleted", Boolean, nullable=False, default=False),
     # The W3C traceparent of createTask's span (with the [otel] extra): every process joins that trace.
     Column("trace_context", String(64), nullable=True),
+    # Cancel-After: a task not finished by then is cancelled by whichever process sweeps first.
+    Column("cancel_at", BigInteger, nullable=True, index=True),
     # The claim query: oldest waiting task of the models a worker serves.
     Index("ix_tasks_state_model_create", "state", "model", "create_time"),
     Index("ix_tasks_account_create", "account_id", "create_time"),
@@ -106,6 +108,17 @@ rate_limit_windows = Table(
     Column("key_hash", String(64), primary_key=True),
     Column("window_start", BigInteger, primary_key=True),
     Column("hits", Integer, nullable=False, default=0),
+)
+
+# Idempotency-Key: the same account sending the same key and body within 24 h gets the same task.
+idempotency_keys = Table(
+    "idempotency_keys", metadata,
+    Column("account_id", ForeignKey("accounts.id"), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    # SHA-256 of the request (model, callBackUrl, input), to refuse the same key with another body.
+    Column("request_hash", String(64), nullable=False),
+    Column("task_id", String(32), nullable=False),
+    Column("created_at", BigInteger, nullable=False, index=True),
 )
 
 # Small shared key/value facts: URL-signing secret, maintenance flag, disabled models.

@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, false, func, select, update
+from sqlalchemy import ColumnElement, and_, delete, false, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -20,14 +22,17 @@ from safelight.kie import FailCode, TaskState
 from .accounts import InsufficientCredits, add_ledger_entry
 from .callbacks import CallbackStore
 from .db import Database, now_ms
-from .notify import Wakeup
-from .tables import accounts, tasks
+from .notify import TaskEvents, Wakeup
+from .tables import accounts, idempotency_keys, tasks
 from .tables import credit_ledger as ledger
 
 # The backend attempt log written with a task's final state: [{"backend", "outcome", "failCode", "detail", "at"}].
 log = logging.getLogger(__name__)
 
 AttemptLog = list[dict[str, Any]]
+
+# An Idempotency-Key names its task for this long (Stripe keeps keys 24 h too).
+IDEMPOTENCY_SECONDS = 24 * 3600
 
 # Bounds one group commit; larger bursts simply take several transactions.
 MAX_CREATE_BATCH = 256
@@ -45,7 +50,25 @@ class _CreateRequest:
     batch_key: str | None
     max_unfinished: int | None
     trace_context: str | None
+    cancel_at: int | None
+    idempotency: tuple[str, str] | None  # (key, request hash)
     outcome: asyncio.Future[str]
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used, within its lifetime, for a different request."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"this Idempotency-Key was already used for task {task_id} with a different request")
+        self.task_id = task_id
+
+
+class TaskNotCancellable(Exception):
+    """The task has already ended."""
+
+    def __init__(self, state: str) -> None:
+        super().__init__(f"the task has already ended ({state})")
+        self.state = state
 
 
 class AccountQueueFull(Exception):
@@ -63,18 +86,25 @@ class RequeueReport:
 
 
 class TaskStore:
-    def __init__(self, db: Database, wakeup: Wakeup, callbacks: CallbackStore) -> None:
+    def __init__(self, db: Database, wakeup: Wakeup, callbacks: CallbackStore, events: TaskEvents) -> None:
         self.db = db
         self.wakeup = wakeup
         self.callbacks = callbacks
+        self.events = events
         self._pending: list[_CreateRequest] = []
         self._flusher: asyncio.Task[None] | None = None
 
     async def create(self, *, account_id: int, model: str, param: str, callback_url: str | None,
                      num_images: int, cost: int, batch_key: str | None = None,
-                     max_unfinished: int | None = None, trace_context: str | None = None) -> str:
+                     max_unfinished: int | None = None, trace_context: str | None = None,
+                     cancel_at: int | None = None, idempotency: tuple[str, str] | None = None) -> str:
         """Insert a waiting task and reserve its credits, atomically. Raises InsufficientCredits, or
         AccountQueueFull when the account already has `max_unfinished` unfinished tasks.
+
+        `idempotency` is (Idempotency-Key, hash of the request): the same key and hash within
+        IDEMPOTENCY_SECONDS return the task created the first time, charged once; the same key with
+        another hash raises IdempotencyConflict. A unique key per account makes concurrent
+        duplicates produce one task, across processes too.
 
         Concurrent creates are group-committed: while one transaction is being written, new
         requests queue up and the next transaction takes them all. Each request still gets its
@@ -83,6 +113,7 @@ class TaskStore:
         request = _CreateRequest(task_id=uuid.uuid4().hex, account_id=account_id, model=model, param=param,
                                  callback_url=callback_url, num_images=num_images, cost=cost,
                                  batch_key=batch_key, max_unfinished=max_unfinished, trace_context=trace_context,
+                                 cancel_at=cancel_at, idempotency=idempotency,
                                  outcome=asyncio.get_running_loop().create_future())
         self._pending.append(request)
         if self._flusher is None or self._flusher.done():
@@ -104,6 +135,10 @@ class TaskStore:
                     raise
                 continue
             for request, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, str):  # an idempotent repeat: the task the key first created
+                    if not request.outcome.done():
+                        request.outcome.set_result(outcome)
+                    continue
                 if outcome is None:  # created (even if its requester has gone away since)
                     metrics.TASKS_CREATED.labels(request.model).inc()
                     log.info("task %s: waiting", request.task_id,
@@ -135,13 +170,25 @@ class TaskStore:
         outcomes: list[object] = []
         ledger_rows, task_rows = [], []
         for request in batch:
+            if request.idempotency is not None:
+                earlier = await self._claim_idempotency_key(conn, request, at)
+                if earlier is not None:
+                    outcomes.append(earlier)
+                    continue
+            refusal: Exception | None = None
             queued = unfinished.get(request.account_id, 0)
-            if request.max_unfinished is not None and queued >= request.max_unfinished:
-                outcomes.append(AccountQueueFull(request.max_unfinished))
-                continue
             balance = balances[request.account_id]
-            if request.cost > balance:
-                outcomes.append(InsufficientCredits(request.cost, balance))
+            if request.max_unfinished is not None and queued >= request.max_unfinished:
+                refusal = AccountQueueFull(request.max_unfinished)
+            elif request.cost > balance:
+                refusal = InsufficientCredits(request.cost, balance)
+            if refusal is not None:
+                if request.idempotency is not None:  # nothing was created: the key stays free
+                    await conn.execute(delete(idempotency_keys).where(
+                        idempotency_keys.c.account_id == request.account_id,
+                        idempotency_keys.c.key == request.idempotency[0],
+                        idempotency_keys.c.task_id == request.task_id))
+                outcomes.append(refusal)
                 continue
             if request.cost > 0:
                 balance -= request.cost
@@ -154,7 +201,7 @@ class TaskStore:
                 param=request.param, callback_url=request.callback_url, num_images=request.num_images,
                 credits_reserved=request.cost, credits_consumed=0, fail_code="", fail_msg="", claims=0,
                 batch_key=request.batch_key, create_time=at, update_time=at, files_deleted=False,
-                trace_context=request.trace_context))
+                trace_context=request.trace_context, cancel_at=request.cancel_at))
             unfinished[request.account_id] = queued + 1
             outcomes.append(None)
         for account_id in {row["account_id"] for row in ledger_rows}:
@@ -167,6 +214,28 @@ class TaskStore:
             for model in {str(row["model"]) for row in task_rows}:
                 await self.wakeup.notify_in_transaction(conn, model)
         return outcomes
+
+    async def _claim_idempotency_key(self, conn: AsyncConnection, request: _CreateRequest, at: int) -> object:
+        """Take the request's Idempotency-Key for its task: None if taken (a new task follows), the
+        earlier task's id for a repeat of the same request, or an IdempotencyConflict."""
+        assert request.idempotency is not None
+        key, request_hash = request.idempotency
+        insert = sqlite_insert if self.db.is_sqlite else pg_insert
+        fresh = {"request_hash": request_hash, "task_id": request.task_id, "created_at": at}
+        statement = insert(idempotency_keys).values(account_id=request.account_id, key=key, **fresh)
+        # A key older than its lifetime is free again; a live one is left alone (and waited for, on
+        # PostgreSQL, when another transaction is inserting it right now).
+        statement = statement.on_conflict_do_update(
+            index_elements=[idempotency_keys.c.account_id, idempotency_keys.c.key], set_=fresh,
+            where=idempotency_keys.c.created_at < at - IDEMPOTENCY_SECONDS * 1000)
+        taken = (await conn.execute(statement.returning(idempotency_keys.c.task_id))).scalar_one_or_none()
+        if taken == request.task_id:
+            return None
+        earlier = (await conn.execute(select(idempotency_keys.c.request_hash, idempotency_keys.c.task_id).where(
+            idempotency_keys.c.account_id == request.account_id, idempotency_keys.c.key == key))).one()
+        if earlier.request_hash != request_hash:
+            return IdempotencyConflict(earlier.task_id)
+        return str(earlier.task_id)
 
     async def get(self, task_id: str, account_id: int | None = None) -> RowMapping | None:
         condition = tasks.c.id == task_id
@@ -191,7 +260,8 @@ class TaskStore:
                         claims=tasks.c.claims + 1, update_time=at,
                         start_time=func.coalesce(tasks.c.start_time, at))
                 .returning(*tasks.c))).mappings().all()
-        return _claimed(rows, worker_id, at)
+            await self.events.notify_in_transaction(conn, [row["id"] for row in rows])
+        return self._claimed(rows, worker_id, at)
 
     async def claim_batch(self, models: Sequence[str], max_batch: int, worker_id: str,
                           lease_ms: int) -> list[RowMapping]:
@@ -223,7 +293,8 @@ class TaskStore:
                         claims=tasks.c.claims + 1, update_time=at,
                         start_time=func.coalesce(tasks.c.start_time, at))
                 .returning(*tasks.c))).mappings().all()
-        return _claimed(rows, worker_id, at)
+            await self.events.notify_in_transaction(conn, [row["id"] for row in rows])
+        return self._claimed(rows, worker_id, at)
 
     async def mark_generating(self, task_ids: Sequence[str], worker_id: str, backend: str) -> set[str]:
         """Move a claimed batch to generating on `backend`, in one statement; returns the ids this
@@ -235,6 +306,8 @@ class TaskStore:
                 .values(state=TaskState.GENERATING, backend=backend, progress=0, update_time=now_ms())
                 .returning(tasks.c.id))
             held = set(rows.scalars())
+            await self.events.notify_in_transaction(conn, held)
+        self.events.publish(held)
         for task_id in held:
             log.info("task %s: generating on %s", task_id, backend,
                      extra={"task_id": task_id, "backend": backend, "state": "generating"})
@@ -259,6 +332,8 @@ class TaskStore:
                                                    tasks.c.state.in_(TaskState.ACTIVE))
                                .values(state=TaskState.WAITING, lease_owner=None, lease_expires_at=None, progress=None,
                                        claims=tasks.c.claims - 1, update_time=now_ms()))
+            await self.events.notify_in_transaction(conn, task_ids)
+        self.events.publish(task_ids)
         for task_id in task_ids:
             log.info("task %s: handed back to the queue", task_id, extra={"task_id": task_id, "state": "waiting"})
         self.wakeup.poke()
@@ -281,6 +356,8 @@ class TaskStore:
             if row is None:
                 return False
             await self._queue_callback(conn, task_id, row.account_id, row.callback_url, at)
+            await self.events.notify_in_transaction(conn, [task_id])
+        self.events.publish([task_id])
         if row.callback_url:
             self.callbacks.enqueued()
         _ended(Ended(task_id, row.model, row.backend, TaskState.SUCCESS, "", row.start_time, at))
@@ -294,9 +371,83 @@ class TaskStore:
                                         backend_attempts=backend_attempts)
         if ended is None:
             return False
+        self.events.publish([task_id])
         self.callbacks.enqueued()
         _ended(ended, fail_msg)
         return True
+
+    async def cancel(self, task_id: str, account_id: int, reason: str = "cancelled") -> RowMapping | None:
+        """End the account's unfinished task at once: fail 499, refunded, its callback owed. A worker
+        running it hears of it (task events) and stops its backend. Returns the ended row, None for
+        an unknown task (or another account's); raises TaskNotCancellable for a finished one."""
+        async with self.db.write() as conn:
+            ended = await self._fail_in(conn, task_id, FailCode.CANCELLED, reason, account_id=account_id)
+            state = None if ended else (await conn.execute(select(tasks.c.state).where(
+                tasks.c.id == task_id, tasks.c.account_id == account_id))).scalar_one_or_none()
+        if ended is None:
+            if state is None:
+                return None
+            raise TaskNotCancellable(state)
+        self.events.publish([task_id])
+        self.callbacks.enqueued()
+        _ended(ended, reason)
+        return await self.get(task_id, account_id)
+
+    async def cancel_overdue(self, limit: int = 100) -> list[str]:
+        """Cancel unfinished tasks whose Cancel-After deadline has passed (any process may sweep:
+        the conditional update ends each task once)."""
+        at = now_ms()
+        async with self.db.read() as conn:
+            overdue = list((await conn.execute(
+                select(tasks.c.id, tasks.c.cancel_at, tasks.c.create_time)
+                .where(tasks.c.cancel_at <= at, tasks.c.state.in_(TaskState.UNFINISHED))
+                .order_by(tasks.c.cancel_at).limit(limit))).all())
+        cancelled: list[str] = []
+        for task_id, cancel_at, create_time in overdue:
+            reason = f"cancelled: its deadline passed (Cancel-After {(cancel_at - create_time) / 1000:g} s)"
+            async with self.db.write() as conn:
+                ended = await self._fail_in(conn, task_id, FailCode.CANCELLED, reason)
+            if ended is not None:
+                self.events.publish([task_id])
+                _ended(ended, reason)
+                cancelled.append(task_id)
+        if cancelled:
+            self.callbacks.enqueued()
+        return cancelled
+
+    async def list_for(self, account_id: int, *, limit: int, state: str | None = None, model: str | None = None,
+                       since_ms: int | None = None, before: tuple[int, str] | None = None) -> list[RowMapping]:
+        """The account's tasks, newest first: at most `limit`, created after `since_ms`, and before
+        the (create_time, id) cursor. Served by the (account_id, create_time) index."""
+        condition = tasks.c.account_id == account_id
+        if state is not None:
+            condition = and_(condition, tasks.c.state == state)
+        if model is not None:
+            condition = and_(condition, tasks.c.model == model)
+        if since_ms is not None:
+            condition = and_(condition, tasks.c.create_time >= since_ms)
+        if before is not None:
+            create_time, task_id = before
+            condition = and_(condition, (tasks.c.create_time < create_time)
+                             | and_(tasks.c.create_time == create_time, tasks.c.id < task_id))
+        async with self.db.read() as conn:
+            return list((await conn.execute(
+                select(tasks).where(condition).order_by(tasks.c.create_time.desc(), tasks.c.id.desc())
+                .limit(limit))).mappings().all())
+
+    async def states(self, task_ids: Sequence[str]) -> dict[str, str]:
+        async with self.db.read() as conn:
+            return {str(task_id): str(state) for task_id, state in (await conn.execute(
+                select(tasks.c.id, tasks.c.state).where(tasks.c.id.in_(list(task_ids))))).all()}
+
+    async def queue_position(self, row: RowMapping) -> int:
+        """Waiting tasks of the same model ahead of this waiting one (claims go oldest first)."""
+        async with self.db.read() as conn:
+            return int((await conn.execute(
+                select(func.count()).select_from(tasks)
+                .where(tasks.c.state == TaskState.WAITING, tasks.c.model == row["model"],
+                       (tasks.c.create_time < row["create_time"])
+                       | and_(tasks.c.create_time == row["create_time"], tasks.c.id < row["id"])))).scalar_one())
 
     async def requeue_expired(self, max_claims: int) -> RequeueReport:
         """Tasks whose worker died mid-task go back to waiting, or fail (refunded) after max_claims."""
@@ -312,10 +463,12 @@ class TaskStore:
                                        .values(state=TaskState.WAITING, lease_owner=None, lease_expires_at=None,
                                                progress=None, update_time=at))
                     requeued.append(task_id)
+                    await self.events.notify_in_transaction(conn, [task_id])
                 else:
                     msg = f"the task was interrupted {claims} times (worker lost); credits refunded"
                     if failed := await self._fail_in(conn, task_id, FailCode.INTERNAL, msg):
                         ended.append(failed)
+        self.events.publish([*requeued, *(failed.task_id for failed in ended)])
         for task_id in requeued:
             log.info("task %s: lease expired, back to waiting", task_id, extra={"task_id": task_id})
         for failed in ended:
@@ -373,14 +526,22 @@ class TaskStore:
                 update(tasks).where(tasks.c.id == task_id, tasks.c.lease_owner == worker_id,
                                     tasks.c.state.in_(TaskState.ACTIVE))
                 .values(update_time=now_ms(), **values))
-            return result.rowcount == 1
+            changed = result.rowcount == 1
+            if changed:
+                await self.events.notify_in_transaction(conn, [task_id])
+        if changed:
+            self.events.publish([task_id])
+        return changed
 
     async def _fail_in(self, conn: AsyncConnection, task_id: str, fail_code: str, fail_msg: str, *,
-                       worker_id: str | None = None, backend_attempts: AttemptLog | None = None) -> Ended | None:
+                       worker_id: str | None = None, account_id: int | None = None,
+                       backend_attempts: AttemptLog | None = None) -> Ended | None:
         at = now_ms()
         condition = and_(tasks.c.id == task_id, tasks.c.state.not_in(TaskState.TERMINAL))
         if worker_id is not None:
             condition = and_(condition, tasks.c.lease_owner == worker_id)
+        if account_id is not None:
+            condition = and_(condition, tasks.c.account_id == account_id)
         row = (await conn.execute(
             update(tasks).where(condition)
             .values(state=TaskState.FAIL, fail_code=fail_code, fail_msg=fail_msg[:2000], credits_consumed=0,
@@ -394,7 +555,12 @@ class TaskStore:
             await add_ledger_entry(conn, row.account_id, row.credits_reserved, "refund", task_id=task_id, at=at,
                                    note=f"refund: {fail_code}")
         await self._queue_callback(conn, task_id, row.account_id, row.callback_url, at)
+        await self.events.notify_in_transaction(conn, [task_id])
         return Ended(task_id, row.model, row.backend, TaskState.FAIL, str(fail_code), row.start_time, at)
+
+    def _claimed(self, rows: Sequence[RowMapping], worker_id: str, at: int) -> list[RowMapping]:
+        self.events.publish([row["id"] for row in rows])
+        return _claimed_rows(rows, worker_id, at)
 
     async def _queue_callback(self, conn: AsyncConnection, task_id: str, account_id: int, url: str | None,
                               at: int) -> None:
@@ -403,7 +569,7 @@ class TaskStore:
             await self.callbacks.enqueue_in(conn, task_id=task_id, account_id=account_id, url=url, at=at)
 
 
-def _claimed(rows: Sequence[RowMapping], worker_id: str, at: int) -> list[RowMapping]:
+def _claimed_rows(rows: Sequence[RowMapping], worker_id: str, at: int) -> list[RowMapping]:
     """Claimed rows, oldest first; the queue time of first claims goes to the metrics."""
     for row in rows:
         if row["claims"] == 1:

@@ -178,6 +178,8 @@ class LocalPipelineBackend(Backend):
         self.pipeline: Any = None
         self.safety: tuple[Any, Any] | None = None
         self._executor: ThreadPoolExecutor | None = None
+        # Calls stopped early because every task in them was cancelled (visible to tests and logs).
+        self.cancelled_calls = 0
 
     @classmethod
     def check_options(cls, name: str, config: BackendConfig) -> None:
@@ -342,8 +344,15 @@ class LocalPipelineBackend(Backend):
         generator_device = "cpu" if self.options.cpu_offload else self.options.device
         generators = [torch.Generator(generator_device).manual_seed(seed % 2**63) for seed in seeds]
         steps = self.steps
+        stopped_at: list[int] = []
 
-        def on_step_end(_pipeline: Any, step: int, _timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        def on_step_end(pipeline: Any, step: int, _timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+            if all(job.cancelled.is_set() for job in jobs):
+                # Every task of this call was cancelled: diffusers skips the remaining steps.
+                pipeline._interrupt = True
+                if not stopped_at:
+                    stopped_at.append(step + 1)
+                return callback_kwargs
             percent = 5 + int(90 * (step + 1) / steps)
             for job in jobs:
                 job.report_progress(percent)
@@ -355,6 +364,12 @@ class LocalPipelineBackend(Backend):
         with torch.inference_mode():
             output = self.pipeline(num_inference_steps=steps, guidance_scale=self.guidance, generator=generators,
                                    callback_on_step_end=on_step_end, output_type="pil", **arguments)
+        if stopped_at:
+            self.cancelled_calls += 1
+            log.info("backend %s: stopped after step %d of %d, every task of the call was cancelled", self.name,
+                     stopped_at[0], steps)
+            raise BackendError(FailCode.CANCELLED, "cancelled",
+                               detail=f"backend {self.name}: stopped after step {stopped_at[0]} of {steps}")
         images = list(output.images)
         if len(images) != len(seeds):
             raise BackendError(FailCode.GENERATION,
