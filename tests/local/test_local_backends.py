@@ -313,3 +313,34 @@ async def test_a_configured_safety_checker_judges_only_the_tasks_that_ask(weight
         assert len(first) == 1 and first[0].data.startswith(b"\x89PNG")
     assert len(second) == 1  # never judged: it did not ask
     await backend.close()
+
+
+async def test_cancel_stops_a_local_pipeline_at_its_next_step(runtime, weights):
+    """A generating task cancelled mid-denoise: the pipeline skips its remaining steps (diffusers'
+    step callback sets the interrupt), the task ends as 499, refunded."""
+    backend = ZImageBackend("zimage", BackendConfig(type="diffusers.zimage", weights=str(weights["zimage"]),
+                                                    **{**ZIMAGE_OPTIONS, "steps": 40}))
+    worker = Worker(store=runtime.store, storage=runtime.storage, loader=runtime.input_loader(),
+                    backends={"zimage": backend}, routes={"z-image": ["zimage"]}, task_timeout_seconds=300)
+    body = {"model": "z-image", "input": {"prompt": "stop me", "aspect_ratio": "1:1"}}
+    task_id = await runtime.store.tasks.create(account_id=runtime.test_account, model="z-image",
+                                               param=json.dumps(body), callback_url=None, num_images=1, cost=1)
+    await worker.start()
+    try:
+        for _ in range(1200):  # until the pipeline has done a step
+            row = await runtime.store.tasks.get(task_id)
+            if row["state"] == "generating" and (row["progress"] or 0) > 5:
+                break
+            await asyncio.sleep(0.05)
+        assert row["progress"] < 95, "the pipeline finished before the test could cancel it"
+        cancelled = await runtime.store.tasks.cancel(task_id, runtime.test_account)
+        assert (cancelled["state"], cancelled["fail_code"]) == ("fail", "499")
+        for _ in range(1200):
+            if backend.cancelled_calls:
+                break
+            await asyncio.sleep(0.05)
+        assert backend.cancelled_calls == 1
+        row = await runtime.store.tasks.get(task_id)
+        assert row["progress"] < 95 and row["result"] is None and row["credits_consumed"] == 0
+    finally:
+        await worker.stop()

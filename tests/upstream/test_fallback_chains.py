@@ -194,3 +194,41 @@ route = ["local", "kie"]
         await client.aclose()
         server.should_exit = True
         await task
+
+
+async def test_cancel_stops_polling_the_kie_upstream(settings, tmp_path, kie, monkeypatch):
+    """A generating task on the kie pass-through, cancelled: the worker stops polling the upstream at once."""
+    from tests.fake_kie import RECORD, Script
+
+    kie.scripts.append(Script(generating_polls=100_000))  # an upstream task that would never end
+    routing = f"""
+[backends.kie]
+type = "kie"
+base_url = "{kie.base_url}"
+api_key_env = "KIE_API_KEY"
+{FAST_KIE}
+
+[models."z-image"]
+route = ["kie"]
+"""
+    server, task, runtime, client = await serve_with(settings, tmp_path, routing, {"KIE_API_KEY": KIE_KEY},
+                                                     monkeypatch)
+    try:
+        created = (await client.post("/api/v1/jobs/createTask",
+                                     json={"model": "z-image", "input": {"prompt": "p", "aspect_ratio": "1:1"}})).json()
+        task_id = created["data"]["taskId"]
+        for _ in range(200):  # the upstream is being polled
+            if len(kie.calls(RECORD)) >= 3:
+                break
+            await asyncio.sleep(0.02)
+        reply = (await client.post("/api/v1/jobs/cancel", json={"taskId": task_id})).json()
+        assert reply["data"]["state"] == "fail" and reply["data"]["failCode"] == "499"
+        await asyncio.sleep(0.3)  # in flight at the moment of the cancel, at most one more poll
+        polls = len(kie.calls(RECORD))
+        await asyncio.sleep(0.5)  # polling every 20-50 ms: ten more polls if it had not stopped
+        assert len(kie.calls(RECORD)) == polls
+        assert runtime.worker.in_flight == 0
+    finally:
+        await client.aclose()
+        server.should_exit = True
+        await task
