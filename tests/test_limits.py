@@ -35,14 +35,31 @@ async def test_an_account_over_its_cap_gets_429_and_nothing_is_charged(settings,
         assert "already has 10 unfinished tasks" in refused.json()["msg"]
         assert "SAFELIGHT_MAX_QUEUED_PER_ACCOUNT" in refused.json()["msg"]
         assert refused.status_code == 200 and int(refused.headers["retry-after"]) >= 1
+        # Once found full, the account's excess is refused without a write to the store (overload stays cheap).
+        from sqlalchemy import event
+
+        writes: list[str] = []
+
+        def count(_conn, _cursor, statement, *_args):
+            writes.append(statement)
+
+        engine = runtime.store.db.write_engine.sync_engine
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {busy.key}"}) as client:
+                again = [(await client.post(CREATE, json=BODY)).json()["code"] for _ in range(10)]
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+        assert again == [429] * 10 and writes == []
         assert await runtime.store.accounts.balance(busy.account_id) == 1000 - 10
         assert await runtime.store.accounts.ledger_sum(busy.account_id) == 1000 - 10
         # Another account is not held back by the busy one.
         async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {other.key}"}) as client:
             assert (await client.post(CREATE, json=BODY)).json()["code"] == 200
-        # A finished task frees its slot.
+        # A finished task frees its slot (seen within a second: a full account is remembered that long).
         task_id = next(answer.json()["data"]["taskId"] for answer in answers if answer.json()["code"] == 200)
         assert await runtime.store.tasks.fail(task_id, "500", "test")
+        server.config.app.state.admission.forget_flags()
         async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {busy.key}"}) as client:
             assert (await client.post(CREATE, json=BODY)).json()["code"] == 200
             assert (await client.post(CREATE, json=BODY)).json()["code"] == 429

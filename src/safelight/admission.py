@@ -124,6 +124,9 @@ class Admission:
         self.policy = policy
         self.signer = signer
         self._flags: TtlCache[str, Any] = TtlCache(FLAGS_TTL_SECONDS)
+        # Accounts the store found at their cap on unfinished tasks, for a second: under overload the
+        # excess is refused before any database write.
+        self._full_accounts: TtlCache[int, bool] = TtlCache(FLAGS_TTL_SECONDS)
         # Models for which some backend of the route honours nsfw_checker (505 otherwise).
         self.safety_checked_models = {
             model for model, route in routing.routes.items()
@@ -143,6 +146,10 @@ class Admission:
             return await self._create(account_id, request)
 
     async def _create(self, account_id: int, request: CreateRequest) -> str:
+        if request.idempotency_key is None and self._full_accounts.get(account_id):
+            # Found full less than a second ago: refuse without touching the store. (A repeat with an
+            # Idempotency-Key still goes through: it may name a task that exists.)
+            raise self._account_full()
         task = await self.admit(request, account_id)
         limit = self.settings.max_queued
         if await self.unfinished_tasks() >= limit:
@@ -164,10 +171,15 @@ class Admission:
         except IdempotencyConflict as exc:
             raise KieError(Code.INVALID, f"this Idempotency-Key was already used for a different request (task "
                                          f"{exc.task_id}); use a new key for a new request") from None
-        except AccountQueueFull as exc:
-            raise KieError(Code.RATE_LIMITED, f"Rate limit exceeded: this account already has {exc.limit} unfinished "
-                                              "tasks (SAFELIGHT_MAX_QUEUED_PER_ACCOUNT); nothing was created or "
-                                              "charged", retry_after=QUEUE_FULL_RETRY_AFTER_SECONDS) from None
+        except AccountQueueFull:
+            self._full_accounts.put(account_id, True)
+            raise self._account_full() from None
+
+    def _account_full(self) -> KieError:
+        return KieError(Code.RATE_LIMITED, f"Rate limit exceeded: this account already has "
+                                           f"{self.settings.max_queued_per_account} unfinished tasks "
+                                           "(SAFELIGHT_MAX_QUEUED_PER_ACCOUNT); nothing was created or charged",
+                        retry_after=QUEUE_FULL_RETRY_AFTER_SECONDS)
 
     async def admit(self, request: CreateRequest, account_id: int) -> AdmittedTask:
         spec = get_model(request.model)
@@ -220,8 +232,9 @@ class Admission:
         return cached
 
     def forget_flags(self) -> None:
-        """Read maintenance and disabled models from the store on the next request."""
+        """Read maintenance, disabled models and full queues from the store on the next request."""
         self._flags.clear()
+        self._full_accounts.clear()
 
     async def _check_own_files(self, account_id: int, input_urls: list[tuple[str, str]]) -> None:
         """422 for an input URL naming another account's file on this server (its upload, or a
