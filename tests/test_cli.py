@@ -94,7 +94,7 @@ def test_serve_starts_prints_a_demo_key_and_serves(tmp_path):
     try:
         output = ""
         deadline = time.monotonic() + 30
-        while "Uvicorn running" not in output and time.monotonic() < deadline:
+        while "Application startup complete" not in output and time.monotonic() < deadline:
             output += process.stdout.readline()
         key = re.search(r"SAFELIGHT_API_KEY=(sl_[\w-]+)", output).group(1)
         headers = {"Authorization": f"Bearer {key}"}

@@ -4,9 +4,12 @@
     python -m tools.render_client_models --check  # exit 1 if models.py is stale
 
 Fields, constraints and defaults come from each catalog model's JSON schema; the model config
-(strict types, unknown keys ignored) from its pydantic config. The output imports only pydantic,
-so the SDK never loads the server at runtime. tests/client/test_client_generated.py re-renders in memory
-and compares, so the file cannot drift from the catalog.
+(strict types) from its pydantic config, except that the SDK's classes refuse unknown fields
+(`SDK_CONFIG`), where the server ignores them as kie does: a typo in a typed input is an error on
+the caller's machine rather than a field dropped silently on the server. The output imports only
+pydantic and the SDK's errors, so the SDK never loads the server at runtime.
+tests/client/test_client_generated.py re-renders in memory and compares, so the file cannot drift
+from the catalog.
 
 A developer tool, run from a checkout with the server installed (it imports `safelight.catalog`);
 it is not part of the wheel.
@@ -26,6 +29,8 @@ WIDTH = 110
 TARGET = Path(__file__).resolve().parents[1] / "src" / "safelight" / "client" / "models.py"
 COMMAND = "python -m tools.render_client_models"
 _CONFIG_KEYS = ("strict", "extra", "frozen")
+# Where the SDK's classes differ from the catalog's: unknown fields are refused, not ignored.
+SDK_CONFIG: dict[str, Any] = {"extra": "forbid"}
 
 
 # --- a tiny pretty-printer: one line when it fits, else one item per line (black's style) --------
@@ -108,7 +113,7 @@ class _Module:
     def __init__(self) -> None:
         self.aliases: dict[str, str] = {}  # alias name -> rendered expression
         self.alias_lines: list[str] = []
-        self.typing: set[str] = {"Any", "ClassVar"}
+        self.typing: set[str] = {"Any", "ClassVar", "Self"}
         self.pydantic: set[str] = {"BaseModel", "ConfigDict", "Field"}
 
     def alias(self, name: str, node: Any, *, shared: bool = False) -> str:
@@ -187,7 +192,7 @@ def render() -> str:
     from safelight.catalog import MODELS  # generation time only; models.py never imports it
 
     module = _Module()
-    base_config = dict(next(iter(MODELS.values())).input_schema.model_config)
+    base_config = dict(next(iter(MODELS.values())).input_schema.model_config) | SDK_CONFIG
     classes: list[str] = []
     catalog: list[dict[str, Any]] = []
     for spec in MODELS.values():
@@ -199,7 +204,7 @@ def render() -> str:
         prefix = name.removesuffix("Input")
         required = set(schema.get("required", []))
         lines = [f"class {name}(InputModel):", f"    model_id: ClassVar[str] = {json.dumps(spec.id)}"]
-        config = dict(schema_cls.model_config)
+        config = dict(schema_cls.model_config) | SDK_CONFIG
         if any(config.get(k) != base_config.get(k) for k in _CONFIG_KEYS):
             lines.append(f"    model_config = {_config(config)}")
         for prop_name, prop in schema.get("properties", {}).items():
@@ -238,15 +243,48 @@ from __future__ import annotations
 from typing import {typing_imports}
 
 from pydantic import {pydantic_imports}
+from pydantic import ValidationError as PydanticValidationError
+
+from .errors import InputValidationError
 
 {chr(10).join(module.alias_lines)}
 
 
 class InputModel(BaseModel):
-    """Base of the typed inputs. It validates as the server does: strict types, unknown keys ignored."""
+    """Base of the typed inputs. They validate as the server does (strict types) and refuse unknown
+    fields, which the server would ignore. A refusal is an `InputValidationError`, the SDK's
+    `ValidationError` (code 422), from the constructor and from `model_validate`/`model_validate_json`."""
 
     model_config = {_config(base_config)}
     model_id: ClassVar[str]
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except PydanticValidationError as exc:
+            raise type(self)._refusal(exc) from None
+
+    @classmethod
+    def model_validate(cls, *args: Any, **kwargs: Any) -> Self:
+        try:
+            return super().model_validate(*args, **kwargs)
+        except PydanticValidationError as exc:
+            raise cls._refusal(exc) from None
+
+    @classmethod
+    def model_validate_json(cls, *args: Any, **kwargs: Any) -> Self:
+        try:
+            return super().model_validate_json(*args, **kwargs)
+        except PydanticValidationError as exc:
+            raise cls._refusal(exc) from None
+
+    @classmethod
+    def _refusal(cls, exc: PydanticValidationError) -> InputValidationError:
+        # model_validate runs __init__ (it is overridden), whose refusal pydantic wraps as a value_error.
+        for detail in exc.errors(include_url=False):
+            if isinstance(inner := (detail.get("ctx") or {{}}).get("error"), InputValidationError):
+                return inner
+        return InputValidationError(getattr(cls, "model_id", cls.__name__), exc, list(cls.model_fields))
 
     def to_input(self) -> dict[str, Any]:
         """The `input` object to send: only the fields that were set (kie fills no defaults for us)."""

@@ -127,6 +127,7 @@ class Admission:
         # Accounts the store found at their cap on unfinished tasks, for a second: under overload the
         # excess is refused before any database write.
         self._full_accounts: TtlCache[int, bool] = TtlCache(FLAGS_TTL_SECONDS)
+        self._recently_full: set[int] = set()
         # Models for which some backend of the route honours nsfw_checker (505 otherwise).
         self.safety_checked_models = {
             model for model, route in routing.routes.items()
@@ -146,10 +147,29 @@ class Admission:
             return await self._create(account_id, request)
 
     async def _create(self, account_id: int, request: CreateRequest) -> str:
-        if request.idempotency_key is None and self._full_accounts.get(account_id):
+        probing = False
+        if request.idempotency_key is None:
             # Found full less than a second ago: refuse without touching the store. (A repeat with an
-            # Idempotency-Key still goes through: it may name a task that exists.)
-            raise self._account_full()
+            # Idempotency-Key still goes through: it may name a task that exists.) After that second,
+            # one request asks the store again while the others are still refused, so a crowd of
+            # clients does not pile onto the write path at once.
+            if self._full_accounts.get(account_id):
+                raise self._account_full()
+            if account_id in self._recently_full:
+                self._full_accounts.put(account_id, True)
+                probing = True
+        try:
+            task_id = await self._create_admitted(account_id, request)
+        except BaseException:
+            if probing and not self._full_accounts.get(account_id):
+                self._recently_full.discard(account_id)
+            raise
+        if probing:  # there was room: let the crowd in again
+            self._full_accounts.put(account_id, False)
+            self._recently_full.discard(account_id)
+        return task_id
+
+    async def _create_admitted(self, account_id: int, request: CreateRequest) -> str:
         task = await self.admit(request, account_id)
         limit = self.settings.max_queued
         if await self.unfinished_tasks() >= limit:
@@ -173,6 +193,7 @@ class Admission:
                                          f"{exc.task_id}); use a new key for a new request") from None
         except AccountQueueFull:
             self._full_accounts.put(account_id, True)
+            self._recently_full.add(account_id)
             raise self._account_full() from None
 
     def _account_full(self) -> KieError:
@@ -235,6 +256,7 @@ class Admission:
         """Read maintenance, disabled models and full queues from the store on the next request."""
         self._flags.clear()
         self._full_accounts.clear()
+        self._recently_full.clear()
 
     async def _check_own_files(self, account_id: int, input_urls: list[tuple[str, str]]) -> None:
         """422 for an input URL naming another account's file on this server (its upload, or a

@@ -11,7 +11,7 @@ import pydantic
 import pytest
 
 from safelight.catalog import MODELS
-from safelight.client import models
+from safelight.client import InputValidationError, ValidationError, ZImageInput, models
 from tools import render_client_models
 
 
@@ -30,7 +30,10 @@ def test_generated_classes_have_the_catalog_schemas():
         cls = models.MODEL_IDS[model_id]
         assert cls.model_id == model_id
         assert cls.__name__ == spec.input_schema.__name__
-        assert cls.model_json_schema() == spec.input_schema.model_json_schema() == models.INPUT_SCHEMAS[model_id]
+        # The same schema, except that the SDK's class refuses unknown fields (the server ignores them).
+        server_schema = spec.input_schema.model_json_schema()
+        assert cls.model_json_schema() == server_schema | {"additionalProperties": False}
+        assert models.INPUT_SCHEMAS[model_id] == server_schema
     for entry in models.CATALOG:
         spec = MODELS[entry["id"]]
         assert (entry["title"], entry["prices"], tuple(entry["url_fields"])) == (
@@ -43,7 +46,6 @@ CASES = [
     ("z-image", {"prompt": "p"}),
     ("z-image", {"prompt": "x" * 1001, "aspect_ratio": "1:1"}),
     ("z-image", {"prompt": "p", "aspect_ratio": "1:1", "nsfw_checker": 1}),
-    ("z-image", {"prompt": "p", "aspect_ratio": "1:1", "unknown": "ignored"}),
     ("google/imagen4-fast", {"prompt": "p", "num_images": "4", "aspect_ratio": "auto", "seed": -5}),
     ("google/imagen4-fast", {"prompt": "p", "num_images": 4}),
     ("google/imagen4-fast", {"prompt": "p", "seed": "5"}),
@@ -62,15 +64,49 @@ CASES = [
 ]
 
 
+def outcome(cls, value):
+    try:
+        return cls.model_validate(value).model_dump()
+    except (pydantic.ValidationError, InputValidationError) as exc:
+        return [(e["loc"], e["type"]) for e in exc.errors()]
+
+
 @pytest.mark.parametrize(("model_id", "value"), CASES)
 def test_sdk_and_server_agree(model_id, value):
-    def outcome(cls):
-        try:
-            return cls.model_validate(value).model_dump()
-        except pydantic.ValidationError as exc:
-            return [(e["loc"], e["type"]) for e in exc.errors()]
+    assert outcome(models.MODEL_IDS[model_id], value) == outcome(MODELS[model_id].input_schema, value)
 
-    assert outcome(models.MODEL_IDS[model_id]) == outcome(MODELS[model_id].input_schema)
+
+@pytest.mark.parametrize("model_id", list(MODELS))
+def test_unknown_fields_are_refused_by_the_sdk_and_ignored_by_the_server(model_id):
+    valid = next(value for model, value in CASES if model == model_id)  # each model's first case is valid
+    value = {**valid, "aspect_ratoi": "16:9"}
+    assert outcome(models.MODEL_IDS[model_id], value) == [(("aspect_ratoi",), "extra_forbidden")]
+    assert outcome(MODELS[model_id].input_schema, value) == outcome(MODELS[model_id].input_schema, valid)
+
+
+def test_a_bad_typed_input_raises_the_sdks_validation_error():
+    with pytest.raises(ValidationError) as info:
+        ZImageInput(prompt=1, aspect_ratio="1:1")
+    error = info.value
+    assert isinstance(error, InputValidationError) and isinstance(error, ValueError)
+    assert not isinstance(error, pydantic.ValidationError)  # pydantic's own error no longer escapes
+    assert error.code == 422 and error.model == "z-image"
+    assert error.msg == "invalid input for z-image: input.prompt: Input should be a valid string"
+    assert [(e["loc"], e["type"]) for e in error.errors()] == [(("prompt",), "string_type")]
+    assert isinstance(error.pydantic_error, pydantic.ValidationError)
+
+    with pytest.raises(ValidationError, match=r"input\.seed is not a field of this model \(fields: prompt, "
+                                              r"aspect_ratio, nsfw_checker\)"):
+        ZImageInput(prompt="p", aspect_ratio="1:1", seed=5)
+    # model_validate and model_validate_json too, without pydantic's wrapping of the constructor's error.
+    for attempt in (lambda: ZImageInput.model_validate({"prompt": "p"}),
+                    lambda: ZImageInput.model_validate_json('{"prompt": "p"}'),
+                    lambda: ZImageInput.model_validate("not a dict")):
+        with pytest.raises(InputValidationError) as info:
+            attempt()
+        assert "Value error" not in str(info.value)
+    assert ZImageInput.model_validate({"prompt": "p", "aspect_ratio": "1:1"}).to_input() == {
+        "prompt": "p", "aspect_ratio": "1:1"}
 
 
 def test_generated_module_does_not_import_the_catalog():

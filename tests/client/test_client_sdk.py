@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 
 import httpx
-import pydantic
 import pytest
 
 from safelight.client import (
@@ -94,12 +94,15 @@ def test_create_task_sends_typed_input_and_callback(client, kie):
 
 
 def test_typed_inputs_validate_before_sending(client, kie):
-    with pytest.raises(pydantic.ValidationError):
+    # The SDK's own ValidationError (pydantic's no longer escapes).
+    with pytest.raises(ValidationError):
         ZImageInput(prompt="x", aspect_ratio="2:1")
-    with pytest.raises(pydantic.ValidationError):
+    with pytest.raises(ValidationError):
         Imagen4FastInput(prompt="x", num_images=2)  # kie's num_images is a string enum
-    with pytest.raises(pydantic.ValidationError):
+    with pytest.raises(ValidationError):
         Flux2ProImageToImageInput(prompt="edit", input_urls=[], aspect_ratio="1:1", resolution="1K")
+    with pytest.raises(ValidationError, match="aspect_ration is not a field"):
+        ZImageInput(prompt="x", aspect_ration="1:1")  # a typo is refused, not dropped
     with pytest.raises(ValueError, match="not 'z-image'"):
         client.create_task("z-image", Imagen4FastInput(prompt="x"))
     with pytest.raises(TypeError):
@@ -327,15 +330,26 @@ def test_connection_refused_is_retried_then_raised(sleeps):
     assert len(sleeps) == 3  # nothing reached the server, so even createTask is retried
 
 
-def test_read_timeout_on_create_is_not_retried(kie, client_kwargs, sleeps):
-    # A createTask that timed out may have been created: retrying could pay twice.
+def test_read_timeout_on_create_is_not_retried_without_an_idempotency_key(kie, client_kwargs, sleeps):
+    # A createTask that timed out may have been created: without a key, retrying could pay twice.
+    sent: list[httpx.Request] = []
+
     def slow(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
         raise httpx.ReadTimeout("timed out", request=request)
 
     transport = httpx.Client(transport=httpx.MockTransport(slow))
     with Client(**client_kwargs, http_client=transport) as c, pytest.raises(APIConnectionError):
+        c.create_task("z-image", {"prompt": "p", "aspect_ratio": "1:1"}, idempotency_key=None)
+    assert sleeps == [] and len(sent) == 1 and "idempotency-key" not in sent[0].headers
+
+    # With a key (by default a fresh uuid4), the same request is safe to send again: retried, same key.
+    sent.clear()
+    with Client(**client_kwargs, http_client=transport) as c, pytest.raises(APIConnectionError):
         c.create_task("z-image", {"prompt": "p", "aspect_ratio": "1:1"})
-    assert sleeps == []
+    assert len(sleeps) == 3 and len(sent) == 4
+    keys = {request.headers["idempotency-key"] for request in sent}
+    assert len(keys) == 1 and uuid.UUID(keys.pop()).version == 4
     transport.close()
 
 

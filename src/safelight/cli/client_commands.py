@@ -1,5 +1,5 @@
-"""Client-side commands: `safelight generate`, `safelight task get|wait`, and the bodies of
-`safelight credits` and `safelight models`. They use only the SDK (`safelight.client`), so they
+"""Client-side commands: `safelight generate`, `safelight task get|wait|cancel|list`, and the
+bodies of `safelight credits` and `safelight models`. They use only the SDK (`safelight.client`), so they
 work against Safelight and kie.ai alike.
 
 Connection settings come from `--base-url` / `--api-key`, else SAFELIGHT_BASE_URL,
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from pydantic import ValidationError as InputValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
@@ -30,6 +30,7 @@ from safelight.client import (
     MODEL_IDS,
     Client,
     GenerationFailedError,
+    InputValidationError,
     SafelightError,
     Task,
     WaitTimeoutError,
@@ -50,15 +51,21 @@ ApiKeyOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a human summary.")]
 TimeoutOption = Annotated[float, typer.Option("--timeout", help="Seconds to wait for the result.")]
-PollOption = Annotated[float, typer.Option("--poll", help="First poll interval in seconds (grows ×1.5 to 15 s).")]
+PollOption = Annotated[float, typer.Option(
+    "--poll", help="First poll interval in seconds (grows ×1.5 to 15 s), on servers without the event stream "
+                   "(kie.ai); Safelight pushes every change.")]
+# The first poll where there is no event stream (kie.ai): the SDK's run() default.
+FIRST_POLL = 0.25
 
 
 def register(app: typer.Typer) -> None:
     """Add `generate` and the `task` group to the main `safelight` app."""
     app.command("generate", help="Generate images: create a task, show its progress, save the results.")(generate)
-    task_app = typer.Typer(help="Look at a task by id.", no_args_is_help=True)
+    task_app = typer.Typer(help="Look at, wait for, cancel and list tasks.", no_args_is_help=True)
     task_app.command("get", help="Show a task's current record.")(task_get)
     task_app.command("wait", help="Wait for a task to finish, showing its progress.")(task_wait)
+    task_app.command("cancel", help="Cancel a task that has not ended (Safelight; refunded in full).")(task_cancel)
+    task_app.command("list", help="List your tasks, newest first (Safelight).")(task_list)
     app.add_typer(task_app, name="task")
 
 
@@ -82,7 +89,7 @@ def generate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the results.")] = Path("out"),
     json_output: JsonOption = False,
     timeout: TimeoutOption = 600.0,
-    poll: PollOption = 2.0,
+    poll: PollOption = FIRST_POLL,
     callback_url: Annotated[str | None, typer.Option("--callback-url", help="Callback URL for the task.")] = None,
     no_download: Annotated[bool, typer.Option("--no-download", help="Print result URLs, save nothing.")] = False,
     base_url: BaseUrlOption = None,
@@ -113,18 +120,20 @@ def generate(
                         urls.append(client.upload(ref))
                         err.print(f"uploaded {escape(ref)} → {escape(urls[-1])}")
                 task_input[image_field] = list(existing) + urls
+            started = time.monotonic()  # the generation's own time, from the create to the result
             task_id = client.create_task(model, task_input, callback_url)
         except SafelightError as exc:
             _fail(exc)
         err.print(f"task [bold]{task_id}[/] submitted ({model})")
         task = _wait_with_progress(client, task_id, model, timeout, poll, json_output)
+        elapsed = time.monotonic() - started
         files: list[Path] = []
         if not no_download:
             try:
                 files = client.download(task, out)
             except SafelightError as exc:
                 _fail(exc)
-    _print_result(task, files, json_output, print_urls=no_download)
+    _print_result(task, files, json_output, print_urls=no_download, elapsed=elapsed)
 
 
 def build_input(model: str, prompt: str | None, aspect_ratio: str | None, pairs: list[str]) -> dict[str, Any]:
@@ -235,7 +244,7 @@ def _validate(model: str, task_input: dict[str, Any]) -> None:
         cls.model_validate(task_input)
     except InputValidationError as exc:
         # The server's own wording: the same message the server would answer with code 422.
-        for problem in describe_errors(exc, "input").split("; "):
+        for problem in describe_errors(exc.pydantic_error, "input").split("; "):
             err.print(f"[red]error:[/] {escape(problem)}")
         schema = INPUT_SCHEMAS[model]
         fields = ", ".join(_field_summary(n, p, schema) for n, p in _fields(schema))
@@ -268,7 +277,7 @@ def task_wait(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Also save the results here.")] = None,
     json_output: JsonOption = False,
     timeout: TimeoutOption = 600.0,
-    poll: PollOption = 2.0,
+    poll: PollOption = FIRST_POLL,
     base_url: BaseUrlOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
@@ -280,7 +289,81 @@ def task_wait(
                 files = client.download(task, out)
             except SafelightError as exc:
                 _fail(exc)
-    _print_result(task, files, json_output, print_urls=out is None)
+    # Since the task was created (server clock), which may be before this command started.
+    elapsed = (task.complete_time - task.create_time) / 1000 if task.complete_time and task.create_time else None
+    _print_result(task, files, json_output, print_urls=out is None, elapsed=elapsed)
+
+
+def task_cancel(
+    task_id: Annotated[str, typer.Argument(help="The task id.")],
+    json_output: JsonOption = False,
+    base_url: BaseUrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Cancel a waiting, queuing or generating task: it ends in fail with failCode 499, refunded."""
+    with _client(base_url, api_key) as client:
+        try:
+            task = client.cancel(task_id)
+        except SafelightError as exc:
+            _fail(exc)
+    if json_output:
+        typer.echo(json.dumps(task.to_dict(), indent=2))
+        return
+    err.print(f"task {task.task_id} cancelled (failCode {task.fail_code or '-'}; its credits are refunded)")
+
+
+def task_list(
+    state: Annotated[str | None, typer.Option("--state", help="Only tasks in this state: waiting, queuing, "
+                                              "generating, success or fail.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Only tasks of this model.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="At most this many tasks.")] = 20,
+    json_output: JsonOption = False,
+    base_url: BaseUrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Your tasks, newest first: id, model, state, when created, and how long it took."""
+    with _client(base_url, api_key) as client:
+        try:
+            tasks = list(client.list_tasks(state=state, model=model, limit=limit))
+        except SafelightError as exc:
+            _fail(exc)
+    if json_output:
+        typer.echo(json.dumps([task.to_dict() for task in tasks], indent=2))
+        return
+    if not tasks:
+        err.print("no tasks")
+        return
+    table = Table(box=None, show_header=True, header_style="dim", padding=(0, 2, 0, 0))
+    for column in ("task", "model", "state", "created", "took"):
+        table.add_column(column, no_wrap=True)
+    for task in tasks:
+        table.add_row(*(Text(cell) for cell in (task.task_id, task.model, _state_text(task),
+                                                 _time_text(task.create_time), _took_text(task))))
+    Console(highlight=False, width=200).print(table)
+
+
+def _state_text(task: Task) -> str:
+    if task.state == "waiting" and isinstance(task.raw.get("queuePosition"), int):
+        return f"waiting (#{task.raw['queuePosition'] + 1} in queue)"
+    if task.state == "generating" and task.progress:
+        return f"generating {task.progress}%"
+    if task.failed:
+        return f"fail {task.fail_code or ''}".rstrip()
+    return task.state
+
+
+def _time_text(epoch_ms: int | None) -> str:
+    return datetime.fromtimestamp(epoch_ms / 1000).strftime("%Y-%m-%d %H:%M:%S") if epoch_ms else ""
+
+
+def _took_text(task: Task) -> str:
+    if task.complete_time and task.create_time:
+        return _seconds((task.complete_time - task.create_time) / 1000)
+    return ""
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {seconds % 60:.0f} s"
 
 
 # --- credits / models (called by the main app's groups) -----------------------------------------
@@ -385,7 +468,8 @@ def _wait_with_progress(
     client: Client, task_id: str, model: str, timeout: float, poll: float, json_output: bool
 ) -> Task:
     """wait() under a Rich live display on stderr: state, a bar (pulsing until the server reports
-    progress), elapsed time. Off a terminal, one line per state change instead."""
+    progress), elapsed time. Off a terminal, one line per state change instead. The changes come
+    from the server's event stream (Safelight), or from polls (kie.ai)."""
     live = err.is_terminal
     columns = (
         SpinnerColumn(),
@@ -410,7 +494,7 @@ def _wait_with_progress(
             last_state = task.state
 
         try:
-            task = client.wait(task_id, timeout=timeout, poll=poll, on_progress=on_progress)
+            task = client.wait(task_id, timeout=timeout, poll=poll, on_progress=on_progress, stream=True)
         except GenerationFailedError as exc:
             progress.update(bar, description="[red]fail")
             progress.stop()
@@ -436,11 +520,12 @@ def _wait_with_progress(
     return task
 
 
-def _print_result(task: Task, files: list[Path], json_output: bool, print_urls: bool) -> None:
+def _print_result(task: Task, files: list[Path], json_output: bool, print_urls: bool, elapsed: float | None) -> None:
     if json_output:
         typer.echo(json.dumps(task.to_dict() | {"files": [str(f) for f in files]}, indent=2))
         return
-    seconds = f" in {task.cost_time / 1000:.1f} s" if task.cost_time else ""
+    # Wall-clock time, as the user waited (costTime is the server's generation time only).
+    seconds = f" in {_seconds(elapsed)}" if elapsed is not None else ""
     err.print(f"[green]✓[/] task {task.task_id} succeeded{seconds}")
     for line in ([str(f) for f in files] if files else task.result_urls if print_urls else []):
         typer.echo(line)

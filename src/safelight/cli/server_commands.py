@@ -199,7 +199,7 @@ def worker(
 
     routing = _checked(build)
     console.print(f"[bold]Safelight[/] worker (roles: {describe_roles(WORKER_ROLES)}; "
-                  f"store: {_describe_store(settings)})", highlight=False)
+                  f"store: {_describe_store(settings)}; files: {_describe_files(settings)})", highlight=False)
 
     async def go() -> None:
         runtime = await Runtime.open(settings, WORKER_ROLES, routing=routing)
@@ -460,9 +460,9 @@ def _describe_store(settings: Settings) -> str:
 
 
 def _describe_files(settings: Settings) -> str:
-    """Where result files and uploads go (SAFELIGHT_STORAGE_URL), and how clients are linked to them."""
-    url = settings.storage_url.strip()
-    where = url if url.startswith("s3://") else str(Path(url.removeprefix("file://") or settings.files_dir).resolve())
-    if url.startswith("s3://") and settings.s3_endpoint_url:
-        where += f" at {settings.s3_endpoint_url}"
+    """Where result files and uploads go (SAFELIGHT_STORAGE_URL), and how clients are linked to them.
+    Called after the preflight, which has vetted the storage settings."""
+    from safelight.storage import open_storage
+
+    where = open_storage(settings).description
     return f"{where}, {settings.file_urls} links" if settings.file_urls != "proxied" else where

@@ -19,10 +19,12 @@ from .errors import (
     APIConnectionError,
     AuthenticationError,
     GenerationFailedError,
+    InputValidationError,
     InsufficientCreditsError,
     MaintenanceError,
     ModelDisabledError,
     NotFoundError,
+    NotSupportedError,
     RateLimitError,
     SafelightError,
     ServerError,
@@ -41,7 +43,7 @@ from .models import (
     InputModel,
     ZImageInput,
 )
-from .task import Task
+from .task import Task, TaskEvent
 from .webhooks import verify_callback
 
 __all__ = [
@@ -60,15 +62,18 @@ __all__ = [
     "IdeogramCharacterInput",
     "Imagen4FastInput",
     "InputModel",
+    "InputValidationError",
     "InsufficientCreditsError",
     "MaintenanceError",
     "ModelDisabledError",
     "NotFoundError",
+    "NotSupportedError",
     "RateLimitError",
     "SafelightError",
     "ServerError",
     "SignatureError",
     "Task",
+    "TaskEvent",
     "TaskNotFoundError",
     "ValidationError",
     "WaitTimeoutError",

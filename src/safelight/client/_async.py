@@ -5,18 +5,28 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import time
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 
-from safelight.retrying import TryAgain
+from safelight.retrying import TryAgain, backoff_delay
 
 from . import _base as b
-from .errors import APIConnectionError, AuthenticationError, SafelightError
-from .task import Task
+from .errors import (
+    APIConnectionError,
+    AuthenticationError,
+    NotFoundError,
+    RateLimitError,
+    SafelightError,
+    ServerError,
+    TaskNotFoundError,
+)
+from .task import Task, TaskEvent
 
 
 class AsyncClient:
@@ -46,6 +56,7 @@ class AsyncClient:
             timeout=timeout, follow_redirects=True, headers={"User-Agent": b.USER_AGENT}
         )
         self._created = b.CreatedTasks()
+        self._extensions = b.Extensions(self.settings.base_url)
 
     @property
     def base_url(self) -> str:
@@ -80,15 +91,28 @@ class AsyncClient:
         task_id: str | None = None,
         **kwargs: Any,
     ) -> Any:
+        return (await self._exchange(method, url, idempotent=idempotent, task_id=task_id, **kwargs))[0]
+
+    async def _exchange(
+        self,
+        method: str,
+        url: str,
+        *,
+        idempotent: bool,
+        task_id: str | None = None,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> tuple[Any, httpx.Headers]:
         try:
             async for attempt in self.retry.attempts():
                 with attempt:
                     try:
                         try:
-                            response = await self._http.request(method, url, headers=self._auth(), **kwargs)
+                            response = await self._http.request(method, url, headers=self._auth() | (headers or {}),
+                                                                **kwargs)
                         except httpx.TransportError as exc:
                             raise b.connection_error(exc, idempotent, task_id) from exc
-                        return b.parse_response(response, task_id)
+                        return b.parse_response(response, task_id), response.headers
                     except SafelightError as error:
                         if (again := b.try_again(error)) is None:
                             raise
@@ -100,12 +124,35 @@ class AsyncClient:
 
     # --- jobs -----------------------------------------------------------------------------------
 
-    async def create_task(self, model: str, input: Any, callback_url: str | None = None) -> str:
+    async def create_task(
+        self,
+        model: str,
+        input: Any,
+        callback_url: str | None = None,
+        *,
+        idempotency_key: b.IdempotencyKey = b.AUTO_KEY,
+        cancel_after: float | None = None,
+    ) -> str:
+        return (await self._create(model, input, callback_url, idempotency_key, cancel_after, None))[0]
+
+    async def _create(
+        self,
+        model: str,
+        input: Any,
+        callback_url: str | None,
+        idempotency_key: b.IdempotencyKey,
+        cancel_after: float | None,
+        hold: float | None,
+    ) -> tuple[str, Task | None]:
         body = b.create_body(model, input, callback_url)
-        data = await self._call("POST", self.base_url + b.CREATE_PATH, json=body, idempotent=False)
+        key = b.idempotency_key(idempotency_key)
+        data, headers = await self._exchange(
+            "POST", self.base_url + b.CREATE_PATH, json=body, idempotent=key is not None,
+            headers=b.create_headers(key, hold, cancel_after), timeout=b.held_timeout(self._http.timeout, hold),
+        )
         task_id = b.task_id_from(data)
         self._created.add(task_id)
-        return task_id
+        return task_id, b.hold_outcome(self._extensions, hold, headers, data, task_id)
 
     async def get_task(self, task_id: str) -> Task:
         data = await self._call(
@@ -121,6 +168,21 @@ class AsyncClient:
         *,
         max_poll: float = 15.0,
         on_progress: Callable[[Task], Any] | None = None,
+        stream: bool = False,
+    ) -> Task:
+        deadline = time.monotonic() + timeout
+        if stream:
+            return await self._follow(task_id, timeout, deadline, poll, max_poll, on_progress)
+        return await self._poll(task_id, timeout, deadline, poll, max_poll, on_progress)
+
+    async def _poll(
+        self,
+        task_id: str,
+        timeout: float,
+        deadline: float,
+        poll: float,
+        max_poll: float,
+        on_progress: Callable[[Task], Any] | None,
     ) -> Task:
         poller = b.Poller(
             task_id,
@@ -130,6 +192,7 @@ class AsyncClient:
             factor=self.poll_factor,
             created_age=self._created.age(task_id),
             grace=self.not_found_grace,
+            deadline=deadline,
         )
         while True:
             try:
@@ -137,13 +200,32 @@ class AsyncClient:
             except SafelightError as error:
                 poller.absorb(error)
             else:
-                if on_progress is not None:
-                    outcome = on_progress(task)
-                    if inspect.isawaitable(outcome):
-                        await outcome
+                await _report(on_progress, task)
                 if poller.result(task) is not None:
                     return task
             await asyncio.sleep(poller.sleep_time())
+
+    async def _follow(
+        self,
+        task_id: str,
+        timeout: float,
+        deadline: float,
+        poll: float,
+        max_poll: float,
+        on_progress: Callable[[Task], Any] | None,
+    ) -> Task:
+        if self._extensions.usable:
+            tracker = b.EventTracker(task_id)
+            try:
+                async for event in self._stream_events(tracker, timeout, deadline):
+                    await _report(on_progress, event.task)
+                    if event.kind == "done":
+                        return b.finished(event.task)
+            except b.StreamUnavailable:
+                self._extensions.present = False
+            except TaskNotFoundError:
+                pass  # not visible yet? polling knows the grace this client's own tasks get
+        return await self._poll(task_id, timeout, deadline, poll, max_poll, on_progress)
 
     async def run(
         self,
@@ -152,12 +234,151 @@ class AsyncClient:
         callback_url: str | None = None,
         *,
         timeout: float = 600.0,
-        poll: float = 2.0,
+        poll: float = b.FIRST_POLL,
         max_poll: float = 15.0,
         on_progress: Callable[[Task], Any] | None = None,
+        idempotency_key: b.IdempotencyKey = b.AUTO_KEY,
+        cancel_after: float | None = None,
+        prefer_wait: float | None = None,
     ) -> Task:
-        task_id = await self.create_task(model, input, callback_url)
-        return await self.wait(task_id, timeout, poll, max_poll=max_poll, on_progress=on_progress)
+        deadline = time.monotonic() + timeout
+        hold = b.hold_seconds(self._extensions, prefer_wait, timeout, on_progress is not None)
+        task_id, ended = await self._create(model, input, callback_url, idempotency_key, cancel_after, hold)
+        if ended is not None:
+            await _report(on_progress, ended)
+            return b.finished(ended)
+        return await self._follow(task_id, timeout, deadline, poll, max_poll, on_progress)
+
+    async def cancel(self, task: Task | str) -> Task:
+        task_id = b.task_id_of(task)
+        if b.is_kie(self.base_url):
+            raise b.kie_unsupported("cancel", task_id)
+        try:
+            data = await self._call("POST", self.base_url + b.CANCEL_PATH, json={"taskId": task_id},
+                                    idempotent=True, task_id=task_id)
+        except NotFoundError as error:
+            raise b.unsupported(error, "cancel", self.base_url) from None
+        return b.task_from(data, task_id)
+
+    async def stream(
+        self,
+        task: Task | str,
+        *,
+        timeout: float | None = None,
+        poll: float = b.FIRST_POLL,
+        max_poll: float = 15.0,
+    ) -> AsyncIterator[TaskEvent]:
+        """`async for event in client.stream(task)`: the same events as `Client.stream`."""
+        task_id = b.task_id_of(task)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        tracker = b.EventTracker(task_id)
+        if self._extensions.usable:
+            try:
+                async for event in self._stream_events(tracker, timeout or 0.0, deadline):
+                    yield event
+                return
+            except b.StreamUnavailable:
+                self._extensions.present = False
+            except TaskNotFoundError:
+                if tracker.task is not None or self._created.age(task_id) is None:
+                    raise
+        poller = b.Poller(task_id, timeout=timeout or 0.0, poll=poll, max_poll=max_poll, factor=self.poll_factor,
+                          created_age=self._created.age(task_id), grace=self.not_found_grace,
+                          deadline=deadline if deadline is not None else float("inf"))
+        while True:
+            try:
+                current = await self.get_task(task_id)
+            except SafelightError as error:
+                poller.absorb(error)
+            else:
+                poller.last = current
+                if (polled := tracker.observe(current)) is not None:
+                    yield polled
+                    if polled.kind == "done":
+                        return
+            await asyncio.sleep(poller.sleep_time())
+
+    async def _stream_events(
+        self, tracker: b.EventTracker, timeout: float, deadline: float | None
+    ) -> AsyncIterator[TaskEvent]:
+        """The async twin of `Client._stream_events`; the deadline bounds each read exactly."""
+        task_id = tracker.task_id
+        failures = 0
+        while True:
+            left = b.remaining(deadline)
+            if left is not None and left <= 0:
+                raise tracker.timeout_error(timeout)
+            try:
+                async with self._http.stream(
+                    "GET", self.base_url + b.EVENTS_PATH, params={"taskId": task_id},
+                    headers=self._auth() | {"Accept": "text/event-stream"},
+                    timeout=b.stream_timeout(self._http.timeout),
+                ) as response:
+                    if not b.is_event_stream(response):
+                        await response.aread()
+                        raise b.stream_refusal(response, task_id)
+                    decoder = b.SSEDecoder()
+                    lines = response.aiter_lines()
+                    while True:
+                        try:
+                            with anyio.fail_after(b.remaining(deadline)):
+                                line = await anext(lines)
+                        except StopAsyncIteration:
+                            break
+                        except TimeoutError:
+                            raise tracker.timeout_error(timeout) from None
+                        if (message := decoder.line(line)) is None:
+                            continue
+                        if (event := tracker.message(*message)) is None:
+                            continue
+                        failures = 0
+                        yield event
+                        if event.kind == "done":
+                            return
+                error: SafelightError = APIConnectionError(None, "the event stream ended before the task did",
+                                                           task_id)
+            except httpx.TransportError as exc:
+                error = b.connection_error(exc, True, task_id)
+            except (RateLimitError, ServerError) as exc:
+                error = exc
+            left = b.remaining(deadline)
+            if left is not None and left <= 0:
+                raise tracker.timeout_error(timeout) from error
+            failures += 1
+            if failures > self.retry.max_retries:
+                raise error
+            delay = backoff_delay(failures - 1, self.retry.backoff, self.retry.max_backoff)
+            await asyncio.sleep(delay if left is None else min(delay, left))
+
+    async def list_tasks(
+        self,
+        *,
+        state: str | None = None,
+        model: str | None = None,
+        since: int | datetime | None = None,
+        limit: int | None = None,
+        page_size: int = b.MAX_PAGE,
+    ) -> AsyncIterator[Task]:
+        """`async for task in client.list_tasks(...)`: the same as `Client.list_tasks`."""
+        if b.is_kie(self.base_url):
+            raise b.kie_unsupported("task list")
+        params = b.list_params(state, model, since)
+        cursor: str | None = None
+        left = limit
+        while left is None or left > 0:
+            size = max(1, min(page_size, b.MAX_PAGE, left if left is not None else b.MAX_PAGE))
+            query = params | {"limit": size} | ({"cursor": cursor} if cursor else {})
+            try:
+                data = await self._call("GET", self.base_url + b.LIST_PATH, params=query, idempotent=True)
+            except NotFoundError as error:
+                raise b.unsupported(error, "task list", self.base_url) from None
+            tasks, cursor = b.list_page(data)
+            for item in tasks[:left]:
+                yield item
+            if left is not None:
+                left -= min(len(tasks), left)
+            if cursor is None or not tasks:
+                return
 
     # --- files ----------------------------------------------------------------------------------
 
@@ -234,6 +455,13 @@ class AsyncClient:
         except SafelightError:
             return b.builtin_models()
         return b.server_models(data)
+
+
+async def _report(on_progress: Callable[[Task], Any] | None, task: Task) -> None:
+    if on_progress is not None:
+        outcome = on_progress(task)
+        if inspect.isawaitable(outcome):
+            await outcome
 
 
 async def _write_new(

@@ -6,6 +6,9 @@ The two clients only differ in how they wait and do I/O; every decision lives he
 from __future__ import annotations
 
 import copy
+import datetime as dt
+import enum
+import json
 import mimetypes
 import os
 import re
@@ -13,9 +16,9 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -27,6 +30,8 @@ from safelight.retrying import Attempts, TryAgain, retry_after_seconds, retry_co
 from .errors import (
     APIConnectionError,
     GenerationFailedError,
+    NotFoundError,
+    NotSupportedError,
     RateLimitError,
     SafelightError,
     ServerError,
@@ -35,7 +40,7 @@ from .errors import (
     error_for_code,
 )
 from .models import CATALOG, InputModel
-from .task import Task
+from .task import Task, TaskEvent
 
 SAFELIGHT_DEFAULT_URL = "http://127.0.0.1:8000"
 KIE_BASE_URL = "https://api.kie.ai"
@@ -49,6 +54,22 @@ CREDIT_PATH = "/api/v1/chat/credit"
 MODELS_PATH = "/api/v1/models"
 STREAM_UPLOAD_PATH = "/api/file-stream-upload"
 URL_UPLOAD_PATH = "/api/file-url-upload"
+# Safelight's extensions (kie.ai has none of them).
+EVENTS_PATH = "/api/v1/jobs/stream"
+CANCEL_PATH = "/api/v1/jobs/cancel"
+LIST_PATH = "/api/v1/jobs/list"
+
+# run(): how long createTask may hold its answer (`Prefer: wait`) before the SDK follows the event
+# stream instead; shorter with on_progress, so that progress shows from the start. The server
+# holds at least 1 s and at most 60 s. Short enough that no proxy's idle timeout cuts it.
+DEFAULT_HOLD = 10.0
+PROGRESS_HOLD = 1.0
+MAX_HOLD = 60.0
+# run() and stream() where there is no event stream (kie.ai): the first poll, then x poll_factor.
+FIRST_POLL = 0.25
+# The stream sends a comment every 15 s; a connection silent this long is dead and is reopened.
+STREAM_IDLE = 45.0
+MAX_PAGE = 100
 
 
 @dataclass(frozen=True)
@@ -96,6 +117,242 @@ class RetryPolicy:
         return retry_context(retries=self.max_retries, backoff_seconds=self.backoff,
                              max_backoff_seconds=self.max_backoff, max_wait_seconds=self.budget,
                              budget_seconds=self.budget)
+
+
+def is_kie(base_url: str) -> bool:
+    return urlsplit(base_url).hostname == "api.kie.ai"
+
+
+class Extensions:
+    """What a client learned about the server's extensions (`Prefer: wait`, the event stream).
+
+    Unknown until the first answer tells; kie.ai (by its host name) never has them. A createTask
+    held with `Prefer: wait` and answered without `Preference-Applied`, or an event stream route
+    that is missing, marks them absent for the rest of the client's life.
+    """
+
+    def __init__(self, base_url: str) -> None:
+        self.present: bool | None = False if is_kie(base_url) else None
+
+    @property
+    def usable(self) -> bool:
+        return self.present is not False
+
+
+class StreamUnavailable(Exception):
+    """The server has no event stream (HTTP 404 on the route, or not an event stream at all)."""
+
+
+class _Auto(enum.Enum):
+    """`idempotency_key`'s default: a fresh key (uuid4) for every create."""
+
+    KEY = "auto"
+
+    def __repr__(self) -> str:
+        return "<a fresh uuid4>"
+
+
+AUTO_KEY = _Auto.KEY
+IdempotencyKey = str | None | Literal[_Auto.KEY]
+
+
+def idempotency_key(value: IdempotencyKey) -> str | None:
+    """The Idempotency-Key to send: a fresh uuid4 by default, the caller's own, or none (None)."""
+    if value is AUTO_KEY:
+        return str(uuid.uuid4())
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= 255 or not all(" " <= ch <= "~" for ch in value):
+        raise ValueError("idempotency_key must be 1-255 printable ASCII characters")
+    return value
+
+
+def create_headers(key: str | None, hold: float | None, cancel_after: float | None) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    if hold is not None:
+        headers["Prefer"] = f"wait={hold:g}"
+    if cancel_after is not None:
+        if not cancel_after > 0:
+            raise ValueError("cancel_after must be a number of seconds above 0")
+        headers["Cancel-After"] = f"{cancel_after:.3f}".rstrip("0").rstrip(".") + "s"
+    return headers
+
+
+def hold_seconds(extensions: Extensions, prefer_wait: float | None, timeout: float,
+                 with_progress: bool) -> float | None:
+    """How long run() asks createTask to hold its answer; None: no `Prefer: wait` at all."""
+    if not extensions.usable:
+        return None
+    hold = prefer_wait if prefer_wait is not None else PROGRESS_HOLD if with_progress else DEFAULT_HOLD
+    hold = min(hold, timeout, MAX_HOLD)
+    return hold if hold >= 1 else None  # the server holds at least 1 s: less is no hold at all
+
+
+def held_timeout(timeout: httpx.Timeout, hold: float | None) -> httpx.Timeout:
+    """The client's timeouts, with the read timeout stretched by the time the server may hold."""
+    if hold is None or timeout.read is None:
+        return timeout
+    return httpx.Timeout(connect=timeout.connect, read=timeout.read + hold, write=timeout.write, pool=timeout.pool)
+
+
+def stream_timeout(timeout: httpx.Timeout) -> httpx.Timeout:
+    """The client's timeouts, with a read timeout that outlasts the stream's 15 s keep-alive comments."""
+    read = None if timeout.read is None else max(timeout.read, STREAM_IDLE)
+    return httpx.Timeout(connect=timeout.connect, read=read, write=timeout.write, pool=timeout.pool)
+
+
+def hold_outcome(extensions: Extensions, hold: float | None, headers: httpx.Headers, data: Any,
+                 task_id: str) -> Task | None:
+    """After a createTask sent with `Prefer: wait`: learn whether the server honours it, and return
+    the finished Task when it answered with the whole record."""
+    if hold is None:
+        return None
+    extensions.present = "preference-applied" in headers
+    if extensions.present and isinstance(data, dict) and data.get("state"):
+        task = task_from(data, task_id)
+        return task if task.done else None
+    return None
+
+
+def task_id_of(task: Task | str) -> str:
+    if isinstance(task, Task):
+        return task.task_id
+    if isinstance(task, str) and task:
+        return task
+    raise TypeError(f"expected a Task or a task id, not {task!r}")
+
+
+def finished(task: Task) -> Task:
+    """A task that ended: returned on success, GenerationFailedError on fail."""
+    if task.state == TaskState.FAIL:
+        raise failed_error(task)
+    return task
+
+
+def remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def unsupported(error: NotFoundError, what: str, base_url: str) -> SafelightError:
+    """A 404 from an extension's route means the server lacks the extension; "recordInfo is null" does not."""
+    if isinstance(error, TaskNotFoundError):
+        return error
+    return NotSupportedError(404, f"{base_url} has no {what} (a Safelight extension)", error.task_id,
+                             http_status=error.http_status, body=error.body)
+
+
+def kie_unsupported(what: str, task_id: str | None = None) -> NotSupportedError:
+    return NotSupportedError(404, f"kie.ai has no {what}; it is a Safelight extension", task_id)
+
+
+# --- the event stream ---------------------------------------------------------------------------
+
+
+class SSEDecoder:
+    """Server-sent events, line by line (the subset Safelight sends: `event:`, `data:`, comments)."""
+
+    def __init__(self) -> None:
+        self.event = ""
+        self.data: list[str] = []
+
+    def line(self, line: str) -> tuple[str, str] | None:
+        """Feed one line; an (event, data) pair when a blank line completes one."""
+        if not line:
+            event, data = self.event or "message", self.data
+            self.event, self.data = "", []
+            return (event, "\n".join(data)) if data else None
+        if line.startswith(":"):
+            return None  # a comment: the keep-alive ping
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "event":
+            self.event = value
+        elif name == "data":
+            self.data.append(value)
+        return None
+
+
+class EventTracker:
+    """Turns what the server says into TaskEvents: `state` when the state changes, `progress` when
+    only the progress moves, and one `done` at the end. It reads the stream's events and successive
+    polls alike; a reopened stream's first event repeats the state, and is not passed on twice."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.task: Task | None = None
+
+    def message(self, event: str, data: str) -> TaskEvent | None:
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            return None
+        if event == "progress":
+            value = payload.get("progress") if isinstance(payload, dict) else None
+            return self.progress(value) if isinstance(value, int) and not isinstance(value, bool) else None
+        if event in ("state", "done") and isinstance(payload, dict):
+            return self.observe(task_from(payload, self.task_id), done=event == "done")
+        return None  # an event this SDK does not know
+
+    def observe(self, task: Task, *, done: bool = False) -> TaskEvent | None:
+        previous, self.task = self.task, task
+        if done or task.done:
+            return TaskEvent("done", task, task)
+        if previous is None or task.state != previous.state:
+            return TaskEvent("state", task, task)
+        if task.progress is not None and task.progress != previous.progress:
+            return TaskEvent("progress", task.progress, task)
+        return None
+
+    def progress(self, value: int) -> TaskEvent | None:
+        if self.task is None or self.task.progress == value:
+            return None
+        self.task = replace(self.task, progress=value, raw={**self.task.raw, "progress": value})
+        return TaskEvent("progress", value, self.task)
+
+    def timeout_error(self, timeout: float) -> WaitTimeoutError:
+        return WaitTimeoutError(self.task_id, timeout, self.task)
+
+
+def stream_refusal(response: httpx.Response, task_id: str) -> Exception:
+    """Why a (fully read) answer to the stream route is not an event stream: the typed error in its
+    envelope (an unknown task, a bad key, 429, 5xx), or StreamUnavailable for a missing route."""
+    if response.status_code in (404, 405):
+        return StreamUnavailable(f"HTTP {response.status_code}")
+    try:
+        parse_response(response, task_id)
+    except NotFoundError as error:
+        return error if isinstance(error, TaskNotFoundError) else StreamUnavailable(str(error))
+    except SafelightError as error:
+        return error
+    return StreamUnavailable(f"not an event stream: {response.headers.get('content-type')!r}")
+
+
+def is_event_stream(response: httpx.Response) -> bool:
+    return response.status_code == 200 and response.headers.get("content-type", "").startswith("text/event-stream")
+
+
+# --- the task list ------------------------------------------------------------------------------
+
+
+def list_params(state: str | None, model: str | None, since: int | dt.datetime | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if state is not None:
+        params["state"] = str(state)
+    if model is not None:
+        params["model"] = model
+    if since is not None:
+        params["since"] = int(since.timestamp() * 1000) if isinstance(since, dt.datetime) else int(since)
+    return params
+
+
+def list_page(data: Any) -> tuple[list[Task], str | None]:
+    if not isinstance(data, dict) or not isinstance(data.get("items"), list):
+        raise SafelightError(None, f"the task list answered without items: {data!r}"[:300])
+    tasks = [task_from(item, "") for item in data["items"] if isinstance(item, dict)]
+    cursor = data.get("nextCursor")
+    return tasks, cursor if isinstance(cursor, str) and cursor else None
 
 
 def try_again(error: SafelightError) -> TryAgain | None:
@@ -215,10 +472,11 @@ class Poller:
         factor: float,
         created_age: float | None,
         grace: float,
+        deadline: float | None = None,
     ) -> None:
         self.task_id = task_id
         self.timeout = timeout
-        self.deadline = time.monotonic() + timeout
+        self.deadline = time.monotonic() + timeout if deadline is None else deadline
         self.interval = poll
         self.max_poll = max(max_poll, poll)
         self.factor = factor

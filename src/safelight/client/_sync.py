@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from safelight.retrying import TryAgain
+from safelight.retrying import TryAgain, backoff_delay
 
 from . import _base as b
-from .errors import APIConnectionError, AuthenticationError, SafelightError
-from .task import Task
+from .errors import (
+    APIConnectionError,
+    AuthenticationError,
+    NotFoundError,
+    RateLimitError,
+    SafelightError,
+    ServerError,
+    TaskNotFoundError,
+)
+from .task import Task, TaskEvent
 
 
 class Client:
@@ -49,6 +60,7 @@ class Client:
             timeout=timeout, follow_redirects=True, headers={"User-Agent": b.USER_AGENT}
         )
         self._created = b.CreatedTasks()
+        self._extensions = b.Extensions(self.settings.base_url)
 
     @property
     def base_url(self) -> str:
@@ -83,15 +95,29 @@ class Client:
         task_id: str | None = None,
         **kwargs: Any,
     ) -> Any:
+        return self._exchange(method, url, idempotent=idempotent, task_id=task_id, **kwargs)[0]
+
+    def _exchange(
+        self,
+        method: str,
+        url: str,
+        *,
+        idempotent: bool,
+        task_id: str | None = None,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> tuple[Any, httpx.Headers]:
+        """One call with retries: the envelope's `data` and the answer's headers."""
         try:
             for attempt in self.retry.attempts():
                 with attempt:
                     try:
                         try:
-                            response = self._http.request(method, url, headers=self._auth(), **kwargs)
+                            response = self._http.request(method, url, headers=self._auth() | (headers or {}),
+                                                          **kwargs)
                         except httpx.TransportError as exc:
                             raise b.connection_error(exc, idempotent, task_id) from exc
-                        return b.parse_response(response, task_id)
+                        return b.parse_response(response, task_id), response.headers
                     except SafelightError as error:
                         if (again := b.try_again(error)) is None:
                             raise
@@ -103,13 +129,42 @@ class Client:
 
     # --- jobs -----------------------------------------------------------------------------------
 
-    def create_task(self, model: str, input: Any, callback_url: str | None = None) -> str:
-        """Submit a task; returns its id. `input` is a dict or a typed input class (ZImageInput, ...)."""
+    def create_task(
+        self,
+        model: str,
+        input: Any,
+        callback_url: str | None = None,
+        *,
+        idempotency_key: b.IdempotencyKey = b.AUTO_KEY,
+        cancel_after: float | None = None,
+    ) -> str:
+        """Submit a task; returns its id. `input` is a dict or a typed input class (ZImageInput, ...).
+
+        Every create carries an Idempotency-Key (a fresh uuid4 unless you give your own), so a create
+        whose connection broke after sending is retried safely: the server answers the same task.
+        `idempotency_key=None` sends none (and such a create is then not retried). `cancel_after`
+        (seconds) cancels the task on the server if it has not ended by then (Safelight only)."""
+        return self._create(model, input, callback_url, idempotency_key, cancel_after, None)[0]
+
+    def _create(
+        self,
+        model: str,
+        input: Any,
+        callback_url: str | None,
+        idempotency_key: b.IdempotencyKey,
+        cancel_after: float | None,
+        hold: float | None,
+    ) -> tuple[str, Task | None]:
+        """createTask, held `hold` seconds with `Prefer: wait`: the id, and the Task if it already ended."""
         body = b.create_body(model, input, callback_url)
-        data = self._call("POST", self.base_url + b.CREATE_PATH, json=body, idempotent=False)
+        key = b.idempotency_key(idempotency_key)
+        data, headers = self._exchange(
+            "POST", self.base_url + b.CREATE_PATH, json=body, idempotent=key is not None,
+            headers=b.create_headers(key, hold, cancel_after), timeout=b.held_timeout(self._http.timeout, hold),
+        )
         task_id = b.task_id_from(data)
         self._created.add(task_id)
-        return task_id
+        return task_id, b.hold_outcome(self._extensions, hold, headers, data, task_id)
 
     def get_task(self, task_id: str) -> Task:
         data = self._call(
@@ -125,9 +180,27 @@ class Client:
         *,
         max_poll: float = 15.0,
         on_progress: Callable[[Task], Any] | None = None,
+        stream: bool = False,
     ) -> Task:
         """Poll until the task succeeds (returned), fails (GenerationFailedError) or `timeout` passes
-        (WaitTimeoutError, a TimeoutError). Polls every `poll` s, growing ×1.5 up to `max_poll`."""
+        (WaitTimeoutError, a TimeoutError). Polls every `poll` s, growing ×1.5 up to `max_poll`.
+
+        `stream=True` follows the server's event stream instead where it has one (Safelight), and
+        polls where it has none (kie.ai); `on_progress` is then called on every change."""
+        deadline = time.monotonic() + timeout
+        if stream:
+            return self._follow(task_id, timeout, deadline, poll, max_poll, on_progress)
+        return self._poll(task_id, timeout, deadline, poll, max_poll, on_progress)
+
+    def _poll(
+        self,
+        task_id: str,
+        timeout: float,
+        deadline: float,
+        poll: float,
+        max_poll: float,
+        on_progress: Callable[[Task], Any] | None,
+    ) -> Task:
         poller = b.Poller(
             task_id,
             timeout=timeout,
@@ -136,6 +209,7 @@ class Client:
             factor=self.poll_factor,
             created_age=self._created.age(task_id),
             grace=self.not_found_grace,
+            deadline=deadline,
         )
         while True:
             try:
@@ -149,6 +223,30 @@ class Client:
                     return task
             time.sleep(poller.sleep_time())
 
+    def _follow(
+        self,
+        task_id: str,
+        timeout: float,
+        deadline: float,
+        poll: float,
+        max_poll: float,
+        on_progress: Callable[[Task], Any] | None,
+    ) -> Task:
+        """The task's end through its event stream, or by polling where there is none."""
+        if self._extensions.usable:
+            tracker = b.EventTracker(task_id)
+            try:
+                for event in self._stream_events(tracker, timeout, deadline):
+                    if on_progress is not None:
+                        on_progress(event.task)
+                    if event.kind == "done":
+                        return b.finished(event.task)
+            except b.StreamUnavailable:
+                self._extensions.present = False
+            except TaskNotFoundError:
+                pass  # not visible yet? polling knows the grace this client's own tasks get
+        return self._poll(task_id, timeout, deadline, poll, max_poll, on_progress)
+
     def run(
         self,
         model: str,
@@ -156,13 +254,162 @@ class Client:
         callback_url: str | None = None,
         *,
         timeout: float = 600.0,
-        poll: float = 2.0,
+        poll: float = b.FIRST_POLL,
         max_poll: float = 15.0,
         on_progress: Callable[[Task], Any] | None = None,
+        idempotency_key: b.IdempotencyKey = b.AUTO_KEY,
+        cancel_after: float | None = None,
+        prefer_wait: float | None = None,
     ) -> Task:
-        """create_task + wait. Any error after creation carries the task id (`error.task_id`)."""
-        task_id = self.create_task(model, input, callback_url)
-        return self.wait(task_id, timeout, poll, max_poll=max_poll, on_progress=on_progress)
+        """Create a task and return it finished. Any error after creation carries the task id
+        (`error.task_id`); GenerationFailedError if it failed, WaitTimeoutError after `timeout` s.
+
+        On Safelight, createTask holds its answer until the task ends (`Prefer: wait`, `prefer_wait`
+        seconds: 10 by default, 1 with `on_progress`), and a longer task is followed on its event
+        stream: no polling. Elsewhere (kie.ai) it polls, first after `poll` s, then ×1.5 up to `max_poll`."""
+        deadline = time.monotonic() + timeout
+        hold = b.hold_seconds(self._extensions, prefer_wait, timeout, on_progress is not None)
+        task_id, ended = self._create(model, input, callback_url, idempotency_key, cancel_after, hold)
+        if ended is not None:
+            if on_progress is not None:
+                on_progress(ended)
+            return b.finished(ended)
+        return self._follow(task_id, timeout, deadline, poll, max_poll, on_progress)
+
+    def cancel(self, task: Task | str) -> Task:
+        """Cancel a task that has not ended (Safelight): it ends in `fail` with failCode "499", fully
+        refunded, and the ended record is returned. A task that already ended: ValidationError
+        (code 422) naming its state. kie.ai has no cancel: NotSupportedError."""
+        task_id = b.task_id_of(task)
+        if b.is_kie(self.base_url):
+            raise b.kie_unsupported("cancel", task_id)
+        try:
+            data = self._call("POST", self.base_url + b.CANCEL_PATH, json={"taskId": task_id}, idempotent=True,
+                              task_id=task_id)
+        except NotFoundError as error:
+            raise b.unsupported(error, "cancel", self.base_url) from None
+        return b.task_from(data, task_id)
+
+    def stream(
+        self,
+        task: Task | str,
+        *,
+        timeout: float | None = None,
+        poll: float = b.FIRST_POLL,
+        max_poll: float = 15.0,
+    ) -> Iterator[TaskEvent]:
+        """The task's events as they happen: `state` (a Task) whenever its state changes, `progress`
+        (an int) as it moves, and a last `done` (the final Task, success or fail); then it ends.
+
+        On Safelight they come from the server's event stream (reopened if the connection breaks);
+        elsewhere (kie.ai) they are made from polls, first after `poll` s, then ×1.5 up to `max_poll`.
+        `timeout` (seconds, default none) raises WaitTimeoutError. A failed task is not an error
+        here: its `done` event carries it."""
+        task_id = b.task_id_of(task)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        tracker = b.EventTracker(task_id)
+        if self._extensions.usable:
+            try:
+                yield from self._stream_events(tracker, timeout or 0.0, deadline)
+                return
+            except b.StreamUnavailable:
+                self._extensions.present = False
+            except TaskNotFoundError:
+                if tracker.task is not None or self._created.age(task_id) is None:
+                    raise
+                # this client's own task, not visible yet: polling gives it the grace window
+        poller = b.Poller(task_id, timeout=timeout or 0.0, poll=poll, max_poll=max_poll, factor=self.poll_factor,
+                          created_age=self._created.age(task_id), grace=self.not_found_grace,
+                          deadline=deadline if deadline is not None else float("inf"))
+        while True:
+            try:
+                current = self.get_task(task_id)
+            except SafelightError as error:
+                poller.absorb(error)
+            else:
+                poller.last = current
+                if (polled := tracker.observe(current)) is not None:
+                    yield polled
+                    if polled.kind == "done":
+                        return
+            time.sleep(poller.sleep_time())
+
+    def _stream_events(self, tracker: b.EventTracker, timeout: float, deadline: float | None) -> Iterator[TaskEvent]:
+        """Follow GET /api/v1/jobs/stream until the `done` event. A broken connection is reopened
+        (the server starts again with the current state, which the tracker does not repeat); too
+        many failures in a row raise the last. StreamUnavailable when the server has no stream."""
+        task_id = tracker.task_id
+        failures = 0
+        while True:
+            left = b.remaining(deadline)
+            if left is not None and left <= 0:
+                raise tracker.timeout_error(timeout)
+            try:
+                with self._http.stream(
+                    "GET", self.base_url + b.EVENTS_PATH, params={"taskId": task_id},
+                    headers=self._auth() | {"Accept": "text/event-stream"},
+                    timeout=b.stream_timeout(self._http.timeout),
+                ) as response:
+                    if not b.is_event_stream(response):
+                        response.read()
+                        raise b.stream_refusal(response, task_id)
+                    with _Watchdog(response, left):
+                        decoder = b.SSEDecoder()
+                        for line in response.iter_lines():
+                            if (message := decoder.line(line)) is None:
+                                continue
+                            if (event := tracker.message(*message)) is None:
+                                continue
+                            failures = 0
+                            yield event
+                            if event.kind == "done":
+                                return
+                error: SafelightError = APIConnectionError(None, "the event stream ended before the task did",
+                                                           task_id)
+            except httpx.TransportError as exc:
+                error = b.connection_error(exc, True, task_id)
+            except (RateLimitError, ServerError) as exc:
+                error = exc
+            left = b.remaining(deadline)
+            if left is not None and left <= 0:
+                raise tracker.timeout_error(timeout) from error
+            failures += 1
+            if failures > self.retry.max_retries:
+                raise error
+            delay = backoff_delay(failures - 1, self.retry.backoff, self.retry.max_backoff)
+            time.sleep(delay if left is None else min(delay, left))
+
+    def list_tasks(
+        self,
+        *,
+        state: str | None = None,
+        model: str | None = None,
+        since: int | datetime | None = None,
+        limit: int | None = None,
+        page_size: int = b.MAX_PAGE,
+    ) -> Iterator[Task]:
+        """The account's tasks, newest first, fetched page by page (Safelight's GET /api/v1/jobs/list,
+        following `nextCursor`). `state` and `model` filter; `since` (a datetime, or epoch milliseconds
+        as in createTime) keeps tasks created since then; `limit` stops after that many tasks.
+        kie.ai has no task list: NotSupportedError."""
+        if b.is_kie(self.base_url):
+            raise b.kie_unsupported("task list")
+        params = b.list_params(state, model, since)
+        cursor: str | None = None
+        left = limit
+        while left is None or left > 0:
+            size = max(1, min(page_size, b.MAX_PAGE, left if left is not None else b.MAX_PAGE))
+            query = params | {"limit": size} | ({"cursor": cursor} if cursor else {})
+            try:
+                data = self._call("GET", self.base_url + b.LIST_PATH, params=query, idempotent=True)
+            except NotFoundError as error:
+                raise b.unsupported(error, "task list", self.base_url) from None
+            tasks, cursor = b.list_page(data)
+            yield from tasks[:left]
+            if left is not None:
+                left -= min(len(tasks), left)
+            if cursor is None or not tasks:
+                return
 
     # --- files ----------------------------------------------------------------------------------
 
@@ -240,6 +487,39 @@ class Client:
         except SafelightError:
             return b.builtin_models()
         return b.server_models(data)
+
+
+class _Watchdog:
+    """Ends a blocking read of the event stream at the caller's deadline: a read timeout alone
+    restarts with every keep-alive comment. It shuts the socket down (which wakes the read) unless
+    disarmed first, under a lock, so a connection handed back to the pool is never touched."""
+
+    def __init__(self, response: httpx.Response, delay: float | None) -> None:
+        stream = response.extensions.get("network_stream")
+        self._socket = stream.get_extra_info("socket") if stream is not None and delay is not None else None
+        self._lock = threading.Lock()
+        self._armed = self._socket is not None
+        self._timer = threading.Timer(max(delay or 0.0, 0.0), self._fire) if self._armed else None
+
+    def __enter__(self) -> _Watchdog:
+        if self._timer is not None:
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self._armed = False
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._armed and isinstance(self._socket, socket.socket):
+                try:
+                    self._socket.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 def _write_new(directory: Path, name: str, chunks: Iterator[bytes], overwrite: bool, taken: set[Path]) -> Path:

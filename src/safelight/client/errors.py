@@ -7,9 +7,13 @@ exists carries its `task_id`, so a timeout or a crash in the caller never loses 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pydantic import ValidationError as PydanticValidationError
+    from pydantic_core import ErrorDetails
+
     from .task import Task
 
 
@@ -58,6 +62,42 @@ class NotFoundError(SafelightError):
 
 class ValidationError(SafelightError):
     """422 (and 400): the request or its `input` breaks the model's schema."""
+
+
+class InputValidationError(ValidationError, ValueError):
+    """A typed input class (`ZImageInput`, ...) refused its values before anything was sent.
+
+    Raised by the constructor and `model_validate` of the typed inputs: wrong types, values out of
+    range, unknown fields. `errors()` lists pydantic's error details; `pydantic_error` is the original
+    `pydantic.ValidationError`. It is also a `ValueError`, as pydantic's error is.
+    """
+
+    def __init__(self, model: str, pydantic_error: PydanticValidationError, fields: Sequence[str] = ()) -> None:
+        details = pydantic_error.errors(include_url=False)
+        msg = f"invalid input for {model}: " + "; ".join(_describe(error, fields) for error in details)
+        super().__init__(422, msg)
+        self.model = model
+        self.pydantic_error = pydantic_error
+        self._details = details
+
+    def errors(self) -> list[ErrorDetails]:
+        """pydantic's error details (`loc`, `msg`, `type`, `input`, ...), one per problem."""
+        return list(self._details)
+
+
+def _describe(error: ErrorDetails, fields: Sequence[str]) -> str:
+    path = "input" + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        known = f" (fields: {', '.join(fields)})" if fields else ""
+        return f"{path} is not a field of this model{known}"
+    return f"{path}: {error['msg']}"
+
+
+class NotSupportedError(NotFoundError):
+    """The server lacks a Safelight extension (cancel, the task list): kie.ai, or an older Safelight.
+
+    A `NotFoundError` (code 404), as the missing route answers.
+    """
 
 
 class TaskNotFoundError(NotFoundError, ValidationError):
@@ -173,10 +213,12 @@ __all__ = [
     "APIConnectionError",
     "AuthenticationError",
     "GenerationFailedError",
+    "InputValidationError",
     "InsufficientCreditsError",
     "MaintenanceError",
     "ModelDisabledError",
     "NotFoundError",
+    "NotSupportedError",
     "RateLimitError",
     "SafelightError",
     "ServerError",

@@ -6,9 +6,12 @@ Do not edit by hand: tests/client/test_client_generated.py fails when this file 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import ValidationError as PydanticValidationError
+
+from .errors import InputValidationError
 
 ZImagePrompt = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
 ZImageAspectRatio = Literal["1:1", "4:3", "3:4", "16:9", "9:16"]
@@ -38,10 +41,40 @@ IdeogramCharacterNegativePrompt = Annotated[str, StringConstraints(max_length=50
 
 
 class InputModel(BaseModel):
-    """Base of the typed inputs. It validates as the server does: strict types, unknown keys ignored."""
+    """Base of the typed inputs. They validate as the server does (strict types) and refuse unknown
+    fields, which the server would ignore. A refusal is an `InputValidationError`, the SDK's
+    `ValidationError` (code 422), from the constructor and from `model_validate`/`model_validate_json`."""
 
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
     model_id: ClassVar[str]
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except PydanticValidationError as exc:
+            raise type(self)._refusal(exc) from None
+
+    @classmethod
+    def model_validate(cls, *args: Any, **kwargs: Any) -> Self:
+        try:
+            return super().model_validate(*args, **kwargs)
+        except PydanticValidationError as exc:
+            raise cls._refusal(exc) from None
+
+    @classmethod
+    def model_validate_json(cls, *args: Any, **kwargs: Any) -> Self:
+        try:
+            return super().model_validate_json(*args, **kwargs)
+        except PydanticValidationError as exc:
+            raise cls._refusal(exc) from None
+
+    @classmethod
+    def _refusal(cls, exc: PydanticValidationError) -> InputValidationError:
+        # model_validate runs __init__ (it is overridden), whose refusal pydantic wraps as a value_error.
+        for detail in exc.errors(include_url=False):
+            if isinstance(inner := (detail.get("ctx") or {}).get("error"), InputValidationError):
+                return inner
+        return InputValidationError(getattr(cls, "model_id", cls.__name__), exc, list(cls.model_fields))
 
     def to_input(self) -> dict[str, Any]:
         """The `input` object to send: only the fields that were set (kie fills no defaults for us)."""

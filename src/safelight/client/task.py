@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from safelight.kie import TaskState
 
@@ -86,6 +86,30 @@ class Task:
             result=result,
             raw=dict(data),
         )
+
+
+EventKind = Literal["state", "progress", "done"]
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """One event of `Client.stream()` / `AsyncClient.stream()`.
+
+    - `state`: the task's state changed (the first event tells the state it is in); `data` is the Task.
+    - `progress`: only its progress moved; `data` is the percentage (an int).
+    - `done`: the task ended (success or fail), always the last event; `data` is the final Task.
+
+    `task` is the task as known after this event, for every kind (after a `progress` event: the
+    last Task with that progress).
+    """
+
+    kind: EventKind
+    data: Task | int
+    task: Task
+
+    @property
+    def progress(self) -> int | None:
+        return self.data if isinstance(self.data, int) else self.task.progress
 
 
 def _blank(value: Any) -> bool:

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urlsplit
 
 import obstore
-from obstore.exceptions import NotFoundError
 from obstore.store import S3Store
 
 from safelight.config import Settings
@@ -141,17 +140,15 @@ class S3Storage:
 
     async def get(self, key: str) -> bytes:
         check_key(key)
-        try:
-            result = await obstore.get_async(self._store, key)
-            return bytes(await result.bytes_async())
-        except NotFoundError:
-            raise FileNotFoundError(key) from None
+        # A missing object raises FileNotFoundError (obstore's mapping of S3's 404).
+        result = await obstore.get_async(self._store, key)
+        return bytes(await result.bytes_async())
 
     async def open(self, key: str) -> StoredFile | None:
         check_key(key)
         try:
             result = await obstore.get_async(self._store, key)
-        except NotFoundError:
+        except FileNotFoundError:
             return None
         return StoredFile(key=key, size=int(result.meta["size"]), chunks=_stream(result))
 
@@ -159,7 +156,7 @@ class S3Storage:
         check_key(key)
         try:
             await obstore.head_async(self._store, key)
-        except NotFoundError:
+        except FileNotFoundError:
             return False
         return True
 
@@ -172,7 +169,7 @@ class S3Storage:
         for start in range(0, len(keys), DELETE_BATCH):
             try:
                 await obstore.delete_async(self._store, list(keys[start:start + DELETE_BATCH]))
-            except NotFoundError:  # already gone
+            except FileNotFoundError:  # already gone
                 pass
 
     async def delete_prefix(self, prefix: str) -> int:

@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import socket
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from sqlalchemy.engine import RowMapping
 from safelight import metrics, tracing
 from safelight.backends import Backend, BackendError, GeneratedImage, Job
 from safelight.catalog import InvalidInputError, get_model, validate_input
-from safelight.kie import FailCode
+from safelight.kie import FailCode, TaskState
 from safelight.storage import Storage
 from safelight.store import Store, now_ms
 from safelight.store.workers import HEARTBEAT_SECONDS
@@ -79,6 +80,8 @@ class Worker:
         self.file_token = uuid.uuid4().hex[:12]
         # task id -> the claim this worker holds it under (tasks.claims when claimed).
         self._claims: dict[str, int] = {}
+        # task id -> set when the task ends elsewhere (cancel): backends stop early.
+        self._cancel_flags: dict[str, threading.Event] = {}
         # task id -> the traceparent stored with it (tracing), so its spans join the task's trace.
         self._traces: dict[str, str | None] = {}
         # Calls in flight per backend, across primaries and fallbacks ("BFL allows 24 in flight").
@@ -202,6 +205,11 @@ class Worker:
             self._traces[row["id"]] = row["trace_context"]
             claims.append(tracing.start_span("safelight.claim", parent=row["trace_context"], task_id=row["id"],
                                              model=row["model"], worker=self.id, claim=row["claims"]))
+        for row in rows:
+            self._cancel_flags[row["id"]] = threading.Event()
+        batch = asyncio.current_task()
+        assert batch is not None
+        watcher = asyncio.create_task(self._watch_for_cancel(open_ids, batch), name=f"cancel-watch-{rows[0]['id']}")
         try:
             await asyncio.wait_for(self._run(rows, open_ids), timeout=self.task_timeout)
         except TimeoutError:
@@ -216,15 +224,42 @@ class Worker:
                 await self._fail(task_id, FailCode.INTERNAL, "internal error while generating; credits refunded",
                                  open_ids)
         finally:
+            watcher.cancel()
             for row in rows:
                 self._running.pop(row["id"], None)
                 self._attempts.pop(row["id"], None)
                 self._claims.pop(row["id"], None)
                 self._traces.pop(row["id"], None)
+                self._cancel_flags.pop(row["id"], None)
             for claim in claims:
                 claim.end()
             self._claimed[primary] -= 1
             self.store.wakeup.poke()  # a slot is free
+
+    async def _watch_for_cancel(self, open_ids: set[str], batch: asyncio.Task[Any]) -> None:
+        """Stop work on tasks that ended elsewhere (cancelled, or a deadline passed): tell their
+        backend (Job.cancelled), and cancel the batch once none of its tasks is left. Woken by the
+        tasks' own events, so a cancel reaches this worker from any API process."""
+        changed = asyncio.Event()
+        with contextlib.ExitStack() as stack:
+            for task_id in list(open_ids):
+                stack.enter_context(self.store.task_events.subscribe(task_id, changed))
+            while open_ids:
+                await changed.wait()
+                changed.clear()
+                states = await self.store.tasks.states(list(open_ids))
+                ended = [task_id for task_id in list(open_ids) if states.get(task_id) in TaskState.TERMINAL]
+                for task_id in ended:
+                    open_ids.discard(task_id)
+                    flag = self._cancel_flags.get(task_id)
+                    if flag is not None:
+                        flag.set()
+                    log.info("task %s ended elsewhere (%s); stopping its work", task_id, states[task_id],
+                             extra={"task_id": task_id})
+                # Only tasks ended elsewhere stop the batch: this worker's own endings leave it alone.
+                if ended and not open_ids:
+                    batch.cancel()
+                    return
 
     async def _prepare(self, row: RowMapping) -> Job:
         """A claimed task's Job: its input re-validated, its references fetched and decoded."""
@@ -249,7 +284,7 @@ class Worker:
                                     lambda pct: self.store.tasks.set_progress(task_id, self.id, pct))
         return Job(task_id=task_id, params=params, seeds=pick_seeds(params.seed, params.num_images),
                    references=references, reference_files=files, raw_input=raw_input or {},
-                   report_progress=reporter)
+                   report_progress=reporter, cancelled=self._cancel_flags.get(task_id) or threading.Event())
 
     async def _run(self, rows: list[RowMapping], open_ids: set[str]) -> None:
         jobs: list[Job] = []
