@@ -146,6 +146,11 @@ class Admission:
         with tracing.span("safelight.create_task", model=request.model, account=account_id):
             return await self._create(account_id, request)
 
+    def refuse_if_full(self, account_id: int) -> None:
+        """429 at once for an account found at its cap less than a second ago (no store access)."""
+        if self._full_accounts.get(account_id):
+            raise self._account_full()
+
     async def _create(self, account_id: int, request: CreateRequest) -> str:
         probing = False
         if request.idempotency_key is None:

@@ -55,10 +55,12 @@ async def create_task(request: Request) -> EnvelopeResponse:
                                           f"{limiter.window:g} s for this key", retry_after=wait)
     admission = admission_of(request)
     await admission.ensure_open()
+    key, deadline = request.headers.get("idempotency-key"), request.headers.get("cancel-after")
+    if key is None:
+        admission.refuse_if_full(account_id)  # before reading the body: under overload, refusals stay cheap
     wait = prefer_wait(request.headers.get("prefer"))
     body = await read_json_object(request, settings.max_body_bytes, "{model, callBackUrl, input}")
     create = CreateRequest.from_body(body)
-    key, deadline = request.headers.get("idempotency-key"), request.headers.get("cancel-after")
     if key is not None or deadline is not None:
         create = replace(create, idempotency_key=idempotency_key(key) if key is not None else None,
                          cancel_after_seconds=cancel_after_seconds(deadline) if deadline is not None else None)

@@ -20,6 +20,8 @@ class ProgressReporter:
 
     def __call__(self, percent: int) -> None:
         self._latest = percent
+        if percent >= 100:
+            return  # the task's success records 100 itself: one write fewer per task
         if self._pending or time.monotonic() - self._last_write < self._min_interval:
             return
         self._pending = True
