@@ -25,7 +25,7 @@ from safelight.kie import Code, KieError, param_string
 from safelight.net import FetchError, OutboundPolicy, UnsafeURLError, check_url
 from safelight.routing import Routing
 from safelight.storage import UrlSigner
-from safelight.store import AccountQueueFull, IdempotencyConflict, InsufficientCredits, Store, now_ms
+from safelight.store import AccountQueueFull, IdempotencyConflict, InsufficientCredits, Store
 from safelight.ttl_cache import TtlCache
 
 MAX_URL_LENGTH = 2048
@@ -187,7 +187,8 @@ class Admission:
                                                  cost=task.cost, batch_key=task.batch_key,
                                                  max_unfinished=self.settings.max_queued_per_account,
                                                  trace_context=tracing.traceparent(),
-                                                 cancel_at=_deadline(request.cancel_after_seconds),
+                                                 cancel_after_ms=None if request.cancel_after_seconds is None
+                                                 else int(request.cancel_after_seconds * 1000),
                                                  idempotency=(request.idempotency_key, request.fingerprint())
                                                  if request.idempotency_key else None)
         except InsufficientCredits as exc:
@@ -319,7 +320,3 @@ class Admission:
                 raise KieError(Code.INVALID, f"{field} could not be resolved: {exc.reason}")
             if exc is not None:
                 raise exc
-
-
-def _deadline(cancel_after: float | None) -> int | None:
-    return None if cancel_after is None else now_ms() + int(cancel_after * 1000)

@@ -50,7 +50,7 @@ class _CreateRequest:
     batch_key: str | None
     max_unfinished: int | None
     trace_context: str | None
-    cancel_at: int | None
+    cancel_after_ms: int | None
     idempotency: tuple[str, str] | None  # (key, request hash)
     outcome: asyncio.Future[str]
 
@@ -97,7 +97,7 @@ class TaskStore:
     async def create(self, *, account_id: int, model: str, param: str, callback_url: str | None,
                      num_images: int, cost: int, batch_key: str | None = None,
                      max_unfinished: int | None = None, trace_context: str | None = None,
-                     cancel_at: int | None = None, idempotency: tuple[str, str] | None = None) -> str:
+                     cancel_after_ms: int | None = None, idempotency: tuple[str, str] | None = None) -> str:
         """Insert a waiting task and reserve its credits, atomically. Raises InsufficientCredits, or
         AccountQueueFull when the account already has `max_unfinished` unfinished tasks.
 
@@ -113,7 +113,7 @@ class TaskStore:
         request = _CreateRequest(task_id=uuid.uuid4().hex, account_id=account_id, model=model, param=param,
                                  callback_url=callback_url, num_images=num_images, cost=cost,
                                  batch_key=batch_key, max_unfinished=max_unfinished, trace_context=trace_context,
-                                 cancel_at=cancel_at, idempotency=idempotency,
+                                 cancel_after_ms=cancel_after_ms, idempotency=idempotency,
                                  outcome=asyncio.get_running_loop().create_future())
         self._pending.append(request)
         if self._flusher is None or self._flusher.done():
@@ -201,7 +201,8 @@ class TaskStore:
                 param=request.param, callback_url=request.callback_url, num_images=request.num_images,
                 credits_reserved=request.cost, credits_consumed=0, fail_code="", fail_msg="", claims=0,
                 batch_key=request.batch_key, create_time=at, update_time=at, files_deleted=False,
-                trace_context=request.trace_context, cancel_at=request.cancel_at))
+                trace_context=request.trace_context,
+                cancel_at=None if request.cancel_after_ms is None else at + request.cancel_after_ms))
             unfinished[request.account_id] = queued + 1
             outcomes.append(None)
         for account_id in {row["account_id"] for row in ledger_rows}:
