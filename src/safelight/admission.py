@@ -252,11 +252,7 @@ class Admission:
 
     async def _cached(self, name: str, read: Callable[[], Awaitable[Any]]) -> Any:
         """A store fact read at most once per FLAGS_TTL_SECONDS in this process."""
-        cached = self._flags.get(name)
-        if cached is None:
-            cached = await read()
-            self._flags.put(name, cached)
-        return cached
+        return await self._flags.get_or_load(name, read)
 
     def forget_flags(self) -> None:
         """Read maintenance, disabled models and full queues from the store on the next request."""

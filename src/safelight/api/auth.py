@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import Request
 
 from safelight.admission import Admission
@@ -25,8 +23,8 @@ class ApiKeys:
         # Keys that are not valid, remembered as briefly, so a flood of bad keys costs no reads.
         # A separate cache: filling it with junk never evicts the valid keys.
         self.misses: TtlCache[str, bool] = TtlCache(KEY_CACHE_TTL_SECONDS)
-        # Lookups in flight: concurrent requests with one key share one read.
-        self._pending: dict[str, asyncio.Future[int | None]] = {}
+        # A zero-lifetime cache: only its single-flight loading is used, so a lookup is never stale.
+        self._lookups: TtlCache[str, int | None] = TtlCache(0.0)
 
     async def account_for(self, key: str) -> int | None:
         cached = self.cache.get(key)
@@ -34,24 +32,12 @@ class ApiKeys:
             return cached
         if self.misses.get(key):
             return None
-        pending = self._pending.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        self._pending[key] = future
-        try:
-            account_id = await self.store.accounts.authenticate(key)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved here: waiters, if any, re-raise it themselves
-            raise
-        finally:
-            del self._pending[key]
+        # Concurrent requests with one key share one read (TtlCache.get_or_load).
+        account_id = await self._lookups.get_or_load(key, lambda: self.store.accounts.authenticate(key))
         if account_id is None:
             self.misses.put(key, True)
         else:
             self.cache.put(key, account_id)
-        future.set_result(account_id)
         return account_id
 
 
