@@ -10,7 +10,7 @@ SERVE_STAMP := $(VENV)/.installed-serve
 DEV_STAMP := $(VENV)/.installed-dev
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: serve test check lint client-models bench bench-gpu clean fuzz
+.PHONY: serve test check lint client-models bench bench-gpu chaos clean fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ check: $(TEST_STAMP)
 # at length: 5000 examples instead of the suite's CI-sized run; SAFELIGHT_FUZZ_EXAMPLES=N sets another count.
 fuzz: $(TEST_STAMP)
 	SAFELIGHT_FUZZ_EXAMPLES=$${SAFELIGHT_FUZZ_EXAMPLES:-5000} HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests/test_fuzz.py
+
+# kill -9 under load, long form (the suite runs a short one): SQLite, then PostgreSQL with 2 API + 2 workers.
+chaos: $(TEST_STAMP)
+	$(BIN)/python bench/chaos.py --mode sqlite --seconds 120 --kills 40
+	$(BIN)/python bench/chaos.py --mode postgres --seconds 120 --kills 40
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests bench tools

@@ -155,3 +155,17 @@ def test_user_text_in_errors_is_printed_as_written(data_dir, tmp_path, monkeypat
     result = run("models", "routes")
     assert result.exit_code == 2
     assert "which no [backends.kei] table defines" in " ".join(result.output.split())
+
+
+def test_workers_lists_the_live_ones(data_dir):
+    assert "no live workers" in run("workers").output
+
+    async def beat(store):
+        await store.migrate()
+        await store.workers.beat("gpu-1-4242-abc", host="gpu-1", pid=4242, models=["z-image"], in_flight=2,
+                                 started_at=0)
+
+    asyncio.run(check(data_dir, beat))
+    listed = run("workers")
+    assert listed.exit_code == 0
+    assert "gpu-1-4242-abc" in listed.output and "z-image" in listed.output and " 2 " in listed.output
