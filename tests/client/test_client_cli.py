@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from typer.testing import CliRunner
 
 from safelight.cli import app
 from safelight.cli.client_commands import coerce
+from safelight.client import Client
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 CLI = [sys.executable, "-m", "safelight.cli"]
@@ -136,6 +138,8 @@ def test_generate_refuses_bad_input_before_contacting_the_server(kie, runner, tm
     assert result.exit_code == 2 and "no such file" in result.output
     result = runner.invoke(app, ["generate", "z-image", "-p", "fox", "--set", "oops"])
     assert result.exit_code == 2 and "KEY=VALUE" in result.output
+    result = runner.invoke(app, ["generate", "z-image", "-p", "fox", "-a", "1:1", "--set", "seed=5"])
+    assert result.exit_code == 2 and "input.seed is not a field of z-image" in result.output
     assert kie.requests == []
 
 
@@ -216,3 +220,85 @@ def test_set_values_take_the_schema_type(raw, prop, expected):
 def test_set_value_of_the_wrong_type_is_refused():
     with pytest.raises(ValueError, match="expected integer"):
         coerce("five", {"type": "integer"})
+
+
+# --- the extensions: real elapsed time, task cancel | list, the event stream ------------------------
+
+
+def test_generate_prints_the_real_elapsed_time_not_the_cost_time(kie, runner, tmp_path):
+    # The fake's costTime is 1234 ms; its seven polls, from 0.1 s growing x1.5, take about 2.1 s.
+    started = time.monotonic()
+    result = runner.invoke(app, ["generate", "z-image", "-p", "fox", "-a", "1:1", "--no-download", "--poll", "0.1"])
+    wall = time.monotonic() - started
+    assert result.exit_code == 0, result.output
+    shown = float(re.search(r"succeeded in (\d+\.\d) s", result.output).group(1))
+    assert 1.9 <= shown <= wall + 0.05 and shown != 1.2
+
+
+@pytest.fixture
+def safelight_runner(monkeypatch):
+    def make(server):
+        monkeypatch.setenv("SAFELIGHT_BASE_URL", server.base_url)
+        monkeypatch.setenv("SAFELIGHT_API_KEY", server.api_key)
+        monkeypatch.setenv("COLUMNS", "200")
+        return CliRunner()
+
+    return make
+
+
+def test_task_cancel(idle_safelight, safelight_runner):
+    runner = safelight_runner(idle_safelight)
+    with Client(idle_safelight.api_key, idle_safelight.base_url) as client:
+        task_id = client.create_task("z-image", {"prompt": "cancel me", "aspect_ratio": "1:1"})
+    result = runner.invoke(app, ["task", "cancel", task_id])
+    assert result.exit_code == 0, result.output
+    assert f"task {task_id} cancelled (failCode 499; its credits are refunded)" in result.output
+    assert idle_safelight.balance() == 1000
+    again = runner.invoke(app, ["task", "cancel", task_id, "--json"])
+    assert again.exit_code == 1 and "already ended (fail)" in again.output
+    missing = runner.invoke(app, ["task", "cancel", "0" * 32])
+    assert missing.exit_code == 1 and "recordInfo is null" in missing.output
+
+
+def test_task_list(idle_safelight, safelight_runner):
+    runner = safelight_runner(idle_safelight)
+    with Client(idle_safelight.api_key, idle_safelight.base_url) as client:
+        ids = [client.create_task("z-image", {"prompt": f"t{n}", "aspect_ratio": "1:1"}) for n in range(3)]
+        other = client.create_task("google/imagen4-fast", {"prompt": "other"})
+        client.cancel(ids[0])
+    listed = runner.invoke(app, ["task", "list", "--limit", "3"])
+    assert listed.exit_code == 0, listed.output
+    rows = [line.split() for line in listed.stdout.splitlines()]
+    assert rows[0] == ["task", "model", "state", "created", "took"]
+    assert [row[0] for row in rows[1:]] == [other, ids[2], ids[1]]  # newest first, at most 3
+    assert "waiting (#1 in queue)" in listed.stdout and "waiting (#2 in queue)" in listed.stdout
+
+    only = runner.invoke(app, ["task", "list", "--state", "fail", "--model", "z-image", "--json"])
+    (cancelled,) = json.loads(only.stdout)
+    assert (cancelled["task_id"], cancelled["state"], cancelled["fail_code"]) == (ids[0], "fail", "499")
+    assert "fail 499" in runner.invoke(app, ["task", "list", "--state", "fail"]).stdout
+    none = runner.invoke(app, ["task", "list", "--state", "success"])
+    assert none.exit_code == 0 and "no tasks" in none.output
+    bad = runner.invoke(app, ["task", "list", "--state", "done"])
+    assert bad.exit_code == 1 and "state must be one of" in bad.output
+
+
+def test_task_cancel_and_list_on_a_server_without_them(kie, runner):
+    for args in (["task", "cancel", "abc"], ["task", "list"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1 and "(a Safelight extension)" in result.output, result.output
+
+
+def test_generate_on_safelight_follows_the_event_stream(paced_safelight, safelight_runner, tmp_path):
+    runner = safelight_runner(paced_safelight)
+    result = runner.invoke(app, ["generate", "z-image", "-p", "fox", "-a", "1:1", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    positions = [result.output.find(state) for state in ("generating", "success")]  # one line per state
+    assert -1 not in positions and positions == sorted(positions), result.output
+    shown = float(re.search(r"succeeded in (\d+\.\d) s", result.output).group(1))
+    assert 1.4 <= shown < 5  # the paced backend takes 1.5 s
+    (saved,) = (tmp_path / "o").iterdir()
+    assert result.stdout.splitlines() == [str(saved)]
+
+    waited = runner.invoke(app, ["task", "wait", saved.name.split("-")[0]])
+    assert waited.exit_code == 0 and re.search(r"succeeded in 1\.\d s", waited.output), waited.output

@@ -202,8 +202,8 @@ def kie_ai_transport(records: list[httpx.Request]) -> httpx.MockTransport:
 def test_against_kie_ai_nothing_of_the_extensions_is_tried(monkeypatch, sleeps):
     monkeypatch.delenv("SAFELIGHT_BASE_URL", raising=False)
     records: list[httpx.Request] = []
-    http = httpx.Client(transport=kie_ai_transport(records))
-    with Client("kie-key", "https://api.kie.ai", http_client=http) as client:
+    with httpx.Client(transport=kie_ai_transport(records)) as http, \
+            Client("kie-key", "https://api.kie.ai", http_client=http) as client:
         task = client.run("z-image", Z)
         assert task.succeeded and [r.url.path for r in records] == [CREATE, RECORD, RECORD, RECORD]
         assert "prefer" not in records[0].headers and records[0].headers["idempotency-key"]  # harmless there
@@ -216,6 +216,21 @@ def test_against_kie_ai_nothing_of_the_extensions_is_tried(monkeypatch, sleeps):
         with pytest.raises(NotSupportedError, match="kie.ai has no task list"):
             next(client.list_tasks())
         assert records == []  # refused without a request
+
+
+def test_against_kie_ai_a_broken_create_is_not_retried_despite_its_key(monkeypatch, sleeps):
+    # kie.ai ignores Idempotency-Key: a second attempt could create a second paid task.
+    sent: list[httpx.Request] = []
+
+    def cut(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+
+    with httpx.Client(transport=httpx.MockTransport(cut)) as http:
+        with Client("kie-key", "https://api.kie.ai", http_client=http) as client, \
+                pytest.raises(APIConnectionError):
+            client.create_task("z-image", Z)
+    assert len(sent) == 1 and sent[0].headers["idempotency-key"] and sleeps == []
 
 
 # --- stream() --------------------------------------------------------------------------------------
@@ -285,14 +300,15 @@ async def test_async_stream(paced_safelight):
         # Cancelled while we follow: the stream ends with its `done`, a failure, not an exception.
         task_id = await client.create_task("z-image", Z)
         seen: list[TaskEvent] = []
+        first = asyncio.Event()
 
         async def follow() -> None:
             async for event in client.stream(task_id):
                 seen.append(event)
+                first.set()
 
         following = asyncio.create_task(follow())
-        while not seen:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(first.wait(), 10)
         cancelled = await client.cancel(task_id)
         await asyncio.wait_for(following, 10)
     assert cancelled.failed and seen[-1].kind == "done" and seen[-1].task.fail_code == "499"

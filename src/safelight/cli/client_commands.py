@@ -244,7 +244,10 @@ def _validate(model: str, task_input: dict[str, Any]) -> None:
         cls.model_validate(task_input)
     except InputValidationError as exc:
         # The server's own wording: the same message the server would answer with code 422.
-        for problem in describe_errors(exc.pydantic_error, "input").split("; "):
+        described = describe_errors(exc.pydantic_error, "input")
+        # The SDK refuses unknown fields (the server would drop them silently).
+        described = described.replace(": Extra inputs are not permitted", f" is not a field of {model}")
+        for problem in described.split("; "):
             err.print(f"[red]error:[/] {escape(problem)}")
         schema = INPUT_SCHEMAS[model]
         fields = ", ".join(_field_summary(n, p, schema) for n, p in _fields(schema))

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,8 @@ class AsyncClient:
         body = b.create_body(model, input, callback_url)
         key = b.idempotency_key(idempotency_key)
         data, headers = await self._exchange(
-            "POST", self.base_url + b.CREATE_PATH, json=body, idempotent=key is not None,
+            "POST", self.base_url + b.CREATE_PATH, json=body,
+            idempotent=b.key_makes_create_safe(key, self._extensions),
             headers=b.create_headers(key, hold, cancel_after), timeout=b.held_timeout(self._http.timeout, hold),
         )
         task_id = b.task_id_from(data)
@@ -217,10 +219,11 @@ class AsyncClient:
         if self._extensions.usable:
             tracker = b.EventTracker(task_id)
             try:
-                async for event in self._stream_events(tracker, timeout, deadline):
-                    await _report(on_progress, event.task)
-                    if event.kind == "done":
-                        return b.finished(event.task)
+                async with contextlib.aclosing(self._stream_events(tracker, timeout, deadline)) as events:
+                    async for event in events:
+                        await _report(on_progress, event.task)
+                        if event.kind == "done":
+                            return b.finished(event.task)
             except b.StreamUnavailable:
                 self._extensions.present = False
             except TaskNotFoundError:
@@ -267,15 +270,16 @@ class AsyncClient:
         timeout: float | None = None,
         poll: float = b.FIRST_POLL,
         max_poll: float = 15.0,
-    ) -> AsyncIterator[TaskEvent]:
+    ) -> AsyncGenerator[TaskEvent, None]:
         """`async for event in client.stream(task)`: the same events as `Client.stream`."""
         task_id = b.task_id_of(task)
         deadline = None if timeout is None else time.monotonic() + timeout
         tracker = b.EventTracker(task_id)
         if self._extensions.usable:
             try:
-                async for event in self._stream_events(tracker, timeout or 0.0, deadline):
-                    yield event
+                async with contextlib.aclosing(self._stream_events(tracker, timeout or 0.0, deadline)) as events:
+                    async for event in events:
+                        yield event
                 return
             except b.StreamUnavailable:
                 self._extensions.present = False
@@ -300,7 +304,7 @@ class AsyncClient:
 
     async def _stream_events(
         self, tracker: b.EventTracker, timeout: float, deadline: float | None
-    ) -> AsyncIterator[TaskEvent]:
+    ) -> AsyncGenerator[TaskEvent, None]:
         """The async twin of `Client._stream_events`; the deadline bounds each read exactly."""
         task_id = tracker.task_id
         failures = 0
@@ -358,7 +362,7 @@ class AsyncClient:
         since: int | datetime | None = None,
         limit: int | None = None,
         page_size: int = b.MAX_PAGE,
-    ) -> AsyncIterator[Task]:
+    ) -> AsyncGenerator[Task, None]:
         """`async for task in client.list_tasks(...)`: the same as `Client.list_tasks`."""
         if b.is_kie(self.base_url):
             raise b.kie_unsupported("task list")

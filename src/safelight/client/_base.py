@@ -167,6 +167,13 @@ def idempotency_key(value: IdempotencyKey) -> str | None:
     return value
 
 
+def key_makes_create_safe(key: str | None, extensions: Extensions) -> bool:
+    """Whether a create whose connection broke after sending may be sent again: only with a key, and
+    only to a server that honours it. kie.ai ignores the header (a second attempt could create a
+    second paid task), and so does a server found without Safelight's extensions."""
+    return key is not None and extensions.usable
+
+
 def create_headers(key: str | None, hold: float | None, cancel_after: float | None) -> dict[str, str]:
     headers: dict[str, str] = {}
     if key is not None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -140,10 +141,11 @@ class Client:
     ) -> str:
         """Submit a task; returns its id. `input` is a dict or a typed input class (ZImageInput, ...).
 
-        Every create carries an Idempotency-Key (a fresh uuid4 unless you give your own), so a create
-        whose connection broke after sending is retried safely: the server answers the same task.
-        `idempotency_key=None` sends none (and such a create is then not retried). `cancel_after`
-        (seconds) cancels the task on the server if it has not ended by then (Safelight only)."""
+        Every create carries an Idempotency-Key (a fresh uuid4 unless you give your own), so on
+        Safelight a create whose connection broke after sending is retried safely: the server answers
+        the same task. kie.ai ignores the key, so there (and with `idempotency_key=None`, which sends
+        none) such a create is not retried. `cancel_after` (seconds) cancels the task on the server if
+        it has not ended by then (Safelight only)."""
         return self._create(model, input, callback_url, idempotency_key, cancel_after, None)[0]
 
     def _create(
@@ -159,7 +161,8 @@ class Client:
         body = b.create_body(model, input, callback_url)
         key = b.idempotency_key(idempotency_key)
         data, headers = self._exchange(
-            "POST", self.base_url + b.CREATE_PATH, json=body, idempotent=key is not None,
+            "POST", self.base_url + b.CREATE_PATH, json=body,
+            idempotent=b.key_makes_create_safe(key, self._extensions),
             headers=b.create_headers(key, hold, cancel_after), timeout=b.held_timeout(self._http.timeout, hold),
         )
         task_id = b.task_id_from(data)
@@ -236,11 +239,12 @@ class Client:
         if self._extensions.usable:
             tracker = b.EventTracker(task_id)
             try:
-                for event in self._stream_events(tracker, timeout, deadline):
-                    if on_progress is not None:
-                        on_progress(event.task)
-                    if event.kind == "done":
-                        return b.finished(event.task)
+                with contextlib.closing(self._stream_events(tracker, timeout, deadline)) as events:
+                    for event in events:
+                        if on_progress is not None:
+                            on_progress(event.task)
+                        if event.kind == "done":
+                            return b.finished(event.task)
             except b.StreamUnavailable:
                 self._extensions.present = False
             except TaskNotFoundError:
@@ -297,7 +301,7 @@ class Client:
         timeout: float | None = None,
         poll: float = b.FIRST_POLL,
         max_poll: float = 15.0,
-    ) -> Iterator[TaskEvent]:
+    ) -> Generator[TaskEvent, None, None]:
         """The task's events as they happen: `state` (a Task) whenever its state changes, `progress`
         (an int) as it moves, and a last `done` (the final Task, success or fail); then it ends.
 
@@ -334,7 +338,9 @@ class Client:
                         return
             time.sleep(poller.sleep_time())
 
-    def _stream_events(self, tracker: b.EventTracker, timeout: float, deadline: float | None) -> Iterator[TaskEvent]:
+    def _stream_events(
+        self, tracker: b.EventTracker, timeout: float, deadline: float | None
+    ) -> Generator[TaskEvent, None, None]:
         """Follow GET /api/v1/jobs/stream until the `done` event. A broken connection is reopened
         (the server starts again with the current state, which the tracker does not repeat); too
         many failures in a row raise the last. StreamUnavailable when the server has no stream."""
@@ -387,7 +393,7 @@ class Client:
         since: int | datetime | None = None,
         limit: int | None = None,
         page_size: int = b.MAX_PAGE,
-    ) -> Iterator[Task]:
+    ) -> Generator[Task, None, None]:
         """The account's tasks, newest first, fetched page by page (Safelight's GET /api/v1/jobs/list,
         following `nextCursor`). `state` and `model` filter; `since` (a datetime, or epoch milliseconds
         as in createTime) keeps tasks created since then; `limit` stops after that many tasks.
