@@ -90,7 +90,10 @@ class CallbackDeliverer:
             try:
                 free = self.concurrency - len(self._sending)
                 busy = {account: count for account, count in self._in_flight.items() if count}
-                for delivery in await self.store.callbacks.claim_due(free, self._lease_ms,
+                # One instant for the claim and for the next wake-up: a delivery that falls due in
+                # between is then the next wake-up, not left behind until the idle check.
+                at = now_ms()
+                for delivery in await self.store.callbacks.claim_due(free, self._lease_ms, at=at,
                                                                      per_account=self.per_account, busy=busy):
                     self._in_flight[delivery["account_id"]] += 1
                     task = asyncio.create_task(self._deliver(delivery))
@@ -98,10 +101,9 @@ class CallbackDeliverer:
                     self._accounts[task] = delivery["account_id"]
                     task.add_done_callback(self._done)
                 # Sleep until the next scheduled retry, or until a new delivery or a free slot pokes
-                # the wakeup. Deliveries due now but not taken wait for a slot (theirs or anyone's).
-                at = now_ms()
+                # the wakeup. Deliveries due at the claim but not taken wait for a slot.
                 next_due = await self.store.callbacks.next_due_at(after=at)
-                delay = IDLE_CHECK_SECONDS if next_due is None else (next_due - at) / 1000
+                delay = IDLE_CHECK_SECONDS if next_due is None else (next_due - now_ms()) / 1000
                 await wakeup.wait(min(max(delay, 0.01), IDLE_CHECK_SECONDS))
             except asyncio.CancelledError:
                 raise

@@ -42,14 +42,14 @@ class CallbackStore:
         """Wake this process's delivery loop (after the enqueuing transaction committed)."""
         self.wakeup.poke()
 
-    async def claim_due(self, limit: int, lease_ms: int, *, per_account: int | None = None,
+    async def claim_due(self, limit: int, lease_ms: int, *, at: int | None = None, per_account: int | None = None,
                         busy: Mapping[int, int] | None = None) -> list[RowMapping]:
         """Take up to `limit` due deliveries, oldest first but round-robin across accounts: at most
         `per_account` in flight for one account, counting the `busy` ones this sender already has.
         The lease keeps other senders off them while we send."""
         if limit <= 0:
             return []
-        at = now_ms()
+        at = now_ms() if at is None else at
         per_account = per_account or limit
         rank = func.row_number().over(partition_by=deliveries.c.account_id,
                                       order_by=deliveries.c.next_attempt_at).label("rank")
