@@ -8,6 +8,7 @@ row leased, and it is sent again once the lease runs out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -64,6 +65,8 @@ class CallbackDeliverer:
         self.per_account = max(1, min(per_account, concurrency))
         self._in_flight: Counter[int] = Counter()
         self._accounts: dict[asyncio.Task[None], int] = {}
+        self._delivery_ids: dict[asyncio.Task[None], str] = {}
+        self._stopping = False
         self._lease_ms = int((timeout_seconds + 30) * 1000)
         self._sending: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -77,16 +80,22 @@ class CallbackDeliverer:
         self._loop_task = asyncio.create_task(self._run(), name="callback-delivery")
 
     async def stop(self) -> None:
+        self._stopping = True  # the loop ends even if a cancellation were lost
         if self._loop_task:
             self._loop_task.cancel()
+        interrupted = [self._delivery_ids[task] for task in self._sending if task in self._delivery_ids]
         for task in list(self._sending):
             task.cancel()
         loops = [self._loop_task] if self._loop_task else []
         await asyncio.gather(*self._sending, *loops, return_exceptions=True)
+        if interrupted:
+            # Their leases would keep them from the next process for the rest of the lease: hand them back.
+            with contextlib.suppress(Exception):
+                await self.store.callbacks.release(interrupted)
 
     async def _run(self) -> None:
         wakeup = self.store.callback_wakeup
-        while True:
+        while not self._stopping:
             try:
                 free = self.concurrency - len(self._sending)
                 busy = {account: count for account, count in self._in_flight.items() if count}
@@ -99,6 +108,7 @@ class CallbackDeliverer:
                     task = asyncio.create_task(self._deliver(delivery))
                     self._sending.add(task)
                     self._accounts[task] = delivery["account_id"]
+                    self._delivery_ids[task] = delivery["id"]
                     task.add_done_callback(self._done)
                 # Sleep until the next scheduled retry, or until a new delivery or a free slot pokes
                 # the wakeup. Deliveries due at the claim but not taken wait for a slot.
@@ -113,6 +123,7 @@ class CallbackDeliverer:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
+        self._delivery_ids.pop(task, None)
         account = self._accounts.pop(task, None)
         if account is not None:
             self._in_flight[account] -= 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, func, insert, literal, select, update
@@ -75,6 +75,14 @@ class CallbackStore:
                 .returning(*deliveries.c))).mappings().all()
         order = {delivery_id: index for index, delivery_id in enumerate(ids)}
         return sorted(rows, key=lambda row: order[row["id"]])
+
+    async def release(self, delivery_ids: Sequence[str]) -> None:
+        """Deliveries a stopping sender did not finish: due again now, for whichever sender runs next."""
+        async with self.db.write() as conn:
+            await conn.execute(update(deliveries).where(deliveries.c.id.in_(list(delivery_ids)),
+                                                        deliveries.c.status == "pending")
+                               .values(next_attempt_at=now_ms()))
+        self.enqueued()
 
     async def record_attempt(self, delivery: RowMapping, *, status_code: int | None, latency_ms: int, error: str,
                              delivered: bool, retry_at: int | None) -> None:

@@ -39,8 +39,11 @@ class Wakeup:
 
     async def wait(self, timeout: float) -> bool:
         """Until poked or timeout; True if poked. The poke is consumed."""
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+        # arrives as the event is set, and a stopping loop would then run on.
         try:
-            await asyncio.wait_for(self._event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
             return True
         except TimeoutError:
             return False

@@ -211,7 +211,8 @@ class Worker:
         assert batch is not None
         watcher = asyncio.create_task(self._watch_for_cancel(open_ids, batch), name=f"cancel-watch-{rows[0]['id']}")
         try:
-            await asyncio.wait_for(self._run(rows, open_ids), timeout=self.task_timeout)
+            async with asyncio.timeout(self.task_timeout):
+                await self._run(rows, open_ids)
         except TimeoutError:
             for task_id in list(open_ids):
                 await self._fail(task_id, FailCode.TIMEOUT, f"generation took longer than {self.task_timeout:.0f} s",
