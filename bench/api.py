@@ -201,7 +201,16 @@ async def overload(port: int, key: str, clients: int, seconds: float, *, honour_
         try:
             while time.perf_counter() < stop_at:
                 started = time.perf_counter()
-                code = json.loads(await conn.request("POST", "/api/v1/jobs/createTask", body, headers))["code"]
+                try:
+                    answer = await conn.request("POST", "/api/v1/jobs/createTask", body, headers)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    # uvicorn closes a keep-alive connection idle for 5 s (a client waiting out
+                    # Retry-After): reconnect, as an HTTP client library would.
+                    conn.close()
+                    await conn.open()
+                    started = time.perf_counter()
+                    answer = await conn.request("POST", "/api/v1/jobs/createTask", body, headers)
+                code = json.loads(answer)["code"]
                 by_code.setdefault(code, []).append(time.perf_counter() - started)
                 if honour_retry_after and code == 429:
                     await asyncio.sleep(min(conn.retry_after or 1.0, 5.0, max(0.0, stop_at - time.perf_counter())))

@@ -26,7 +26,11 @@ TRACER_NAME = "safelight"
 
 
 def enabled() -> bool:
-    return trace is not None
+    """Tracing records only with the API installed and a real tracer provider set (by
+    configure_tracing or the application); otherwise every span here is skipped for free."""
+    if trace is None:
+        return False
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 
 
 def configure_tracing(service_name: str) -> None:
@@ -51,7 +55,7 @@ def configure_tracing(service_name: str) -> None:
 @contextlib.contextmanager
 def span(name: str, *, parent: str | None = None, **attributes: Any) -> Iterator[None]:
     """A span named `name`, child of the current one, or of the stored `parent` traceparent."""
-    if trace is None:
+    if not enabled():
         yield
         return
     token = None
@@ -84,7 +88,7 @@ class Span:
 
 def start_span(name: str, *, parent: str | None, **attributes: Any) -> Span:
     """A span child of the stored `parent` traceparent, ended by `Span.end()`."""
-    if trace is None:
+    if not enabled():
         return Span()
     parent_context = propagate.extract({"traceparent": parent}) if parent else None
     handle = trace.get_tracer(TRACER_NAME).start_span(
@@ -94,7 +98,7 @@ def start_span(name: str, *, parent: str | None, **attributes: Any) -> Span:
 
 def traceparent() -> str | None:
     """The current span's context as a W3C traceparent, to store with the task; None without tracing."""
-    if trace is None:
+    if not enabled():
         return None
     carrier: dict[str, str] = {}
     propagate.inject(carrier)

@@ -126,7 +126,11 @@ class ModelSpec:
         return self.price_for_tier(self.price_tier(model_input), overrides)
 
     def image_count(self, model_input: Any) -> int:
-        return int(getattr(model_input, "num_images", None) or 1)
+        # A field lookup, not getattr with a default: a missing attribute on a pydantic model costs
+        # an exception, on the hottest path.
+        if "num_images" not in type(model_input).model_fields:
+            return 1
+        return int(model_input.num_images or 1)
 
     def input_urls(self, model_input: Any) -> list[tuple[str, str]]:
         """(field path, url) pairs for every user-supplied URL in the input."""
