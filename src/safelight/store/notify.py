@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -22,12 +22,40 @@ TASKS_CHANNEL = "safelight_tasks"
 CALLBACKS_CHANNEL = "safelight_callbacks"
 
 
+class _Listener:
+    """One dedicated connection that LISTENs on a channel and calls `on_payload` for each
+    notification (PostgreSQL only; on SQLite everything is in one process and this does nothing)."""
+
+    def __init__(self, db: Database, channel: str, on_payload: Callable[[str], None]) -> None:
+        self.db = db
+        self.channel = channel
+        self.on_payload = on_payload
+        self._conn: AsyncConnection | None = None
+
+    async def start(self) -> None:
+        if self.db.is_sqlite or self._conn is not None:
+            return
+        self._conn = await self.db.write_engine.connect()
+        raw = await self._conn.get_raw_connection()
+        driver = raw.driver_connection
+        assert driver is not None, "LISTEN needs an open asyncpg connection"
+        # asyncpg calls back with (connection, pid, channel, payload).
+        await driver.add_listener(self.channel, lambda *args: self.on_payload(str(args[-1])))
+        log.info("listening for notifications on %s", self.channel)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+            self._conn = None
+
+
 class Wakeup:
     def __init__(self, db: Database, channel: str = TASKS_CHANNEL) -> None:
         self.db = db
         self.channel = channel
         self._event = asyncio.Event()
-        self._listen_conn: AsyncConnection | None = None
+        self._listener = _Listener(db, channel, lambda _payload: self._event.set())
 
     async def notify_in_transaction(self, conn: AsyncConnection, payload: str = "") -> None:
         if not self.db.is_sqlite:
@@ -52,20 +80,10 @@ class Wakeup:
 
     async def listen(self) -> None:
         """Start receiving other processes' notifications on this channel (PostgreSQL only)."""
-        if self.db.is_sqlite or self._listen_conn is not None:
-            return
-        self._listen_conn = await self.db.write_engine.connect()
-        raw = await self._listen_conn.get_raw_connection()
-        driver = raw.driver_connection
-        assert driver is not None, "LISTEN needs an open asyncpg connection"
-        await driver.add_listener(self.channel, lambda *_args: self._event.set())
-        log.info("listening for notifications on %s", self.channel)
+        await self._listener.start()
 
     async def close(self) -> None:
-        if self._listen_conn is not None:
-            with contextlib.suppress(Exception):
-                await self._listen_conn.close()
-            self._listen_conn = None
+        await self._listener.close()
 
 
 TASK_EVENTS_CHANNEL = "safelight_task_events"
@@ -82,7 +100,7 @@ class TaskEvents:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._waiters: dict[str, set[asyncio.Event]] = {}
-        self._listen_conn: AsyncConnection | None = None
+        self._listener = _Listener(db, TASK_EVENTS_CHANNEL, lambda task_id: self.publish([task_id]))
 
     async def notify_in_transaction(self, conn: AsyncConnection, task_ids: Iterable[str]) -> None:
         """Tell other processes, when this transaction commits (PostgreSQL only)."""
@@ -115,16 +133,7 @@ class TaskEvents:
 
     async def listen(self) -> None:
         """Receive other processes' task events (PostgreSQL only)."""
-        if self.db.is_sqlite or self._listen_conn is not None:
-            return
-        self._listen_conn = await self.db.write_engine.connect()
-        raw = await self._listen_conn.get_raw_connection()
-        driver = raw.driver_connection
-        assert driver is not None, "LISTEN needs an open asyncpg connection"
-        await driver.add_listener(TASK_EVENTS_CHANNEL, lambda *args: self.publish([str(args[-1])]))
+        await self._listener.start()
 
     async def close(self) -> None:
-        if self._listen_conn is not None:
-            with contextlib.suppress(Exception):
-                await self._listen_conn.close()
-            self._listen_conn = None
+        await self._listener.close()
