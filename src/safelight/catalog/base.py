@@ -87,6 +87,8 @@ class GenerationParams:
     negative_prompt: str | None = None
     reference_urls: tuple[str, ...] = ()
     nsfw_checker: bool = False
+    # The result files' type: "png", "jpeg" or "webp" (kie's `output_format`; "jpg" means "jpeg").
+    output_format: str = "png"
     options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -96,7 +98,8 @@ class GenerationParams:
         if self.reference_urls or self.width is None or self.height is None:
             return None
         extras = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
-        return f"{self.model}|{self.width}x{self.height}|nsfw={int(self.nsfw_checker)}|{extras}"[:200]
+        return (f"{self.model}|{self.width}x{self.height}|nsfw={int(self.nsfw_checker)}"
+                f"|{self.output_format}|{extras}")[:200]
 
 
 @dataclass(frozen=True)
