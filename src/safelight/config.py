@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(30.0, gt=0)
     body_idle_timeout_seconds: float = Field(10.0, gt=0)
 
+    # The OpenAI Images routes (/v1/images/*) hold the answer until the task ends, at most this long;
+    # after it they answer 504 naming the task, which keeps running (recordInfo shows its images).
+    openai_wait_seconds: float = Field(300.0, gt=0, le=3600)
+
     # Prices in credits per image, overriding the catalog's defaults: {"z-image": 1}.
     prices: dict[str, int] = Field(default_factory=dict)
 
