@@ -19,12 +19,19 @@ Options other than `type`, `concurrency` and `max_batch` belong to the backend t
 validates them itself (`Backend.Options`). With no file, every model routes to the built-in
 `sandbox` backend. A model the file does not mention also stays on the sandbox, so adding one
 provider never takes the other models offline; `route = []` takes a model off this server.
+
+An `[openai]` table names aliases for the OpenAI Images routes (`/v1/images/*`): a request's
+`model` may be a public model id or one of these names:
+
+    [openai.aliases]
+    "gpt-image-1" = "z-image"
+    "dall-e-2" = "flux-2/pro-image-to-image"
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -53,11 +60,19 @@ class ModelRoute(BaseModel):
         return value
 
 
+class OpenAITable(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # OpenAI model name -> public model id, for the /v1/images routes.
+    aliases: dict[str, str] = {}
+
+
 class _RoutingFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backends: dict[str, BackendConfig] = {}
     models: dict[str, ModelRoute] = {}
+    openai: OpenAITable = OpenAITable()
 
 
 @dataclass
@@ -65,6 +80,8 @@ class Routing:
     backends: dict[str, BackendConfig]
     # Public model id -> ordered backend names; the first is tried first.
     routes: dict[str, list[str]]
+    # `[openai.aliases]`: a name the OpenAI Images routes accept as `model` -> public model id.
+    openai_aliases: dict[str, str] = field(default_factory=dict)
 
     def route_for(self, model: str) -> list[str]:
         return self.routes.get(model, [])
@@ -120,4 +137,11 @@ def load_routing(path: str | Path | None, *, sandbox_concurrency: int = 4) -> Ro
                 raise RoutingError(f"routing file {path}: backend {name!r} (type {backends[name].type}) "
                                    f"cannot serve {model}; it serves {', '.join(sorted(cls.models))}")
         routes[model] = list(entry.route)
-    return Routing(backends=backends, routes=routes)
+    for alias, target in parsed.openai.aliases.items():
+        if alias in MODELS:
+            raise RoutingError(f"routing file {path}: openai.aliases.{alias!r} is a model id; an alias must be "
+                               "another name")
+        if target not in MODELS:
+            raise RoutingError(f"routing file {path}: openai.aliases.{alias!r} maps to {target!r}, which is not "
+                               f"a known model; known: {', '.join(MODELS)}")
+    return Routing(backends=backends, routes=routes, openai_aliases=dict(parsed.openai.aliases))
