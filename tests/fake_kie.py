@@ -24,7 +24,8 @@ Steering, from the most specific to the least:
   shorthand for `default.null_polls`.
 - the prompt: one containing "fail" or "forever" puts the task in that scenario (`SCENARIOS`), on top of
   its script; `tasks[id].scenario` can be changed later, and `tasks[id].polls` reset to replay it.
-- `published` (models createTask accepts), `result_base` (where result URLs point: another fake can play a
+- `published` (models createTask accepts), `required` (per model, input fields whose absence createTask
+  answers with code 422), `result_base` (where result URLs point: another fake can play a
   CDN), `serve_models`.
 What it saw: `requests` (each with path, method, headers, query, raw `body`, parsed `json`, monotonic `time`)
 and `calls(path)`, `tasks` (by task id) and `files` (uploads, by path; tests may add their own).
@@ -135,6 +136,8 @@ class FakeKie:
     default: Script = field(default_factory=kie_like)
     scripts: deque[Script] = field(default_factory=deque)
     published: tuple[str, ...] = MODELS
+    # model -> input fields createTask requires (kie answers code 422 naming the first one missing).
+    required: dict[str, tuple[str, ...]] = field(default_factory=dict)
     serve_models: bool = False
     result_base: str | None = None
     tasks: dict[str, FakeTask] = field(default_factory=dict)
@@ -231,6 +234,10 @@ class FakeKie:
         if model not in self.published:
             return JSONResponse({"code": 422, "msg": "The page does not exist or is not published", "data": None})
         task_input = body.get("input")
+        missing = [name for name in self.required.get(model, ()) if not isinstance(task_input, dict)
+                   or name not in task_input]
+        if missing:
+            return JSONResponse({"code": 422, "msg": f"input.{missing[0]} is required", "data": None})
         if not isinstance(task_input, dict) or not task_input.get("prompt"):
             return JSONResponse({"code": 500, "msg": "This field is required"})
         prompt = str(task_input["prompt"])

@@ -19,7 +19,7 @@ from typing import Any
 
 from safelight import tracing
 from safelight.backends import backend_class
-from safelight.catalog import MODELS, InvalidInputError, ModelSpec, get_model, validate_input
+from safelight.catalog import MODELS, InvalidInputError, MissingPriceError, ModelSpec, resolve_model, validate_input
 from safelight.config import Settings
 from safelight.kie import Code, KieError, param_string
 from safelight.net import FetchError, OutboundPolicy, UnsafeURLError, check_url
@@ -209,8 +209,12 @@ class Admission:
                         retry_after=QUEUE_FULL_RETRY_AFTER_SECONDS)
 
     async def admit(self, request: CreateRequest, account_id: int) -> AdmittedTask:
-        spec = get_model(request.model)
+        spec = resolve_model(request.model, pass_through=self.routing.passes_through)
         if spec is None:
+            if self.routing.passes_through:
+                raise KieError(Code.INVALID, f"model {request.model[:100]!r} is not a valid model id: 1-128 "
+                                             "characters, letters, digits and . _ / : + -, starting with a letter "
+                                             "or digit")
             raise KieError(Code.INVALID, f"model {request.model[:100]!r} is not supported; "
                                          f"available: {', '.join(MODELS)}")
         if spec.id in await self.disabled_models():
@@ -229,10 +233,12 @@ class Admission:
         if request.callback_url is not None or input_urls:
             await self._check_urls(request.callback_url, input_urls)
         num_images = spec.image_count(model_input)
+        try:
+            price = spec.price_per_image(model_input, self.settings.prices)
+        except MissingPriceError as exc:  # a pass-through model the operator has not priced
+            raise KieError(Code.FEATURE_DISABLED, str(exc)) from None
         return AdmittedTask(model=spec.id, param=self._param(spec, request), callback_url=request.callback_url,
-                            num_images=num_images,
-                            cost=spec.price_per_image(model_input, self.settings.prices) * num_images,
-                            batch_key=params.batch_key)
+                            num_images=num_images, cost=price * num_images, batch_key=params.batch_key)
 
     @staticmethod
     def _param(spec: ModelSpec, request: CreateRequest) -> str:

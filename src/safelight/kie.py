@@ -43,6 +43,8 @@ class FailCode(StrEnum):
     """`failCode` of a failed task (a string in kie's record). Every failure is refunded."""
 
     INPUT = "400"  # an input could not be used, or the provider refused it
+    # A pass-through model's input, refused by the upstream that owns its schema (kie's code 422).
+    UPSTREAM_INPUT = "422"
     MODERATED = "451"  # a safety filter blocked the prompt, a reference or the result
     INTERNAL = "500"  # our own error, or the task was interrupted by worker crashes too often
     GENERATION = "501"  # the backend could not produce the image (provider error, bad result)

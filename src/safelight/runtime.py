@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from safelight.backends import Backend, BackendContext, backend_class
+from safelight.catalog import ANY_MODEL, MODELS
 from safelight.config import Settings
 from safelight.delivery import CallbackDeliverer, RetryPolicy
 from safelight.delivery.deliverer import IDLE_CHECK_SECONDS
@@ -187,6 +188,8 @@ class Runtime:
                   for model in worker.models}
         if self.worker is not None:
             served |= set(self.worker.routes)
+        if ANY_MODEL in served:  # a pass-through worker takes every model the catalog lacks
+            waiting = {model for model in waiting if model in MODELS}
         return sorted(waiting - served)
 
     async def _watch_unserved_models(self, every_seconds: float = UNSERVED_CHECK_SECONDS) -> None:

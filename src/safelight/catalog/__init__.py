@@ -10,6 +10,7 @@ from safelight.validation import describe_errors
 
 from . import flux2, ideogram, imagen4, z_image
 from .base import BUCKETS, GenerationParams, ModelInput, ModelSpec, bucket_size, nearest_bucket
+from .passthrough import ANY_MODEL, MissingPriceError, PassThroughSpec, is_valid_model_id, pass_through_spec
 
 MODELS: dict[str, ModelSpec] = {spec.id: spec for spec in (z_image.SPEC, flux2.SPEC, imagen4.SPEC, ideogram.SPEC)}
 
@@ -22,6 +23,15 @@ def get_model(model_id: str) -> ModelSpec | None:
     return MODELS.get(model_id)
 
 
+def resolve_model(model_id: str, *, pass_through: bool) -> ModelSpec | None:
+    """The catalog's model; or, when the server forwards unknown models (`[models."*"]`), a
+    pass-through spec for any well-formed id the catalog lacks."""
+    spec = MODELS.get(model_id)
+    if spec is None and pass_through and is_valid_model_id(model_id):
+        return pass_through_spec(model_id)
+    return spec
+
+
 def validate_input(spec: ModelSpec, raw: Any) -> ModelInput:
     if not isinstance(raw, dict):
         raise InvalidInputError("input must be an object")
@@ -32,15 +42,19 @@ def validate_input(spec: ModelSpec, raw: Any) -> ModelInput:
 
 
 __all__ = [
+    "ANY_MODEL",
     "BUCKETS",
     "MODELS",
     "GenerationParams",
     "InvalidInputError",
+    "MissingPriceError",
     "ModelInput",
     "ModelSpec",
+    "PassThroughSpec",
     "bucket_size",
     "describe_errors",
     "get_model",
     "nearest_bucket",
+    "resolve_model",
     "validate_input",
 ]

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, false, func, select, update
+from sqlalchemy import ColumnElement, and_, delete, false, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import RowMapping
@@ -245,13 +245,15 @@ class TaskStore:
         async with self.db.read() as conn:
             return (await conn.execute(select(tasks).where(condition))).mappings().first()
 
-    async def claim(self, models: Sequence[str], limit: int, worker_id: str, lease_ms: int) -> list[RowMapping]:
-        """Move up to `limit` oldest waiting tasks of `models` to queuing, leased to this worker."""
-        if limit <= 0 or not models:
+    async def claim(self, models: Sequence[str], limit: int, worker_id: str, lease_ms: int, *,
+                    others_than: Sequence[str] | None = None) -> list[RowMapping]:
+        """Move up to `limit` oldest waiting tasks of `models` to queuing, leased to this worker; with
+        `others_than`, also tasks of every model not in that list (pass-through models)."""
+        if limit <= 0 or (not models and others_than is None):
             return []
         at = now_ms()
         oldest = (select(tasks.c.id)
-                  .where(tasks.c.state == TaskState.WAITING, tasks.c.model.in_(list(models)))
+                  .where(tasks.c.state == TaskState.WAITING, _of_models(models, others_than))
                   .order_by(tasks.c.create_time).limit(limit)
                   .with_for_update(skip_locked=True))  # PostgreSQL; SQLite serializes writers anyway
         async with self.db.write() as conn:
@@ -265,18 +267,18 @@ class TaskStore:
         return self._claimed(rows, worker_id, at)
 
     async def claim_batch(self, models: Sequence[str], max_batch: int, worker_id: str,
-                          lease_ms: int) -> list[RowMapping]:
+                          lease_ms: int, *, others_than: Sequence[str] | None = None) -> list[RowMapping]:
         """Claim the oldest waiting task of `models` and up to `max_batch - 1` more waiting tasks with
         the same batch key (same model and size), oldest first, so one pipeline call can run them all."""
         if max_batch <= 1:
-            return await self.claim(models, 1, worker_id, lease_ms)
-        if not models:
+            return await self.claim(models, 1, worker_id, lease_ms, others_than=others_than)
+        if not models and others_than is None:
             return []
         at = now_ms()
         async with self.db.write() as conn:
             head = (await conn.execute(
                 select(tasks.c.id, tasks.c.batch_key)
-                .where(tasks.c.state == TaskState.WAITING, tasks.c.model.in_(list(models)))
+                .where(tasks.c.state == TaskState.WAITING, _of_models(models, others_than))
                 .order_by(tasks.c.create_time).limit(1).with_for_update(skip_locked=True))).first()
             if head is None:
                 return []
@@ -610,3 +612,11 @@ def _results_expired(completed_before_ms: int) -> ColumnElement[bool]:
 
 def _attempt_log(backend_attempts: AttemptLog | None) -> dict[str, str]:
     return {} if backend_attempts is None else {"backend_attempts": json.dumps(backend_attempts)}
+
+
+def _of_models(models: Sequence[str], others_than: Sequence[str] | None) -> ColumnElement[bool]:
+    """Tasks of `models`; with `others_than`, also tasks of every model not in that list."""
+    condition: ColumnElement[bool] = tasks.c.model.in_(list(models))
+    if others_than is not None:
+        condition = or_(condition, tasks.c.model.not_in(list(others_than)))
+    return condition

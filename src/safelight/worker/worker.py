@@ -29,7 +29,7 @@ from sqlalchemy.engine import RowMapping
 
 from safelight import metrics, tracing
 from safelight.backends import Backend, BackendError, GeneratedImage, Job
-from safelight.catalog import InvalidInputError, get_model, validate_input
+from safelight.catalog import ANY_MODEL, MODELS, InvalidInputError, resolve_model, validate_input
 from safelight.kie import FailCode, TaskState
 from safelight.storage import Storage
 from safelight.store import Store, now_ms
@@ -168,12 +168,17 @@ class Worker:
             models = self.models_for(name)
             if not models:
                 continue
+            # A pass-through route ("*") claims every model the catalog does not know.
+            others_than = list(MODELS) if ANY_MODEL in models else None
+            models = [model for model in models if model != ANY_MODEL]
             while not self._stopping and self._claimed[name] < backend.concurrency:
                 if backend.max_batch > 1:
-                    batches = [await self.store.tasks.claim_batch(models, backend.max_batch, self.id, self.lease_ms)]
+                    batches = [await self.store.tasks.claim_batch(models, backend.max_batch, self.id, self.lease_ms,
+                                                                  others_than=others_than)]
                 else:
                     free = backend.concurrency - self._claimed[name]
-                    batches = [[row] for row in await self.store.tasks.claim(models, free, self.id, self.lease_ms)]
+                    batches = [[row] for row in await self.store.tasks.claim(models, free, self.id, self.lease_ms,
+                                                                             others_than=others_than)]
                 batches = [batch for batch in batches if batch]
                 if not batches:
                     break
@@ -264,7 +269,7 @@ class Worker:
 
     async def _prepare(self, row: RowMapping) -> Job:
         """A claimed task's Job: its input re-validated, its references fetched and decoded."""
-        spec = get_model(row["model"])
+        spec = resolve_model(row["model"], pass_through=ANY_MODEL in self.routes)
         if spec is None:
             raise InputFetchError(f"model {row['model']!r} is no longer served")
         raw_input = json.loads(row["param"]).get("input")
@@ -355,7 +360,7 @@ class Worker:
     def _route_for(self, job: Job) -> list[str]:
         """The model's route; for nsfw_checker tasks only the backends that can honour it (the batch
         key keeps such tasks apart from the others). createTask already refused them if none can."""
-        route = self.routes[job.params.model]
+        route = self.routes[job.params.model if job.params.model in MODELS else ANY_MODEL]
         if job.params.nsfw_checker:
             route = [name for name in route if self.backends[name].has_safety_checker]
         return route
@@ -372,7 +377,9 @@ class Worker:
 
     async def _finish(self, job: Job, images: list[GeneratedImage], backend: Backend, open_ids: set[str]) -> None:
         task_id = job.task_id
-        if len(images) != job.params.num_images:
+        # A pass-through model makes as many images as its upstream decides (at least one).
+        expected = job.params.num_images if job.params.model in MODELS else max(1, len(images))
+        if len(images) != expected:
             await self._fail(task_id, FailCode.INTERNAL, f"backend {backend.name} returned {len(images)} images, "
                                                      f"expected {job.params.num_images}; credits refunded", open_ids)
             return
