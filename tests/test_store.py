@@ -81,6 +81,20 @@ async def test_claim_only_takes_the_models_asked_for_oldest_first(store):
     assert [row["id"] for row in rows] == [first, second]
 
 
+async def test_a_pass_through_claim_takes_every_model_but_the_listed_ones(store):
+    created = await store.accounts.create_key("through", credits=100)
+    catalog = ["z-image", "google/imagen4-fast"]
+    await new_task(store, created.account_id, model="z-image")
+    other = await new_task(store, created.account_id, model="bytedance/seedream-v4")
+    kontext = await new_task(store, created.account_id, model="flux-kontext-pro")
+    imagen = await new_task(store, created.account_id, model="google/imagen4-fast")
+    # A worker routing imagen4-fast and "*" to one backend: imagen plus every model outside the catalog.
+    rows = await store.tasks.claim(["google/imagen4-fast"], 5, "w", 60_000, others_than=catalog)
+    assert [row["id"] for row in rows] == [other, kontext, imagen]
+    assert await store.tasks.claim([], 5, "w", 60_000, others_than=catalog) == []
+    assert [row["model"] for row in await store.tasks.claim_batch([], 4, "w", 60_000, others_than=[])] == ["z-image"]
+
+
 async def test_expired_leases_are_requeued_then_failed_with_refund(store):
     created = await store.accounts.create_key("crashy", credits=10)
     task_id = await new_task(store, created.account_id)
