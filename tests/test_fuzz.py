@@ -289,6 +289,24 @@ VALID_INPUTS: dict[str, dict[str, Any]] = {
                                   "resolution": "1K"},
     "google/imagen4-fast": {"prompt": "a red fox"},
     "ideogram/character": {"prompt": "a red fox", "reference_image_urls": ["https://images.example.com/a.png"]},
+    "google/imagen4": {"prompt": "a red fox", "seed": "7"},
+    "google/imagen4-ultra": {"prompt": "a red fox"},
+    "ideogram/character-edit": {"prompt": "a red fox", "image_url": IMAGE, "mask_url": IMAGE,
+                                "reference_image_urls": ["https://images.example.com/a.png"]},
+    "ideogram/character-remix": {"prompt": "a red fox", "image_url": IMAGE,
+                                 "reference_image_urls": ["https://images.example.com/a.png"]},
+    "ideogram/v3-text-to-image": {"prompt": "a red fox"},
+    "ideogram/v3-edit": {"prompt": "a red fox", "image_url": IMAGE, "mask_url": IMAGE},
+    "ideogram/v3-remix": {"prompt": "a red fox", "image_url": IMAGE},
+    "ideogram/v3-reframe": {"image_url": IMAGE, "image_size": "square_hd"},
+    "flux-2/pro-text-to-image": {"prompt": "a red fox", "aspect_ratio": "1:1", "resolution": "1K"},
+    "flux-2/flex-text-to-image": {"prompt": "a red fox", "aspect_ratio": "1:1", "resolution": "1K"},
+    "flux-2/flex-image-to-image": {"input_urls": [IMAGE], "prompt": "make it blue", "aspect_ratio": "auto",
+                                   "resolution": "1K"},
+    "google/nano-banana": {"prompt": "a red fox"},
+    "google/nano-banana-edit": {"prompt": "a red fox", "image_urls": [IMAGE]},
+    "nano-banana-2": {"prompt": "a red fox"},
+    "nano-banana-pro": {"prompt": "a red fox"},
 }
 # URLs built from parts, so that odd hosts (unbalanced IPv6 brackets, userinfo, loopback spelled in other ways,
 # metadata names), ports and paths meet every scheme; the server's own file URLs are spelled from SELF.
@@ -352,9 +370,13 @@ def mutated_bodies(draw: st.DrawFn) -> str:
         elif what == "urls":
             # Good URLs and one odd one: a single bad URL must not hide behind another the schema refuses.
             urls = draw(st.lists(st.sampled_from(GOOD_URLS).map(_text), max_size=8))
-            urls.insert(draw(st.integers(0, len(urls))), draw(weighted((http_urls, 4), (url_texts, 1))))
+            odd = draw(weighted((http_urls, 4), (url_texts, 1)))
+            urls.insert(draw(st.integers(0, len(urls))), odd)
             fields = list(MODELS[model].url_fields) or URL_FIELDS
-            put(_text(draw(weighted((st.sampled_from(fields), 4), (st.sampled_from(URL_FIELDS), 1)))), _array(urls))
+            field = draw(weighted((st.sampled_from(fields), 4), (st.sampled_from(URL_FIELDS), 1)))
+            # A single-URL field (image_url, mask_url) gets the odd URL alone, most of the time.
+            single = isinstance(VALID_INPUTS[model].get(field), str)
+            put(_text(field), odd if single and draw(st.booleans()) else _array(urls))
         elif what == "delete" and model_input:
             model_input.pop(draw(st.integers(0, len(model_input) - 1)))
         elif what == "model":
@@ -385,8 +407,12 @@ def url_bodies(draw: st.DrawFn) -> str:
     url_fields = MODELS[model].url_fields
     if url_fields and draw(st.booleans()):
         urls = draw(st.lists(st.sampled_from(GOOD_URLS).map(_text), max_size=4))
-        urls.insert(draw(st.integers(0, len(urls))), draw(weighted((http_urls, 4), (url_texts, 1))))
-        model_input[url_fields[0]] = _array(urls)
+        odd = draw(weighted((http_urls, 4), (url_texts, 1)))
+        urls.insert(draw(st.integers(0, len(urls))), odd)
+        field = draw(st.sampled_from(url_fields))
+        # A single-URL field (image_url, mask_url, reference_mask_urls) takes the odd URL alone.
+        single = isinstance(VALID_INPUTS[model].get(field), str) or field == "reference_mask_urls"
+        model_input[field] = odd if single else _array(urls)
     if not url_fields or draw(st.booleans()):
         body.append((_text("callBackUrl"), draw(weighted((http_urls, 4), (url_texts, 1)))))
     body.append((_text("input"), _object([(_text(key), value) for key, value in model_input.items()])))

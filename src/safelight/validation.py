@@ -50,11 +50,14 @@ def _describe(err: ErrorDetails, prefix: str) -> str:
         return f"{path} must have at least {ctx['min_length']} item{'s' * (ctx['min_length'] != 1)}; got {len(got)}"
     if kind == "string_pattern_mismatch":
         return f"{path} must be an http or https URL; got {_show(got)}"
-    if kind in {"greater_than_equal", "less_than_equal"}:
-        return f"{path} is out of range; got {_show(got)}"
+    if kind == "greater_than_equal":
+        return f"{path} must be at least {_bound(ctx['ge'])}; got {_show(got)}"
+    if kind == "less_than_equal":
+        return f"{path} must be at most {_bound(ctx['le'])}; got {_show(got)}"
     type_names = {
         "string_type": "a string",
         "int_type": "an integer",
+        "float_type": "a number",
         "bool_type": "a boolean",
         "list_type": "an array",
         "dict_type": "an object",
@@ -63,6 +66,11 @@ def _describe(err: ErrorDetails, prefix: str) -> str:
     if kind in type_names:
         return f"{path} must be {type_names[kind]}; got {_type_name(got)}"
     return f"{path}: {err['msg']}"
+
+
+def _bound(value: Any) -> Any:
+    """A limit as written in the docs: 1, not 1.0 (pydantic floats a float field's bounds)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _show(value: Any) -> str:

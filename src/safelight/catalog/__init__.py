@@ -1,4 +1,5 @@
-"""The public models. Adding a model means adding one module here and listing its SPEC below."""
+"""The public models, one module per family. Adding a model means adding its ModelSpec to its family's
+`SPECS` (or a new family module, listed below)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,21 @@ from pydantic import ValidationError
 
 from safelight.validation import describe_errors
 
-from . import flux2, ideogram, imagen4, z_image
-from .base import BUCKETS, GenerationParams, ModelInput, ModelSpec, bucket_size, nearest_bucket
+from . import flux2, ideogram, imagen4, nano_banana, z_image
+from .base import (
+    BUCKETS,
+    REFERENCE_ROLES,
+    GenerationParams,
+    ModelInput,
+    ModelSpec,
+    ReferenceRole,
+    bucket_size,
+    nearest_bucket,
+)
 from .passthrough import ANY_MODEL, MissingPriceError, PassThroughSpec, is_valid_model_id, pass_through_spec
 
-MODELS: dict[str, ModelSpec] = {spec.id: spec for spec in (z_image.SPEC, flux2.SPEC, imagen4.SPEC, ideogram.SPEC)}
+FAMILIES = (z_image, flux2, imagen4, ideogram, nano_banana)
+MODELS: dict[str, ModelSpec] = {spec.id: spec for family in FAMILIES for spec in family.SPECS}
 
 
 class InvalidInputError(ValueError):
@@ -50,6 +61,8 @@ __all__ = [
     "MissingPriceError",
     "ModelInput",
     "ModelSpec",
+    "REFERENCE_ROLES",
+    "ReferenceRole",
     "PassThroughSpec",
     "bucket_size",
     "describe_errors",

@@ -1,4 +1,9 @@
-"""`z-image`: text to image (Tongyi-MAI Z-Image-Turbo). Schema: spec/kie-api.md §2.4."""
+"""`z-image`: text to image (Tongyi-MAI Z-Image-Turbo), the family's one model.
+
+Schema: spec/kie-api.md §2.4 (the seed page, and henjicc/Henji-AI `docs/api/KIE/Image Models/Z-image/
+010-使用 z-image 生成内容.md`, which adds `nsfw_checker`). Price: $0.004 an image at kie, rounded up to
+one credit ($0.005).
+"""
 
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ class ZImageInput(ModelInput):
 def to_params(value: ZImageInput) -> GenerationParams:
     width, height = bucket_size(value.aspect_ratio)
     return GenerationParams(
-        model=SPEC.id,
+        model=Z_IMAGE.id,
         prompt=value.prompt,
         width=width,
         height=height,
@@ -32,7 +37,7 @@ def to_params(value: ZImageInput) -> GenerationParams:
     )
 
 
-SPEC = ModelSpec(
+Z_IMAGE = ModelSpec(
     id="z-image",
     title="Z-Image",
     description="Text to image with Z-Image-Turbo (8 steps).",
@@ -40,3 +45,5 @@ SPEC = ModelSpec(
     prices={"default": 1},  # $0.004 an image at kie, rounded up to one credit ($0.005)
     to_params=to_params,
 )
+
+SPECS = (Z_IMAGE,)

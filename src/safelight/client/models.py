@@ -19,11 +19,28 @@ HttpUrl = Annotated[str, StringConstraints(min_length=8, max_length=2048, patter
 Flux2ProImageToImagePrompt = Annotated[str, StringConstraints(min_length=3, max_length=5000)]
 Flux2ProImageToImageAspectRatio = Literal["1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "auto"]
 Flux2ProImageToImageResolution = Literal["1K", "2K"]
+Flux2ProTextToImagePrompt = Annotated[str, StringConstraints(min_length=3, max_length=5000)]
+Flux2ProTextToImageAspectRatio = Literal["1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "auto"]
+Flux2ProTextToImageResolution = Literal["1K", "2K"]
+Flux2FlexTextToImagePrompt = Annotated[str, StringConstraints(min_length=3, max_length=5000)]
+Flux2FlexTextToImageAspectRatio = Literal["1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "auto"]
+Flux2FlexTextToImageResolution = Literal["1K", "2K"]
+Flux2FlexImageToImagePrompt = Annotated[str, StringConstraints(min_length=3, max_length=5000)]
+Flux2FlexImageToImageAspectRatio = Literal["1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "auto"]
+Flux2FlexImageToImageResolution = Literal["1K", "2K"]
 Imagen4FastPrompt = Annotated[str, StringConstraints(min_length=1, max_length=5000)]
 Imagen4FastNegativePrompt = Annotated[str, StringConstraints(max_length=5000)]
 Imagen4FastAspectRatio = Literal["1:1", "16:9", "9:16", "3:4", "4:3", "auto"]
 Imagen4FastNumImages = Literal["1", "2", "3", "4"]
 Imagen4FastSeed = Annotated[int, Field(ge=-9223372036854775808, le=9223372036854775807)]
+Imagen4Prompt = Annotated[str, StringConstraints(min_length=1, max_length=5000)]
+Imagen4NegativePrompt = Annotated[str, StringConstraints(max_length=5000)]
+Imagen4AspectRatio = Literal["1:1", "16:9", "9:16", "3:4", "4:3", "auto"]
+Imagen4Seed = Annotated[str, StringConstraints(max_length=500)]
+Imagen4UltraPrompt = Annotated[str, StringConstraints(min_length=1, max_length=5000)]
+Imagen4UltraNegativePrompt = Annotated[str, StringConstraints(max_length=5000)]
+Imagen4UltraAspectRatio = Literal["1:1", "16:9", "9:16", "3:4", "4:3", "auto"]
+Imagen4UltraSeed = Annotated[str, StringConstraints(max_length=500)]
 IdeogramCharacterPrompt = Annotated[str, StringConstraints(min_length=1, max_length=5000)]
 IdeogramCharacterRenderingSpeed = Literal["TURBO", "BALANCED", "QUALITY"]
 IdeogramCharacterStyle = Literal["AUTO", "REALISTIC", "FICTION"]
@@ -38,6 +55,153 @@ IdeogramCharacterImageSize = Literal[
 ]
 IdeogramCharacterSeed = Annotated[int, Field(ge=-9223372036854775808, le=9223372036854775807)]
 IdeogramCharacterNegativePrompt = Annotated[str, StringConstraints(max_length=5000)]
+IdeogramCharacterEditPrompt = Annotated[str, StringConstraints(min_length=1, max_length=5000)]
+IdeogramCharacterEditRenderingSpeed = Literal["TURBO", "BALANCED", "QUALITY"]
+IdeogramCharacterEditStyle = Literal["AUTO", "REALISTIC", "FICTION"]
+IdeogramCharacterEditNumImages = Literal["1", "2", "3", "4"]
+IdeogramCharacterEditSeed = Annotated[int, Field(ge=-9223372036854775808, le=9223372036854775807)]
+IdeogramCharacterRemixPrompt = Annotated[str, StringConstraints(min_length=1, max_length=5000)]
+IdeogramCharacterRemixRenderingSpeed = Literal["TURBO", "BALANCED", "QUALITY"]
+IdeogramCharacterRemixStyle = Literal["AUTO", "REALISTIC", "FICTION"]
+IdeogramCharacterRemixImageSize = Literal[
+    "square",
+    "square_hd",
+    "portrait_4_3",
+    "portrait_16_9",
+    "landscape_4_3",
+    "landscape_16_9",
+]
+IdeogramCharacterRemixNumImages = Literal["1", "2", "3", "4"]
+IdeogramCharacterRemixSeed = Annotated[int, Field(ge=-9223372036854775808, le=9223372036854775807)]
+IdeogramCharacterRemixStrength = Annotated[float, Field(ge=0.1, le=1)]
+IdeogramCharacterRemixNegativePrompt = Annotated[str, StringConstraints(max_length=500)]
+IdeogramCharacterRemixReferenceMaskUrls = Annotated[
+    str,
+    StringConstraints(max_length=2048, pattern=r"^(https?://\S+)?$"),
+]
+IdeogramV3TextToImagePrompt = Annotated[str, StringConstraints(min_length=1, max_length=5000)]
+IdeogramV3TextToImageRenderingSpeed = Literal["TURBO", "BALANCED", "QUALITY"]
+IdeogramV3TextToImageStyle = Literal["AUTO", "GENERAL", "REALISTIC", "DESIGN"]
+IdeogramV3TextToImageImageSize = Literal[
+    "square",
+    "square_hd",
+    "portrait_4_3",
+    "portrait_16_9",
+    "landscape_4_3",
+    "landscape_16_9",
+]
+IdeogramV3TextToImageSeed = Annotated[int, Field(ge=-9223372036854775808, le=9223372036854775807)]
+IdeogramV3TextToImageNegativePrompt = Annotated[str, StringConstraints(max_length=5000)]
+IdeogramV3EditPrompt = Annotated[str, StringConstraints(min_length=1, max_length=5000)]
+IdeogramV3EditRenderingSpeed = Literal["TURBO", "BALANCED", "QUALITY"]
+IdeogramV3EditSeed = Annotated[int, Field(ge=-9223372036854775808, le=9223372036854775807)]
+IdeogramV3RemixPrompt = Annotated[str, StringConstraints(min_length=1, max_length=5000)]
+IdeogramV3RemixRenderingSpeed = Literal["TURBO", "BALANCED", "QUALITY"]
+IdeogramV3RemixStyle = Literal["AUTO", "GENERAL", "REALISTIC", "DESIGN"]
+IdeogramV3RemixImageSize = Literal[
+    "square",
+    "square_hd",
+    "portrait_4_3",
+    "portrait_16_9",
+    "landscape_4_3",
+    "landscape_16_9",
+]
+IdeogramV3RemixNumImages = Literal["1", "2", "3", "4"]
+IdeogramV3RemixSeed = Annotated[int, Field(ge=-9223372036854775808, le=9223372036854775807)]
+IdeogramV3RemixStrength = Annotated[float, Field(ge=0.01, le=1)]
+IdeogramV3RemixNegativePrompt = Annotated[str, StringConstraints(max_length=5000)]
+IdeogramV3ReframeImageSize = Literal[
+    "square",
+    "square_hd",
+    "portrait_4_3",
+    "portrait_16_9",
+    "landscape_4_3",
+    "landscape_16_9",
+]
+IdeogramV3ReframeRenderingSpeed = Literal["TURBO", "BALANCED", "QUALITY"]
+IdeogramV3ReframeStyle = Literal["AUTO", "GENERAL", "REALISTIC", "DESIGN"]
+IdeogramV3ReframeNumImages = Literal["1", "2", "3", "4"]
+IdeogramV3ReframeSeed = Annotated[int, Field(ge=-9223372036854775808, le=9223372036854775807)]
+NanoBananaPrompt = Annotated[str, StringConstraints(min_length=1, max_length=5000)]
+NanoBananaOutputFormat = Literal["png", "jpeg"]
+NanoBananaAspectRatio = Literal[
+    "1:1",
+    "9:16",
+    "16:9",
+    "3:4",
+    "4:3",
+    "3:2",
+    "2:3",
+    "5:4",
+    "4:5",
+    "21:9",
+    "auto",
+]
+NanoBananaImageSize = Literal["1:1", "9:16", "16:9", "3:4", "4:3", "3:2", "2:3", "5:4", "4:5", "21:9", "auto"]
+NanoBananaEditPrompt = Annotated[str, StringConstraints(min_length=1, max_length=5000)]
+NanoBananaEditOutputFormat = Literal["png", "jpeg"]
+NanoBananaEditAspectRatio = Literal[
+    "1:1",
+    "9:16",
+    "16:9",
+    "3:4",
+    "4:3",
+    "3:2",
+    "2:3",
+    "5:4",
+    "4:5",
+    "21:9",
+    "auto",
+]
+NanoBananaEditImageSize = Literal[
+    "1:1",
+    "9:16",
+    "16:9",
+    "3:4",
+    "4:3",
+    "3:2",
+    "2:3",
+    "5:4",
+    "4:5",
+    "21:9",
+    "auto",
+]
+NanoBanana2Prompt = Annotated[str, StringConstraints(min_length=1, max_length=20000)]
+NanoBanana2AspectRatio = Literal[
+    "auto",
+    "1:1",
+    "1:4",
+    "16:9",
+    "1:8",
+    "21:9",
+    "2:3",
+    "3:2",
+    "3:4",
+    "4:1",
+    "4:3",
+    "4:5",
+    "5:4",
+    "8:1",
+    "9:16",
+]
+NanoBanana2Resolution = Literal["1K", "2K", "4K"]
+NanoBanana2OutputFormat = Literal["jpg", "png"]
+NanoBananaProPrompt = Annotated[str, StringConstraints(min_length=1, max_length=10000)]
+NanoBananaProAspectRatio = Literal[
+    "1:1",
+    "2:3",
+    "3:2",
+    "3:4",
+    "4:3",
+    "4:5",
+    "5:4",
+    "9:16",
+    "16:9",
+    "21:9",
+    "auto",
+]
+NanoBananaProResolution = Literal["1K", "2K", "4K"]
+NanoBananaProOutputFormat = Literal["png", "jpg"]
 
 
 class InputModel(BaseModel):
@@ -105,6 +269,47 @@ class Flux2ProImageToImageInput(InputModel):
     nsfw_checker: bool = Field(False, description="Run a safety checker on the result.")
 
 
+class Flux2ProTextToImageInput(InputModel):
+    model_id: ClassVar[str] = "flux-2/pro-text-to-image"
+    prompt: Flux2ProTextToImagePrompt = Field(description="What to generate (3-5000 characters).")
+    aspect_ratio: Flux2ProTextToImageAspectRatio = Field(
+        description="Output aspect ratio; `auto` (no input image here) gives 1:1.",
+    )
+    resolution: Flux2ProTextToImageResolution = Field(
+        description="Output resolution: 1K (~1 MP) or 2K (~4 MP).",
+    )
+    nsfw_checker: bool = Field(False, description="Run a safety checker on the result.")
+
+
+class Flux2FlexTextToImageInput(InputModel):
+    model_id: ClassVar[str] = "flux-2/flex-text-to-image"
+    prompt: Flux2FlexTextToImagePrompt = Field(description="What to generate (3-5000 characters).")
+    aspect_ratio: Flux2FlexTextToImageAspectRatio = Field(
+        description="Output aspect ratio; `auto` (no input image here) gives 1:1.",
+    )
+    resolution: Flux2FlexTextToImageResolution = Field(
+        description="Output resolution: 1K (~1 MP) or 2K (~4 MP).",
+    )
+    nsfw_checker: bool = Field(False, description="Run a safety checker on the result.")
+
+
+class Flux2FlexImageToImageInput(InputModel):
+    model_id: ClassVar[str] = "flux-2/flex-image-to-image"
+    input_urls: list[HttpUrl] = Field(
+        min_length=1,
+        max_length=8,
+        description="Reference images (1-8; JPEG, PNG or WebP; at most 10 MB each).",
+    )
+    prompt: Flux2FlexImageToImagePrompt = Field(description="Edit instruction (3-5000 characters).")
+    aspect_ratio: Flux2FlexImageToImageAspectRatio = Field(
+        description="Output aspect ratio; `auto` follows the first input image.",
+    )
+    resolution: Flux2FlexImageToImageResolution = Field(
+        description="Output resolution: 1K (~1 MP) or 2K (~4 MP).",
+    )
+    nsfw_checker: bool = Field(False, description="Run a safety checker on the result.")
+
+
 class Imagen4FastInput(InputModel):
     model_id: ClassVar[str] = "google/imagen4-fast"
     prompt: Imagen4FastPrompt = Field(description="The text prompt describing what you want to see.")
@@ -117,17 +322,61 @@ class Imagen4FastInput(InputModel):
     seed: Imagen4FastSeed | None = Field(None, description="Random seed for reproducible generation.")
 
 
+class Imagen4Input(InputModel):
+    model_id: ClassVar[str] = "google/imagen4"
+    prompt: Imagen4Prompt = Field(
+        description="The text prompt describing what you want to see (at most 5000 characters).",
+    )
+    negative_prompt: Imagen4NegativePrompt = Field(
+        "",
+        description="What to discourage in the image (at most 5000 characters).",
+    )
+    aspect_ratio: Imagen4AspectRatio = Field(
+        "1:1",
+        description="Aspect ratio; `auto` lets the model choose (1:1).",
+    )
+    seed: Imagen4Seed = Field(
+        "",
+        description=(
+            "Random seed for reproducible generation, as a string of at most 500 characters (\"\" for none)."
+        ),
+    )
+
+
+class Imagen4UltraInput(InputModel):
+    model_id: ClassVar[str] = "google/imagen4-ultra"
+    prompt: Imagen4UltraPrompt = Field(
+        description="The text prompt describing what you want to see (at most 5000 characters).",
+    )
+    negative_prompt: Imagen4UltraNegativePrompt = Field(
+        "",
+        description="What to discourage in the image (at most 5000 characters).",
+    )
+    aspect_ratio: Imagen4UltraAspectRatio = Field(
+        "1:1",
+        description="Aspect ratio; `auto` lets the model choose (1:1).",
+    )
+    seed: Imagen4UltraSeed = Field(
+        "",
+        description=(
+            "Random seed for reproducible generation, as a string of at most 500 characters (\"\" for none)."
+        ),
+    )
+
+
 class IdeogramCharacterInput(InputModel):
     model_id: ClassVar[str] = "ideogram/character"
     prompt: IdeogramCharacterPrompt = Field(description="What the character does and where.")
     reference_image_urls: list[HttpUrl] = Field(
         min_length=1,
         max_length=5,
-        description="Character reference portrait (only the first is used; 10 MB total).",
+        description=(
+            "Character reference portrait (only the first is used; 10 MB in total; JPEG, PNG or WebP)."
+        ),
     )
     rendering_speed: IdeogramCharacterRenderingSpeed = Field(
         "BALANCED",
-        description="Speed/quality trade-off.",
+        description="Speed/quality trade-off (and price): TURBO, BALANCED or QUALITY.",
     )
     style: IdeogramCharacterStyle = Field("AUTO", description="Rendering style.")
     expand_prompt: bool = Field(True, description="Let the model expand the prompt (MagicPrompt).")
@@ -135,7 +384,13 @@ class IdeogramCharacterInput(InputModel):
         "1",
         description="Number of images, \"1\" to \"4\" (a string).",
     )
-    image_size: IdeogramCharacterImageSize = Field("square_hd", description="Output size preset.")
+    image_size: IdeogramCharacterImageSize = Field(
+        "square_hd",
+        description=(
+            "Output size preset: square (512\u00b2), square_hd (1024\u00b2), portrait_4_3, portrait_16_9, "
+            "landscape_4_3, landscape_16_9."
+        ),
+    )
     seed: IdeogramCharacterSeed | None = Field(None, description="Random seed for reproducible generation.")
     negative_prompt: IdeogramCharacterNegativePrompt = Field(
         "",
@@ -143,11 +398,306 @@ class IdeogramCharacterInput(InputModel):
     )
 
 
+class IdeogramCharacterEditInput(InputModel):
+    model_id: ClassVar[str] = "ideogram/character-edit"
+    prompt: IdeogramCharacterEditPrompt = Field(
+        description="What to paint into the masked area (at most 5000 characters).",
+    )
+    image_url: HttpUrl = Field(description="The image to work on (JPEG, PNG or WebP; at most 10 MB).")
+    mask_url: HttpUrl = Field(
+        description=(
+            "Inpainting mask, the same size as image_url: the area to repaint (JPEG, PNG or WebP; at most 10 "
+            "MB)."
+        ),
+    )
+    reference_image_urls: list[HttpUrl] = Field(
+        min_length=1,
+        max_length=5,
+        description=(
+            "Character reference portrait (only the first is used; 10 MB in total; JPEG, PNG or WebP)."
+        ),
+    )
+    rendering_speed: IdeogramCharacterEditRenderingSpeed = Field(
+        "BALANCED",
+        description="Speed/quality trade-off (and price): TURBO, BALANCED or QUALITY.",
+    )
+    style: IdeogramCharacterEditStyle = Field("AUTO", description="Rendering style.")
+    expand_prompt: bool = Field(True, description="Let the model expand the prompt (MagicPrompt).")
+    num_images: IdeogramCharacterEditNumImages = Field(
+        "1",
+        description="Number of images, \"1\" to \"4\" (a string).",
+    )
+    seed: IdeogramCharacterEditSeed | None = Field(
+        None,
+        description="Random seed for reproducible generation.",
+    )
+
+
+class IdeogramCharacterRemixInput(InputModel):
+    model_id: ClassVar[str] = "ideogram/character-remix"
+    prompt: IdeogramCharacterRemixPrompt = Field(
+        description="How to remix the image with the character (at most 5000 characters).",
+    )
+    image_url: HttpUrl = Field(description="The image to work on (JPEG, PNG or WebP; at most 10 MB).")
+    reference_image_urls: list[HttpUrl] = Field(
+        min_length=1,
+        max_length=5,
+        description=(
+            "Character reference portrait (only the first is used; 10 MB in total; JPEG, PNG or WebP)."
+        ),
+    )
+    rendering_speed: IdeogramCharacterRemixRenderingSpeed = Field(
+        "BALANCED",
+        description="Speed/quality trade-off (and price): TURBO, BALANCED or QUALITY.",
+    )
+    style: IdeogramCharacterRemixStyle = Field("AUTO", description="Rendering style.")
+    expand_prompt: bool = Field(True, description="Let the model expand the prompt (MagicPrompt).")
+    image_size: IdeogramCharacterRemixImageSize = Field(
+        "square_hd",
+        description=(
+            "Output size preset: square (512\u00b2), square_hd (1024\u00b2), portrait_4_3, portrait_16_9, "
+            "landscape_4_3, landscape_16_9."
+        ),
+    )
+    num_images: IdeogramCharacterRemixNumImages = Field(
+        "1",
+        description="Number of images, \"1\" to \"4\" (a string).",
+    )
+    seed: IdeogramCharacterRemixSeed | None = Field(
+        None,
+        description="Random seed for reproducible generation.",
+    )
+    strength: IdeogramCharacterRemixStrength = Field(
+        0.8,
+        description="How strongly image_url shapes the result, 0.1 to 1.",
+    )
+    negative_prompt: IdeogramCharacterRemixNegativePrompt = Field(
+        "",
+        description="What to keep out of the image (at most 500 characters); the prompt takes precedence.",
+    )
+    image_urls: list[HttpUrl] = Field(
+        [],
+        max_length=10,
+        description="Style reference images (10 MB in total; JPEG, PNG or WebP; at most 10 here).",
+    )
+    reference_mask_urls: IdeogramCharacterRemixReferenceMaskUrls = Field(
+        "",
+        description="One mask URL for the character reference (a string, \"\" for none; JPEG, PNG or WebP).",
+    )
+
+
+class IdeogramV3TextToImageInput(InputModel):
+    model_id: ClassVar[str] = "ideogram/v3-text-to-image"
+    prompt: IdeogramV3TextToImagePrompt = Field(description="What to generate (at most 5000 characters).")
+    rendering_speed: IdeogramV3TextToImageRenderingSpeed = Field(
+        "BALANCED",
+        description="Speed/quality trade-off (and price): TURBO, BALANCED or QUALITY.",
+    )
+    style: IdeogramV3TextToImageStyle = Field(
+        "AUTO",
+        description="Style type: AUTO, GENERAL, REALISTIC or DESIGN.",
+    )
+    expand_prompt: bool = Field(True, description="Let the model expand the prompt (MagicPrompt).")
+    image_size: IdeogramV3TextToImageImageSize = Field(
+        "square_hd",
+        description=(
+            "Output size preset: square (512\u00b2), square_hd (1024\u00b2), portrait_4_3, portrait_16_9, "
+            "landscape_4_3, landscape_16_9."
+        ),
+    )
+    seed: IdeogramV3TextToImageSeed | None = Field(
+        None,
+        description="Random seed for reproducible generation.",
+    )
+    negative_prompt: IdeogramV3TextToImageNegativePrompt = Field(
+        "",
+        description="What to keep out of the image (at most 5000 characters); the prompt takes precedence.",
+    )
+
+
+class IdeogramV3EditInput(InputModel):
+    model_id: ClassVar[str] = "ideogram/v3-edit"
+    prompt: IdeogramV3EditPrompt = Field(
+        description="What to paint into the masked area (at most 5000 characters).",
+    )
+    image_url: HttpUrl = Field(description="The image to work on (JPEG, PNG or WebP; at most 10 MB).")
+    mask_url: HttpUrl = Field(
+        description=(
+            "Inpainting mask, the same size as image_url: the area to repaint (JPEG, PNG or WebP; at most 10 "
+            "MB)."
+        ),
+    )
+    rendering_speed: IdeogramV3EditRenderingSpeed = Field(
+        "BALANCED",
+        description="Speed/quality trade-off (and price): TURBO, BALANCED or QUALITY.",
+    )
+    expand_prompt: bool = Field(True, description="Let the model expand the prompt (MagicPrompt).")
+    seed: IdeogramV3EditSeed | None = Field(None, description="Random seed for reproducible generation.")
+
+
+class IdeogramV3RemixInput(InputModel):
+    model_id: ClassVar[str] = "ideogram/v3-remix"
+    prompt: IdeogramV3RemixPrompt = Field(description="How to remix the image (at most 5000 characters).")
+    image_url: HttpUrl = Field(description="The image to work on (JPEG, PNG or WebP; at most 10 MB).")
+    rendering_speed: IdeogramV3RemixRenderingSpeed = Field(
+        "BALANCED",
+        description="Speed/quality trade-off (and price): TURBO, BALANCED or QUALITY.",
+    )
+    style: IdeogramV3RemixStyle = Field("AUTO", description="Style type: AUTO, GENERAL, REALISTIC or DESIGN.")
+    expand_prompt: bool = Field(True, description="Let the model expand the prompt (MagicPrompt).")
+    image_size: IdeogramV3RemixImageSize = Field(
+        "square_hd",
+        description=(
+            "Output size preset: square (512\u00b2), square_hd (1024\u00b2), portrait_4_3, portrait_16_9, "
+            "landscape_4_3, landscape_16_9."
+        ),
+    )
+    num_images: IdeogramV3RemixNumImages = Field(
+        "1",
+        description="Number of images, \"1\" to \"4\" (a string).",
+    )
+    seed: IdeogramV3RemixSeed | None = Field(None, description="Random seed for reproducible generation.")
+    strength: IdeogramV3RemixStrength = Field(
+        0.8,
+        description="How strongly image_url shapes the result, 0.01 to 1.",
+    )
+    negative_prompt: IdeogramV3RemixNegativePrompt = Field(
+        "",
+        description="What to keep out of the image (at most 5000 characters); the prompt takes precedence.",
+    )
+
+
+class IdeogramV3ReframeInput(InputModel):
+    model_id: ClassVar[str] = "ideogram/v3-reframe"
+    image_url: HttpUrl = Field(
+        description="The image to extend to the new canvas (JPEG, PNG or WebP; at most 10 MB).",
+    )
+    image_size: IdeogramV3ReframeImageSize = Field(
+        description=(
+            "The output canvas: square (512\u00b2), square_hd (1024\u00b2), portrait_4_3, portrait_16_9, "
+            "landscape_4_3, landscape_16_9."
+        ),
+    )
+    rendering_speed: IdeogramV3ReframeRenderingSpeed = Field(
+        "BALANCED",
+        description="Speed/quality trade-off (and price): TURBO, BALANCED or QUALITY.",
+    )
+    style: IdeogramV3ReframeStyle = Field(
+        "AUTO",
+        description="Style type: AUTO, GENERAL, REALISTIC or DESIGN.",
+    )
+    num_images: IdeogramV3ReframeNumImages = Field(
+        "1",
+        description="Number of images, \"1\" to \"4\" (a string).",
+    )
+    seed: IdeogramV3ReframeSeed | None = Field(None, description="Random seed for reproducible generation.")
+
+
+class NanoBananaInput(InputModel):
+    model_id: ClassVar[str] = "google/nano-banana"
+    prompt: NanoBananaPrompt = Field(description="What to generate (at most 5000 characters).")
+    output_format: NanoBananaOutputFormat = Field("png", description="File type of the result: png or jpeg.")
+    aspect_ratio: NanoBananaAspectRatio = Field(
+        "1:1",
+        description="Aspect ratio of the output; `auto` follows the first input image (1:1 without one).",
+    )
+    image_size: NanoBananaImageSize = Field(
+        "1:1",
+        description="Deprecated name of aspect_ratio, same values; aspect_ratio wins when both are sent.",
+    )
+
+
+class NanoBananaEditInput(InputModel):
+    model_id: ClassVar[str] = "google/nano-banana-edit"
+    prompt: NanoBananaEditPrompt = Field(description="The edit instruction (at most 5000 characters).")
+    image_urls: list[HttpUrl] = Field(
+        min_length=1,
+        max_length=10,
+        description="Images to edit (1-10; JPEG, PNG or WebP; at most 10 MB each).",
+    )
+    output_format: NanoBananaEditOutputFormat = Field(
+        "png",
+        description="File type of the result: png or jpeg.",
+    )
+    aspect_ratio: NanoBananaEditAspectRatio = Field(
+        "1:1",
+        description="Aspect ratio of the output; `auto` follows the first input image (1:1 without one).",
+    )
+    image_size: NanoBananaEditImageSize = Field(
+        "1:1",
+        description="Deprecated name of aspect_ratio, same values; aspect_ratio wins when both are sent.",
+    )
+
+
+class NanoBanana2Input(InputModel):
+    model_id: ClassVar[str] = "nano-banana-2"
+    prompt: NanoBanana2Prompt = Field(
+        description="What to generate or how to change the input images (at most 20,000 characters).",
+    )
+    image_input: list[HttpUrl] = Field(
+        [],
+        max_length=14,
+        description="Images to transform or use as references (up to 14; JPEG, PNG or WebP; 30 MB each).",
+    )
+    aspect_ratio: NanoBanana2AspectRatio = Field(
+        "auto",
+        description="Aspect ratio of the output; `auto` follows the first input image (1:1 without one).",
+    )
+    resolution: NanoBanana2Resolution = Field(
+        "1K",
+        description="Output resolution: 1K (~1 MP), 2K (~4 MP) or 4K (~16 MP); also the price tier.",
+    )
+    output_format: NanoBanana2OutputFormat = Field("jpg", description="File type of the result: jpg or png.")
+    google_search: bool = Field(
+        False,
+        description="Ground the image in Google Web Search results (recent events).",
+    )
+
+
+class NanoBananaProInput(InputModel):
+    model_id: ClassVar[str] = "nano-banana-pro"
+    prompt: NanoBananaProPrompt = Field(
+        description="What to generate or how to change the input images (at most 10,000 characters).",
+    )
+    image_input: list[HttpUrl] = Field(
+        [],
+        max_length=8,
+        description="Images to transform or use as references (up to 8; JPEG, PNG or WebP; 30 MB each).",
+    )
+    aspect_ratio: NanoBananaProAspectRatio = Field(
+        "1:1",
+        description="Aspect ratio of the output; `auto` follows the first input image (1:1 without one).",
+    )
+    resolution: NanoBananaProResolution = Field(
+        "1K",
+        description="Output resolution: 1K (~1 MP), 2K (~4 MP) or 4K (~16 MP); also the price tier.",
+    )
+    output_format: NanoBananaProOutputFormat = Field(
+        "png",
+        description="File type of the result: png or jpg.",
+    )
+
+
 MODEL_IDS: dict[str, type[InputModel]] = {
     "z-image": ZImageInput,
     "flux-2/pro-image-to-image": Flux2ProImageToImageInput,
+    "flux-2/pro-text-to-image": Flux2ProTextToImageInput,
+    "flux-2/flex-text-to-image": Flux2FlexTextToImageInput,
+    "flux-2/flex-image-to-image": Flux2FlexImageToImageInput,
     "google/imagen4-fast": Imagen4FastInput,
+    "google/imagen4": Imagen4Input,
+    "google/imagen4-ultra": Imagen4UltraInput,
     "ideogram/character": IdeogramCharacterInput,
+    "ideogram/character-edit": IdeogramCharacterEditInput,
+    "ideogram/character-remix": IdeogramCharacterRemixInput,
+    "ideogram/v3-text-to-image": IdeogramV3TextToImageInput,
+    "ideogram/v3-edit": IdeogramV3EditInput,
+    "ideogram/v3-remix": IdeogramV3RemixInput,
+    "ideogram/v3-reframe": IdeogramV3ReframeInput,
+    "google/nano-banana": NanoBananaInput,
+    "google/nano-banana-edit": NanoBananaEditInput,
+    "nano-banana-2": NanoBanana2Input,
+    "nano-banana-pro": NanoBananaProInput,
 }
 
 # What GET /api/v1/models returns for these models, for servers that lack it (kie.ai).
@@ -238,6 +788,136 @@ CATALOG: list[dict[str, Any]] = [
         },
     },
     {
+        "id": "flux-2/pro-text-to-image",
+        "title": "FLUX.2 [pro] text to image",
+        "description": "Text to image with FLUX.2 [pro], 1K or 2K.",
+        "prices": {"1K": 5, "2K": 7},
+        "url_fields": [],
+        "input_schema": {
+            "properties": {
+                "prompt": {
+                    "description": "What to generate (3-5000 characters).",
+                    "maxLength": 5000,
+                    "minLength": 3,
+                    "title": "Prompt",
+                    "type": "string",
+                },
+                "aspect_ratio": {
+                    "description": "Output aspect ratio; `auto` (no input image here) gives 1:1.",
+                    "enum": ["1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "auto"],
+                    "title": "Aspect Ratio",
+                    "type": "string",
+                },
+                "resolution": {
+                    "description": "Output resolution: 1K (~1 MP) or 2K (~4 MP).",
+                    "enum": ["1K", "2K"],
+                    "title": "Resolution",
+                    "type": "string",
+                },
+                "nsfw_checker": {
+                    "default": False,
+                    "description": "Run a safety checker on the result.",
+                    "title": "Nsfw Checker",
+                    "type": "boolean",
+                },
+            },
+            "required": ["prompt", "aspect_ratio", "resolution"],
+            "title": "Flux2ProTextToImageInput",
+            "type": "object",
+        },
+    },
+    {
+        "id": "flux-2/flex-text-to-image",
+        "title": "FLUX.2 [flex] text to image",
+        "description": "Text to image with FLUX.2 [flex] (more steps, finer typography), 1K or 2K.",
+        "prices": {"1K": 14, "2K": 24},
+        "url_fields": [],
+        "input_schema": {
+            "properties": {
+                "prompt": {
+                    "description": "What to generate (3-5000 characters).",
+                    "maxLength": 5000,
+                    "minLength": 3,
+                    "title": "Prompt",
+                    "type": "string",
+                },
+                "aspect_ratio": {
+                    "description": "Output aspect ratio; `auto` (no input image here) gives 1:1.",
+                    "enum": ["1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "auto"],
+                    "title": "Aspect Ratio",
+                    "type": "string",
+                },
+                "resolution": {
+                    "description": "Output resolution: 1K (~1 MP) or 2K (~4 MP).",
+                    "enum": ["1K", "2K"],
+                    "title": "Resolution",
+                    "type": "string",
+                },
+                "nsfw_checker": {
+                    "default": False,
+                    "description": "Run a safety checker on the result.",
+                    "title": "Nsfw Checker",
+                    "type": "boolean",
+                },
+            },
+            "required": ["prompt", "aspect_ratio", "resolution"],
+            "title": "Flux2FlexTextToImageInput",
+            "type": "object",
+        },
+    },
+    {
+        "id": "flux-2/flex-image-to-image",
+        "title": "FLUX.2 [flex] image to image",
+        "description": "Edit or combine 1-8 reference images with FLUX.2 [flex].",
+        "prices": {"1K": 14, "2K": 24},
+        "url_fields": ["input_urls"],
+        "input_schema": {
+            "properties": {
+                "input_urls": {
+                    "description": "Reference images (1-8; JPEG, PNG or WebP; at most 10 MB each).",
+                    "items": {
+                        "maxLength": 2048,
+                        "minLength": 8,
+                        "pattern": "^https?://\\S+$",
+                        "type": "string",
+                    },
+                    "maxItems": 8,
+                    "minItems": 1,
+                    "title": "Input Urls",
+                    "type": "array",
+                },
+                "prompt": {
+                    "description": "Edit instruction (3-5000 characters).",
+                    "maxLength": 5000,
+                    "minLength": 3,
+                    "title": "Prompt",
+                    "type": "string",
+                },
+                "aspect_ratio": {
+                    "description": "Output aspect ratio; `auto` follows the first input image.",
+                    "enum": ["1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "auto"],
+                    "title": "Aspect Ratio",
+                    "type": "string",
+                },
+                "resolution": {
+                    "description": "Output resolution: 1K (~1 MP) or 2K (~4 MP).",
+                    "enum": ["1K", "2K"],
+                    "title": "Resolution",
+                    "type": "string",
+                },
+                "nsfw_checker": {
+                    "default": False,
+                    "description": "Run a safety checker on the result.",
+                    "title": "Nsfw Checker",
+                    "type": "boolean",
+                },
+            },
+            "required": ["input_urls", "prompt", "aspect_ratio", "resolution"],
+            "title": "Flux2FlexImageToImageInput",
+            "type": "object",
+        },
+    },
+    {
         "id": "google/imagen4-fast",
         "title": "Imagen 4 Fast",
         "description": "Google's fast text-to-image model, with negative prompt and 1-4 images.",
@@ -289,6 +969,100 @@ CATALOG: list[dict[str, Any]] = [
         },
     },
     {
+        "id": "google/imagen4",
+        "title": "Imagen 4",
+        "description": "Google's text-to-image model, balanced speed and quality, with negative prompt.",
+        "prices": {"default": 6},
+        "url_fields": [],
+        "input_schema": {
+            "properties": {
+                "prompt": {
+                    "description": (
+                        "The text prompt describing what you want to see (at most 5000 characters)."
+                    ),
+                    "maxLength": 5000,
+                    "minLength": 1,
+                    "title": "Prompt",
+                    "type": "string",
+                },
+                "negative_prompt": {
+                    "default": "",
+                    "description": "What to discourage in the image (at most 5000 characters).",
+                    "maxLength": 5000,
+                    "title": "Negative Prompt",
+                    "type": "string",
+                },
+                "aspect_ratio": {
+                    "default": "1:1",
+                    "description": "Aspect ratio; `auto` lets the model choose (1:1).",
+                    "enum": ["1:1", "16:9", "9:16", "3:4", "4:3", "auto"],
+                    "title": "Aspect Ratio",
+                    "type": "string",
+                },
+                "seed": {
+                    "default": "",
+                    "description": (
+                        "Random seed for reproducible generation, as a string of at most 500 characters "
+                        "(\"\" for none)."
+                    ),
+                    "maxLength": 500,
+                    "title": "Seed",
+                    "type": "string",
+                },
+            },
+            "required": ["prompt"],
+            "title": "Imagen4Input",
+            "type": "object",
+        },
+    },
+    {
+        "id": "google/imagen4-ultra",
+        "title": "Imagen 4 Ultra",
+        "description": "Google's highest-fidelity text-to-image model, with negative prompt.",
+        "prices": {"default": 12},
+        "url_fields": [],
+        "input_schema": {
+            "properties": {
+                "prompt": {
+                    "description": (
+                        "The text prompt describing what you want to see (at most 5000 characters)."
+                    ),
+                    "maxLength": 5000,
+                    "minLength": 1,
+                    "title": "Prompt",
+                    "type": "string",
+                },
+                "negative_prompt": {
+                    "default": "",
+                    "description": "What to discourage in the image (at most 5000 characters).",
+                    "maxLength": 5000,
+                    "title": "Negative Prompt",
+                    "type": "string",
+                },
+                "aspect_ratio": {
+                    "default": "1:1",
+                    "description": "Aspect ratio; `auto` lets the model choose (1:1).",
+                    "enum": ["1:1", "16:9", "9:16", "3:4", "4:3", "auto"],
+                    "title": "Aspect Ratio",
+                    "type": "string",
+                },
+                "seed": {
+                    "default": "",
+                    "description": (
+                        "Random seed for reproducible generation, as a string of at most 500 characters "
+                        "(\"\" for none)."
+                    ),
+                    "maxLength": 500,
+                    "title": "Seed",
+                    "type": "string",
+                },
+            },
+            "required": ["prompt"],
+            "title": "Imagen4UltraInput",
+            "type": "object",
+        },
+    },
+    {
         "id": "ideogram/character",
         "title": "Ideogram Character",
         "description": "A consistent character from one reference portrait (Ideogram v3).",
@@ -304,7 +1078,10 @@ CATALOG: list[dict[str, Any]] = [
                     "type": "string",
                 },
                 "reference_image_urls": {
-                    "description": "Character reference portrait (only the first is used; 10 MB total).",
+                    "description": (
+                        "Character reference portrait (only the first is used; 10 MB in total; JPEG, PNG or "
+                        "WebP)."
+                    ),
                     "items": {
                         "maxLength": 2048,
                         "minLength": 8,
@@ -318,7 +1095,7 @@ CATALOG: list[dict[str, Any]] = [
                 },
                 "rendering_speed": {
                     "default": "BALANCED",
-                    "description": "Speed/quality trade-off.",
+                    "description": "Speed/quality trade-off (and price): TURBO, BALANCED or QUALITY.",
                     "enum": ["TURBO", "BALANCED", "QUALITY"],
                     "title": "Rendering Speed",
                     "type": "string",
@@ -345,7 +1122,10 @@ CATALOG: list[dict[str, Any]] = [
                 },
                 "image_size": {
                     "default": "square_hd",
-                    "description": "Output size preset.",
+                    "description": (
+                        "Output size preset: square (512\u00b2), square_hd (1024\u00b2), portrait_4_3, "
+                        "portrait_16_9, landscape_4_3, landscape_16_9."
+                    ),
                     "enum": [
                         "square",
                         "square_hd",
@@ -379,6 +1159,807 @@ CATALOG: list[dict[str, Any]] = [
             "type": "object",
         },
     },
+    {
+        "id": "ideogram/character-edit",
+        "title": "Ideogram Character Edit",
+        "description": "Inpaint the masked area of an image with a consistent character (Ideogram v3).",
+        "prices": {"TURBO": 12, "BALANCED": 18, "QUALITY": 24},
+        "url_fields": ["image_url", "mask_url", "reference_image_urls"],
+        "input_schema": {
+            "properties": {
+                "prompt": {
+                    "description": "What to paint into the masked area (at most 5000 characters).",
+                    "maxLength": 5000,
+                    "minLength": 1,
+                    "title": "Prompt",
+                    "type": "string",
+                },
+                "image_url": {
+                    "description": "The image to work on (JPEG, PNG or WebP; at most 10 MB).",
+                    "maxLength": 2048,
+                    "minLength": 8,
+                    "pattern": "^https?://\\S+$",
+                    "title": "Image Url",
+                    "type": "string",
+                },
+                "mask_url": {
+                    "description": (
+                        "Inpainting mask, the same size as image_url: the area to repaint (JPEG, PNG or "
+                        "WebP; at most 10 MB)."
+                    ),
+                    "maxLength": 2048,
+                    "minLength": 8,
+                    "pattern": "^https?://\\S+$",
+                    "title": "Mask Url",
+                    "type": "string",
+                },
+                "reference_image_urls": {
+                    "description": (
+                        "Character reference portrait (only the first is used; 10 MB in total; JPEG, PNG or "
+                        "WebP)."
+                    ),
+                    "items": {
+                        "maxLength": 2048,
+                        "minLength": 8,
+                        "pattern": "^https?://\\S+$",
+                        "type": "string",
+                    },
+                    "maxItems": 5,
+                    "minItems": 1,
+                    "title": "Reference Image Urls",
+                    "type": "array",
+                },
+                "rendering_speed": {
+                    "default": "BALANCED",
+                    "description": "Speed/quality trade-off (and price): TURBO, BALANCED or QUALITY.",
+                    "enum": ["TURBO", "BALANCED", "QUALITY"],
+                    "title": "Rendering Speed",
+                    "type": "string",
+                },
+                "style": {
+                    "default": "AUTO",
+                    "description": "Rendering style.",
+                    "enum": ["AUTO", "REALISTIC", "FICTION"],
+                    "title": "Style",
+                    "type": "string",
+                },
+                "expand_prompt": {
+                    "default": True,
+                    "description": "Let the model expand the prompt (MagicPrompt).",
+                    "title": "Expand Prompt",
+                    "type": "boolean",
+                },
+                "num_images": {
+                    "default": "1",
+                    "description": "Number of images, \"1\" to \"4\" (a string).",
+                    "enum": ["1", "2", "3", "4"],
+                    "title": "Num Images",
+                    "type": "string",
+                },
+                "seed": {
+                    "anyOf": [
+                        {"maximum": 9223372036854775807, "minimum": -9223372036854775808, "type": "integer"},
+                        {"type": "null"},
+                    ],
+                    "default": None,
+                    "description": "Random seed for reproducible generation.",
+                    "title": "Seed",
+                },
+            },
+            "required": ["prompt", "image_url", "mask_url", "reference_image_urls"],
+            "title": "IdeogramCharacterEditInput",
+            "type": "object",
+        },
+    },
+    {
+        "id": "ideogram/character-remix",
+        "title": "Ideogram Character Remix",
+        "description": (
+            "Remix an image with a consistent character and optional style references (Ideogram v3)."
+        ),
+        "prices": {"TURBO": 12, "BALANCED": 18, "QUALITY": 24},
+        "url_fields": ["image_url", "reference_image_urls", "image_urls", "reference_mask_urls"],
+        "input_schema": {
+            "properties": {
+                "prompt": {
+                    "description": "How to remix the image with the character (at most 5000 characters).",
+                    "maxLength": 5000,
+                    "minLength": 1,
+                    "title": "Prompt",
+                    "type": "string",
+                },
+                "image_url": {
+                    "description": "The image to work on (JPEG, PNG or WebP; at most 10 MB).",
+                    "maxLength": 2048,
+                    "minLength": 8,
+                    "pattern": "^https?://\\S+$",
+                    "title": "Image Url",
+                    "type": "string",
+                },
+                "reference_image_urls": {
+                    "description": (
+                        "Character reference portrait (only the first is used; 10 MB in total; JPEG, PNG or "
+                        "WebP)."
+                    ),
+                    "items": {
+                        "maxLength": 2048,
+                        "minLength": 8,
+                        "pattern": "^https?://\\S+$",
+                        "type": "string",
+                    },
+                    "maxItems": 5,
+                    "minItems": 1,
+                    "title": "Reference Image Urls",
+                    "type": "array",
+                },
+                "rendering_speed": {
+                    "default": "BALANCED",
+                    "description": "Speed/quality trade-off (and price): TURBO, BALANCED or QUALITY.",
+                    "enum": ["TURBO", "BALANCED", "QUALITY"],
+                    "title": "Rendering Speed",
+                    "type": "string",
+                },
+                "style": {
+                    "default": "AUTO",
+                    "description": "Rendering style.",
+                    "enum": ["AUTO", "REALISTIC", "FICTION"],
+                    "title": "Style",
+                    "type": "string",
+                },
+                "expand_prompt": {
+                    "default": True,
+                    "description": "Let the model expand the prompt (MagicPrompt).",
+                    "title": "Expand Prompt",
+                    "type": "boolean",
+                },
+                "image_size": {
+                    "default": "square_hd",
+                    "description": (
+                        "Output size preset: square (512\u00b2), square_hd (1024\u00b2), portrait_4_3, "
+                        "portrait_16_9, landscape_4_3, landscape_16_9."
+                    ),
+                    "enum": [
+                        "square",
+                        "square_hd",
+                        "portrait_4_3",
+                        "portrait_16_9",
+                        "landscape_4_3",
+                        "landscape_16_9",
+                    ],
+                    "title": "Image Size",
+                    "type": "string",
+                },
+                "num_images": {
+                    "default": "1",
+                    "description": "Number of images, \"1\" to \"4\" (a string).",
+                    "enum": ["1", "2", "3", "4"],
+                    "title": "Num Images",
+                    "type": "string",
+                },
+                "seed": {
+                    "anyOf": [
+                        {"maximum": 9223372036854775807, "minimum": -9223372036854775808, "type": "integer"},
+                        {"type": "null"},
+                    ],
+                    "default": None,
+                    "description": "Random seed for reproducible generation.",
+                    "title": "Seed",
+                },
+                "strength": {
+                    "default": 0.8,
+                    "description": "How strongly image_url shapes the result, 0.1 to 1.",
+                    "maximum": 1,
+                    "minimum": 0.1,
+                    "title": "Strength",
+                    "type": "number",
+                },
+                "negative_prompt": {
+                    "default": "",
+                    "description": (
+                        "What to keep out of the image (at most 500 characters); the prompt takes precedence."
+                    ),
+                    "maxLength": 500,
+                    "title": "Negative Prompt",
+                    "type": "string",
+                },
+                "image_urls": {
+                    "default": [],
+                    "description": (
+                        "Style reference images (10 MB in total; JPEG, PNG or WebP; at most 10 here)."
+                    ),
+                    "items": {
+                        "maxLength": 2048,
+                        "minLength": 8,
+                        "pattern": "^https?://\\S+$",
+                        "type": "string",
+                    },
+                    "maxItems": 10,
+                    "title": "Image Urls",
+                    "type": "array",
+                },
+                "reference_mask_urls": {
+                    "default": "",
+                    "description": (
+                        "One mask URL for the character reference (a string, \"\" for none; JPEG, PNG or "
+                        "WebP)."
+                    ),
+                    "maxLength": 2048,
+                    "pattern": "^(https?://\\S+)?$",
+                    "title": "Reference Mask Urls",
+                    "type": "string",
+                },
+            },
+            "required": ["prompt", "image_url", "reference_image_urls"],
+            "title": "IdeogramCharacterRemixInput",
+            "type": "object",
+        },
+    },
+    {
+        "id": "ideogram/v3-text-to-image",
+        "title": "Ideogram V3 text to image",
+        "description": "Text to image with Ideogram v3: strong typography, four style types.",
+        "prices": {"TURBO": 4, "BALANCED": 7, "QUALITY": 10},
+        "url_fields": [],
+        "input_schema": {
+            "properties": {
+                "prompt": {
+                    "description": "What to generate (at most 5000 characters).",
+                    "maxLength": 5000,
+                    "minLength": 1,
+                    "title": "Prompt",
+                    "type": "string",
+                },
+                "rendering_speed": {
+                    "default": "BALANCED",
+                    "description": "Speed/quality trade-off (and price): TURBO, BALANCED or QUALITY.",
+                    "enum": ["TURBO", "BALANCED", "QUALITY"],
+                    "title": "Rendering Speed",
+                    "type": "string",
+                },
+                "style": {
+                    "default": "AUTO",
+                    "description": "Style type: AUTO, GENERAL, REALISTIC or DESIGN.",
+                    "enum": ["AUTO", "GENERAL", "REALISTIC", "DESIGN"],
+                    "title": "Style",
+                    "type": "string",
+                },
+                "expand_prompt": {
+                    "default": True,
+                    "description": "Let the model expand the prompt (MagicPrompt).",
+                    "title": "Expand Prompt",
+                    "type": "boolean",
+                },
+                "image_size": {
+                    "default": "square_hd",
+                    "description": (
+                        "Output size preset: square (512\u00b2), square_hd (1024\u00b2), portrait_4_3, "
+                        "portrait_16_9, landscape_4_3, landscape_16_9."
+                    ),
+                    "enum": [
+                        "square",
+                        "square_hd",
+                        "portrait_4_3",
+                        "portrait_16_9",
+                        "landscape_4_3",
+                        "landscape_16_9",
+                    ],
+                    "title": "Image Size",
+                    "type": "string",
+                },
+                "seed": {
+                    "anyOf": [
+                        {"maximum": 9223372036854775807, "minimum": -9223372036854775808, "type": "integer"},
+                        {"type": "null"},
+                    ],
+                    "default": None,
+                    "description": "Random seed for reproducible generation.",
+                    "title": "Seed",
+                },
+                "negative_prompt": {
+                    "default": "",
+                    "description": (
+                        "What to keep out of the image (at most 5000 characters); the prompt takes "
+                        "precedence."
+                    ),
+                    "maxLength": 5000,
+                    "title": "Negative Prompt",
+                    "type": "string",
+                },
+            },
+            "required": ["prompt"],
+            "title": "IdeogramV3TextToImageInput",
+            "type": "object",
+        },
+    },
+    {
+        "id": "ideogram/v3-edit",
+        "title": "Ideogram V3 edit",
+        "description": "Inpaint the masked area of an image from a prompt (Ideogram v3).",
+        "prices": {"TURBO": 4, "BALANCED": 7, "QUALITY": 10},
+        "url_fields": ["image_url", "mask_url"],
+        "input_schema": {
+            "properties": {
+                "prompt": {
+                    "description": "What to paint into the masked area (at most 5000 characters).",
+                    "maxLength": 5000,
+                    "minLength": 1,
+                    "title": "Prompt",
+                    "type": "string",
+                },
+                "image_url": {
+                    "description": "The image to work on (JPEG, PNG or WebP; at most 10 MB).",
+                    "maxLength": 2048,
+                    "minLength": 8,
+                    "pattern": "^https?://\\S+$",
+                    "title": "Image Url",
+                    "type": "string",
+                },
+                "mask_url": {
+                    "description": (
+                        "Inpainting mask, the same size as image_url: the area to repaint (JPEG, PNG or "
+                        "WebP; at most 10 MB)."
+                    ),
+                    "maxLength": 2048,
+                    "minLength": 8,
+                    "pattern": "^https?://\\S+$",
+                    "title": "Mask Url",
+                    "type": "string",
+                },
+                "rendering_speed": {
+                    "default": "BALANCED",
+                    "description": "Speed/quality trade-off (and price): TURBO, BALANCED or QUALITY.",
+                    "enum": ["TURBO", "BALANCED", "QUALITY"],
+                    "title": "Rendering Speed",
+                    "type": "string",
+                },
+                "expand_prompt": {
+                    "default": True,
+                    "description": "Let the model expand the prompt (MagicPrompt).",
+                    "title": "Expand Prompt",
+                    "type": "boolean",
+                },
+                "seed": {
+                    "anyOf": [
+                        {"maximum": 9223372036854775807, "minimum": -9223372036854775808, "type": "integer"},
+                        {"type": "null"},
+                    ],
+                    "default": None,
+                    "description": "Random seed for reproducible generation.",
+                    "title": "Seed",
+                },
+            },
+            "required": ["prompt", "image_url", "mask_url"],
+            "title": "IdeogramV3EditInput",
+            "type": "object",
+        },
+    },
+    {
+        "id": "ideogram/v3-remix",
+        "title": "Ideogram V3 remix",
+        "description": (
+            "Remix an image from a prompt, keeping as much of it as `strength` says (Ideogram v3)."
+        ),
+        "prices": {"TURBO": 4, "BALANCED": 7, "QUALITY": 10},
+        "url_fields": ["image_url"],
+        "input_schema": {
+            "properties": {
+                "prompt": {
+                    "description": "How to remix the image (at most 5000 characters).",
+                    "maxLength": 5000,
+                    "minLength": 1,
+                    "title": "Prompt",
+                    "type": "string",
+                },
+                "image_url": {
+                    "description": "The image to work on (JPEG, PNG or WebP; at most 10 MB).",
+                    "maxLength": 2048,
+                    "minLength": 8,
+                    "pattern": "^https?://\\S+$",
+                    "title": "Image Url",
+                    "type": "string",
+                },
+                "rendering_speed": {
+                    "default": "BALANCED",
+                    "description": "Speed/quality trade-off (and price): TURBO, BALANCED or QUALITY.",
+                    "enum": ["TURBO", "BALANCED", "QUALITY"],
+                    "title": "Rendering Speed",
+                    "type": "string",
+                },
+                "style": {
+                    "default": "AUTO",
+                    "description": "Style type: AUTO, GENERAL, REALISTIC or DESIGN.",
+                    "enum": ["AUTO", "GENERAL", "REALISTIC", "DESIGN"],
+                    "title": "Style",
+                    "type": "string",
+                },
+                "expand_prompt": {
+                    "default": True,
+                    "description": "Let the model expand the prompt (MagicPrompt).",
+                    "title": "Expand Prompt",
+                    "type": "boolean",
+                },
+                "image_size": {
+                    "default": "square_hd",
+                    "description": (
+                        "Output size preset: square (512\u00b2), square_hd (1024\u00b2), portrait_4_3, "
+                        "portrait_16_9, landscape_4_3, landscape_16_9."
+                    ),
+                    "enum": [
+                        "square",
+                        "square_hd",
+                        "portrait_4_3",
+                        "portrait_16_9",
+                        "landscape_4_3",
+                        "landscape_16_9",
+                    ],
+                    "title": "Image Size",
+                    "type": "string",
+                },
+                "num_images": {
+                    "default": "1",
+                    "description": "Number of images, \"1\" to \"4\" (a string).",
+                    "enum": ["1", "2", "3", "4"],
+                    "title": "Num Images",
+                    "type": "string",
+                },
+                "seed": {
+                    "anyOf": [
+                        {"maximum": 9223372036854775807, "minimum": -9223372036854775808, "type": "integer"},
+                        {"type": "null"},
+                    ],
+                    "default": None,
+                    "description": "Random seed for reproducible generation.",
+                    "title": "Seed",
+                },
+                "strength": {
+                    "default": 0.8,
+                    "description": "How strongly image_url shapes the result, 0.01 to 1.",
+                    "maximum": 1,
+                    "minimum": 0.01,
+                    "title": "Strength",
+                    "type": "number",
+                },
+                "negative_prompt": {
+                    "default": "",
+                    "description": (
+                        "What to keep out of the image (at most 5000 characters); the prompt takes "
+                        "precedence."
+                    ),
+                    "maxLength": 5000,
+                    "title": "Negative Prompt",
+                    "type": "string",
+                },
+            },
+            "required": ["prompt", "image_url"],
+            "title": "IdeogramV3RemixInput",
+            "type": "object",
+        },
+    },
+    {
+        "id": "ideogram/v3-reframe",
+        "title": "Ideogram V3 reframe",
+        "description": "Extend an image to a new canvas size, no prompt needed (Ideogram v3).",
+        "prices": {"TURBO": 4, "BALANCED": 7, "QUALITY": 10},
+        "url_fields": ["image_url"],
+        "input_schema": {
+            "properties": {
+                "image_url": {
+                    "description": (
+                        "The image to extend to the new canvas (JPEG, PNG or WebP; at most 10 MB)."
+                    ),
+                    "maxLength": 2048,
+                    "minLength": 8,
+                    "pattern": "^https?://\\S+$",
+                    "title": "Image Url",
+                    "type": "string",
+                },
+                "image_size": {
+                    "description": (
+                        "The output canvas: square (512\u00b2), square_hd (1024\u00b2), portrait_4_3, "
+                        "portrait_16_9, landscape_4_3, landscape_16_9."
+                    ),
+                    "enum": [
+                        "square",
+                        "square_hd",
+                        "portrait_4_3",
+                        "portrait_16_9",
+                        "landscape_4_3",
+                        "landscape_16_9",
+                    ],
+                    "title": "Image Size",
+                    "type": "string",
+                },
+                "rendering_speed": {
+                    "default": "BALANCED",
+                    "description": "Speed/quality trade-off (and price): TURBO, BALANCED or QUALITY.",
+                    "enum": ["TURBO", "BALANCED", "QUALITY"],
+                    "title": "Rendering Speed",
+                    "type": "string",
+                },
+                "style": {
+                    "default": "AUTO",
+                    "description": "Style type: AUTO, GENERAL, REALISTIC or DESIGN.",
+                    "enum": ["AUTO", "GENERAL", "REALISTIC", "DESIGN"],
+                    "title": "Style",
+                    "type": "string",
+                },
+                "num_images": {
+                    "default": "1",
+                    "description": "Number of images, \"1\" to \"4\" (a string).",
+                    "enum": ["1", "2", "3", "4"],
+                    "title": "Num Images",
+                    "type": "string",
+                },
+                "seed": {
+                    "anyOf": [
+                        {"maximum": 9223372036854775807, "minimum": -9223372036854775808, "type": "integer"},
+                        {"type": "null"},
+                    ],
+                    "default": None,
+                    "description": "Random seed for reproducible generation.",
+                    "title": "Seed",
+                },
+            },
+            "required": ["image_url", "image_size"],
+            "title": "IdeogramV3ReframeInput",
+            "type": "object",
+        },
+    },
+    {
+        "id": "google/nano-banana",
+        "title": "Nano Banana",
+        "description": "Text to image with Gemini 2.5 Flash Image.",
+        "prices": {"default": 4},
+        "url_fields": [],
+        "input_schema": {
+            "properties": {
+                "prompt": {
+                    "description": "What to generate (at most 5000 characters).",
+                    "maxLength": 5000,
+                    "minLength": 1,
+                    "title": "Prompt",
+                    "type": "string",
+                },
+                "output_format": {
+                    "default": "png",
+                    "description": "File type of the result: png or jpeg.",
+                    "enum": ["png", "jpeg"],
+                    "title": "Output Format",
+                    "type": "string",
+                },
+                "aspect_ratio": {
+                    "default": "1:1",
+                    "description": (
+                        "Aspect ratio of the output; `auto` follows the first input image (1:1 without one)."
+                    ),
+                    "enum": ["1:1", "9:16", "16:9", "3:4", "4:3", "3:2", "2:3", "5:4", "4:5", "21:9", "auto"],
+                    "title": "Aspect Ratio",
+                    "type": "string",
+                },
+                "image_size": {
+                    "default": "1:1",
+                    "description": (
+                        "Deprecated name of aspect_ratio, same values; aspect_ratio wins when both are sent."
+                    ),
+                    "enum": ["1:1", "9:16", "16:9", "3:4", "4:3", "3:2", "2:3", "5:4", "4:5", "21:9", "auto"],
+                    "title": "Image Size",
+                    "type": "string",
+                },
+            },
+            "required": ["prompt"],
+            "title": "NanoBananaInput",
+            "type": "object",
+        },
+    },
+    {
+        "id": "google/nano-banana-edit",
+        "title": "Nano Banana Edit",
+        "description": "Edit or combine 1-10 images from an instruction with Gemini 2.5 Flash Image.",
+        "prices": {"default": 8},
+        "url_fields": ["image_urls"],
+        "input_schema": {
+            "properties": {
+                "prompt": {
+                    "description": "The edit instruction (at most 5000 characters).",
+                    "maxLength": 5000,
+                    "minLength": 1,
+                    "title": "Prompt",
+                    "type": "string",
+                },
+                "image_urls": {
+                    "description": "Images to edit (1-10; JPEG, PNG or WebP; at most 10 MB each).",
+                    "items": {
+                        "maxLength": 2048,
+                        "minLength": 8,
+                        "pattern": "^https?://\\S+$",
+                        "type": "string",
+                    },
+                    "maxItems": 10,
+                    "minItems": 1,
+                    "title": "Image Urls",
+                    "type": "array",
+                },
+                "output_format": {
+                    "default": "png",
+                    "description": "File type of the result: png or jpeg.",
+                    "enum": ["png", "jpeg"],
+                    "title": "Output Format",
+                    "type": "string",
+                },
+                "aspect_ratio": {
+                    "default": "1:1",
+                    "description": (
+                        "Aspect ratio of the output; `auto` follows the first input image (1:1 without one)."
+                    ),
+                    "enum": ["1:1", "9:16", "16:9", "3:4", "4:3", "3:2", "2:3", "5:4", "4:5", "21:9", "auto"],
+                    "title": "Aspect Ratio",
+                    "type": "string",
+                },
+                "image_size": {
+                    "default": "1:1",
+                    "description": (
+                        "Deprecated name of aspect_ratio, same values; aspect_ratio wins when both are sent."
+                    ),
+                    "enum": ["1:1", "9:16", "16:9", "3:4", "4:3", "3:2", "2:3", "5:4", "4:5", "21:9", "auto"],
+                    "title": "Image Size",
+                    "type": "string",
+                },
+            },
+            "required": ["prompt", "image_urls"],
+            "title": "NanoBananaEditInput",
+            "type": "object",
+        },
+    },
+    {
+        "id": "nano-banana-2",
+        "title": "Nano Banana 2",
+        "description": (
+            "Gemini 3.1 Flash Image: text to image or editing with up to 14 images, 1K to 4K, wide ratios."
+        ),
+        "prices": {"1K": 8, "2K": 12, "4K": 18},
+        "url_fields": ["image_input"],
+        "input_schema": {
+            "properties": {
+                "prompt": {
+                    "description": (
+                        "What to generate or how to change the input images (at most 20,000 characters)."
+                    ),
+                    "maxLength": 20000,
+                    "minLength": 1,
+                    "title": "Prompt",
+                    "type": "string",
+                },
+                "image_input": {
+                    "default": [],
+                    "description": (
+                        "Images to transform or use as references (up to 14; JPEG, PNG or WebP; 30 MB each)."
+                    ),
+                    "items": {
+                        "maxLength": 2048,
+                        "minLength": 8,
+                        "pattern": "^https?://\\S+$",
+                        "type": "string",
+                    },
+                    "maxItems": 14,
+                    "title": "Image Input",
+                    "type": "array",
+                },
+                "aspect_ratio": {
+                    "default": "auto",
+                    "description": (
+                        "Aspect ratio of the output; `auto` follows the first input image (1:1 without one)."
+                    ),
+                    "enum": [
+                        "auto",
+                        "1:1",
+                        "1:4",
+                        "16:9",
+                        "1:8",
+                        "21:9",
+                        "2:3",
+                        "3:2",
+                        "3:4",
+                        "4:1",
+                        "4:3",
+                        "4:5",
+                        "5:4",
+                        "8:1",
+                        "9:16",
+                    ],
+                    "title": "Aspect Ratio",
+                    "type": "string",
+                },
+                "resolution": {
+                    "default": "1K",
+                    "description": (
+                        "Output resolution: 1K (~1 MP), 2K (~4 MP) or 4K (~16 MP); also the price tier."
+                    ),
+                    "enum": ["1K", "2K", "4K"],
+                    "title": "Resolution",
+                    "type": "string",
+                },
+                "output_format": {
+                    "default": "jpg",
+                    "description": "File type of the result: jpg or png.",
+                    "enum": ["jpg", "png"],
+                    "title": "Output Format",
+                    "type": "string",
+                },
+                "google_search": {
+                    "default": False,
+                    "description": "Ground the image in Google Web Search results (recent events).",
+                    "title": "Google Search",
+                    "type": "boolean",
+                },
+            },
+            "required": ["prompt"],
+            "title": "NanoBanana2Input",
+            "type": "object",
+        },
+    },
+    {
+        "id": "nano-banana-pro",
+        "title": "Nano Banana Pro",
+        "description": "Gemini 3 Pro Image: text to image or editing with up to 8 images, 1K to 4K.",
+        "prices": {"1K": 18, "2K": 18, "4K": 24},
+        "url_fields": ["image_input"],
+        "input_schema": {
+            "properties": {
+                "prompt": {
+                    "description": (
+                        "What to generate or how to change the input images (at most 10,000 characters)."
+                    ),
+                    "maxLength": 10000,
+                    "minLength": 1,
+                    "title": "Prompt",
+                    "type": "string",
+                },
+                "image_input": {
+                    "default": [],
+                    "description": (
+                        "Images to transform or use as references (up to 8; JPEG, PNG or WebP; 30 MB each)."
+                    ),
+                    "items": {
+                        "maxLength": 2048,
+                        "minLength": 8,
+                        "pattern": "^https?://\\S+$",
+                        "type": "string",
+                    },
+                    "maxItems": 8,
+                    "title": "Image Input",
+                    "type": "array",
+                },
+                "aspect_ratio": {
+                    "default": "1:1",
+                    "description": (
+                        "Aspect ratio of the output; `auto` follows the first input image (1:1 without one)."
+                    ),
+                    "enum": ["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9", "auto"],
+                    "title": "Aspect Ratio",
+                    "type": "string",
+                },
+                "resolution": {
+                    "default": "1K",
+                    "description": (
+                        "Output resolution: 1K (~1 MP), 2K (~4 MP) or 4K (~16 MP); also the price tier."
+                    ),
+                    "enum": ["1K", "2K", "4K"],
+                    "title": "Resolution",
+                    "type": "string",
+                },
+                "output_format": {
+                    "default": "png",
+                    "description": "File type of the result: png or jpg.",
+                    "enum": ["png", "jpg"],
+                    "title": "Output Format",
+                    "type": "string",
+                },
+            },
+            "required": ["prompt"],
+            "title": "NanoBananaProInput",
+            "type": "object",
+        },
+    },
 ]
 
 INPUT_SCHEMAS: dict[str, dict[str, Any]] = {entry["id"]: entry["input_schema"] for entry in CATALOG}
@@ -390,6 +1971,21 @@ __all__ = [
     "InputModel",
     "ZImageInput",
     "Flux2ProImageToImageInput",
+    "Flux2ProTextToImageInput",
+    "Flux2FlexTextToImageInput",
+    "Flux2FlexImageToImageInput",
     "Imagen4FastInput",
+    "Imagen4Input",
+    "Imagen4UltraInput",
     "IdeogramCharacterInput",
+    "IdeogramCharacterEditInput",
+    "IdeogramCharacterRemixInput",
+    "IdeogramV3TextToImageInput",
+    "IdeogramV3EditInput",
+    "IdeogramV3RemixInput",
+    "IdeogramV3ReframeInput",
+    "NanoBananaInput",
+    "NanoBananaEditInput",
+    "NanoBanana2Input",
+    "NanoBananaProInput",
 ]
