@@ -27,6 +27,10 @@ Steering, from the most specific to the least:
 - `published` (models createTask accepts), `required` (per model, input fields whose absence createTask
   answers with code 422), `result_base` (where result URLs point: another fake can play a
   CDN), `serve_models`.
+- `stall(path, seconds, ...)`: hold the next answers on a path that long, after doing the work (a stalled
+  createTask has created its task: the client's timeout loses an answer the server meant to send).
+- `honour_idempotency_key`: createTask answers a repeated `Idempotency-Key` with the task it created for
+  it, as a Safelight upstream does (kie.ai documents no such header).
 What it saw: `requests` (each with path, method, headers, query, raw `body`, parsed `json`, monotonic `time`)
 and `calls(path)`, `tasks` (by task id) and `files` (uploads, by path; tests may add their own).
 
@@ -36,6 +40,7 @@ test's event loop (`async with FakeKie() as fake:`, through `tests.helpers.serve
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -140,6 +145,9 @@ class FakeKie:
     required: dict[str, tuple[str, ...]] = field(default_factory=dict)
     serve_models: bool = False
     result_base: str | None = None
+    honour_idempotency_key: bool = False
+    stalls: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
+    idempotency_keys: dict[str, str] = field(default_factory=dict)
     tasks: dict[str, FakeTask] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
     files: dict[str, bytes] = field(default_factory=dict)
@@ -165,6 +173,15 @@ class FakeKie:
     def inject(self, path: str, *answers: tuple) -> None:
         """Queue canned answers for `path`: (http_status, body[, headers]); body a dict (JSON) or text."""
         self.injected[path].extend(answers)
+
+    def stall(self, path: str, *seconds: float) -> None:
+        """Hold the next answers on `path` (one per value) that many seconds, after doing the work."""
+        self.stalls[path].extend(seconds)
+
+    async def _stall(self, path: str) -> None:
+        queue = self.stalls.get(path)
+        if queue:
+            await asyncio.sleep(queue.popleft())
 
     def calls(self, path: str) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["path"] == path]
@@ -242,15 +259,23 @@ class FakeKie:
             return JSONResponse({"code": 500, "msg": "This field is required"})
         prompt = str(task_input["prompt"])
         scenario = "fail" if "fail" in prompt else "forever" if "forever" in prompt else "ok"
+        key = request.headers.get("idempotency-key") if self.honour_idempotency_key else None
+        if key is not None and key in self.idempotency_keys:
+            await self._stall(CREATE)
+            return JSONResponse({"code": 200, "msg": "success", "data": {"taskId": self.idempotency_keys[key]}})
         script = self.scripts.popleft() if self.scripts else replace(self.default)
         task = FakeTask(uuid.uuid4().hex, model, task_input, body.get("callBackUrl"), script, _ms(), scenario=scenario)
         self.tasks[task.task_id] = task
+        if key is not None:
+            self.idempotency_keys[key] = task.task_id
+        await self._stall(CREATE)
         return JSONResponse({"code": 200, "msg": "success", "data": {"taskId": task.task_id}})
 
     async def record_info(self, request: Request) -> Response:
         if (early := await self._enter(request)) is not None:
             return early
         task = self.tasks.get(request.query_params.get("taskId", ""))
+        await self._stall(RECORD)
         if task is None:
             return JSONResponse(NULL_RECORD)
         task.polls += 1

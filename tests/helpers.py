@@ -136,3 +136,36 @@ async def wait_state(runtime: Runtime, task_id: str, states=TaskState.TERMINAL, 
             return row
         await asyncio.sleep(0.005)
     raise AssertionError(f"{task_id} stuck in {row['state']}")
+
+
+class DropAfterRequest:
+    """A loopback TCP server that reads each HTTP request whole (headers, then a Content-Length body)
+    and closes the connection without a word: the request was sent, and its answer is lost, as when
+    a provider's load balancer resets the connection. `requests` holds what it read."""
+
+    def __init__(self) -> None:
+        self.requests: list[bytes] = []
+        self.base_url = ""
+
+    async def __aenter__(self) -> DropAfterRequest:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.base_url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value.strip())
+            self.requests.append(head + await reader.readexactly(length))
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()

@@ -23,6 +23,7 @@ Set `mode` to script a behaviour:
     "bad_request"      the submit answers 400 echoing the key it received
     "no_credits"       the submit answers 402
     "foreign_polling"  the polling URL is on another host (the key must not be sent there)
+    "stall_submit"     the submit is accepted (a job is made, and billed) and its answer held `stall_seconds`
 `rate_limited` makes the next N submits answer 429 with `retry_after` in the body.
 """
 
@@ -81,6 +82,7 @@ class FakeBfl:
     polling_path: str = "/v1/get_result"
     # Hold each submit until this many are in flight at once (proves parallel submissions).
     hold_submits_until: int = 0
+    stall_seconds: float = 1.0
     requests: list[Recorded] = field(default_factory=list)
     jobs: dict[str, FakeJob] = field(default_factory=dict)
     events: list[tuple[str, str]] = field(default_factory=list)
@@ -174,6 +176,8 @@ class FakeBfl:
         self.jobs[job_id] = FakeJob(job_id, body)
         self.events.append(("submit", job_id))
         host = "http://127.0.0.2:9" if self.mode == "foreign_polling" else self.base_url
+        if self.mode == "stall_submit":
+            await asyncio.sleep(self.stall_seconds)
         return JSONResponse({"id": job_id, "polling_url": f"{host}{self.polling_path}?id={job_id}",
                              "cost": 3.0})
 

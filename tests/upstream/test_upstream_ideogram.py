@@ -223,11 +223,14 @@ async def test_persistent_5xx_fails_transiently_after_the_retry_budget(fake):
     assert len(fake.requests) == 3
 
 
-async def test_slow_answer_times_out_transiently(fake):
+async def test_a_generate_whose_answer_was_lost_is_not_sent_again(fake):
+    """The generate was sent whole and the answer never came: Ideogram may have made (and billed) the
+    images, and it deduplicates nothing, so the call fails transiently instead of generating again."""
     fake.mode, fake.delay = "slow", 0.5
-    error = await failure(fake, timeout_seconds=0.2, retries=1)
-    assert (error.fail_code, error.transient) == (FailCode.UNAVAILABLE, True)
-    assert "timed out" in error.detail and len(fake.requests) == 2
+    error = await failure(fake, timeout_seconds=0.2, retries=2)
+    assert (error.fail_code, error.transient) == (FailCode.TIMEOUT, True)
+    assert "answer lost after sending (ReadTimeout); not retried (the provider may have billed it)" in error.detail
+    assert len(fake.requests) == 1
 
 
 async def test_expired_image_url_is_transient(fake):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -88,6 +90,11 @@ class BackendConfig(BaseModel):
     type: str
     concurrency: int = Field(1, ge=1, le=1024, description="calls in flight on this backend, per worker process")
     max_batch: int = Field(1, ge=1, le=64, description="tasks run together in one call")
+    breaker_failures: int = Field(5, ge=0, le=1000, description=(
+        "consecutive transient failures that open this backend's circuit breaker (tasks skip it for "
+        "breaker_cooldown_seconds); 0 disables the breaker"))
+    breaker_cooldown_seconds: float = Field(30.0, gt=0, le=86400, description=(
+        "how long an open breaker skips the backend before one trial task is let through"))
 
     @property
     def options(self) -> dict[str, Any]:
@@ -115,6 +122,8 @@ class Backend:
         self.name = name or self.type_name
         self.concurrency = concurrency or config.concurrency
         self.max_batch = max_batch or config.max_batch
+        self.breaker_failures = config.breaker_failures
+        self.breaker_cooldown_seconds = config.breaker_cooldown_seconds
         self.options: Any = self.parse_options(self.name, config.options)
         self.context = context or BackendContext()
 
@@ -163,6 +172,31 @@ class Backend:
 
     async def close(self) -> None:
         """Release what start() acquired."""
+
+
+# What happened inside the current backend call that the task's attempt log should say even when
+# the call succeeds ("createTask answer lost after sending; re-sent with the same Idempotency-Key").
+# The worker collects them around generate(); tasks a backend starts inherit the same list.
+_call_notes: ContextVar[list[str] | None] = ContextVar("safelight_backend_call_notes", default=None)
+
+
+@contextlib.contextmanager
+def collecting_notes() -> Iterator[list[str]]:
+    """Collect the notes backends make during the calls inside this block (the worker's side)."""
+    notes: list[str] = []
+    token = _call_notes.set(notes)
+    try:
+        yield notes
+    finally:
+        _call_notes.reset(token)
+
+
+def note(text: str) -> None:
+    """Add a line to the attempt log of the task(s) the current backend call serves (the backend's
+    side); outside a worker's call it is dropped."""
+    notes = _call_notes.get()
+    if notes is not None:
+        notes.append(text)
 
 
 def read_secret(context: BackendContext, backend: str, env_name: str) -> str:

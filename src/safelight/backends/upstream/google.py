@@ -47,8 +47,12 @@ from safelight.backends.upstream.provider import (
     ProviderOptions,
     Rule,
     StatusTable,
+    answer_lost,
     generated,
+    lost_code,
     redact,
+    request_sent,
+    track_sending,
 )
 from safelight.kie import FailCode
 from safelight.net import sniff_image_type
@@ -62,7 +66,6 @@ log = logging.getLogger("safelight.backends.upstream.google")
 T = TypeVar("T")
 
 MODERATED = "the provider's safety filter blocked this prompt or its images"
-TIMED_OUT = "the provider did not answer in time; credits refunded"
 CLOUD_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
 UNAVAILABLE = Rule(FailCode.UNAVAILABLE, True, PROVIDER_UNAVAILABLE)
@@ -174,7 +177,8 @@ async def open_client(backend: str, options: GoogleOptions, context: BackendCont
         credentials, project = await _vertex_credentials(backend, options, context)
         kwargs.update(credentials=credentials, project=project, location=options.location)
 
-    http = httpx.AsyncClient(timeout=httpx.Timeout(options.timeout_seconds, connect=10.0), follow_redirects=False)
+    http = httpx.AsyncClient(timeout=httpx.Timeout(options.timeout_seconds, connect=10.0), follow_redirects=False,
+                             event_hooks={"request": [track_sending]})
     http_options = types.HttpOptions(base_url=options.base_url, timeout=int(options.timeout_seconds * 1000),
                                      httpx_async_client=http)
     try:
@@ -298,7 +302,10 @@ async def call_google(call: GoogleCall, what: str, make: Callable[[], Awaitable[
     - Other HTTP statuses: the STATUSES table (400 INVALID_ARGUMENT: permanent 400 with Google's
       scrubbed message; 401 / 403: the operator's credentials; 404, the model retired: transient
       503 with `not_found_hint` in the log), after the 400s that mean something else (_special_400).
-    - Timeouts: transient 504, not retried (the call may still be running, and billed).
+    - A call whose request was sent whole and whose answer was lost (a read timeout, a reset): not
+      retried, since Google may be running it and will bill it (Predict and generateContent take no
+      request id); a timeout is a transient 504, anything else a transient 503. One that failed
+      before it was sent (a connect timeout, a refused connection) is retried.
     - Auth failures: transient 503, detail in the log. Unparseable responses: transient 501.
     """
     from google.auth.exceptions import GoogleAuthError
@@ -313,10 +320,13 @@ async def call_google(call: GoogleCall, what: str, make: Callable[[], Awaitable[
                     return await make()
                 except errors.APIError as exc:
                     raise _api_error(call, what, exc) from None
-                except httpx.TimeoutException as exc:
-                    raise call.fail(FailCode.TIMEOUT, TIMED_OUT, f"{what} timed out ({type(exc).__name__})",
-                                    transient=True) from None
                 except httpx.TransportError as exc:
+                    if request_sent(exc):
+                        code, message = lost_code(exc)
+                        raise call.fail(code, message, f"{answer_lost(what, exc)}; not retried (the provider "
+                                        f"may have billed it)", transient=True) from None
+                    if isinstance(exc, httpx.TimeoutException):
+                        raise call.try_again(f"{what} timed out before it was sent ({type(exc).__name__})") from None
                     raise call.try_again(f"{what} could not connect: {type(exc).__name__}: {exc}") from None
                 except GoogleAuthError as exc:
                     raise call.fail(FailCode.UNAVAILABLE, PROVIDER_UNAVAILABLE,

@@ -105,6 +105,9 @@ class KieOptions(PollingOptions):
     null_grace_seconds: float = Field(30.0, ge=0,
                                       description="how long 'recordInfo is null' after createTask means 'not yet'")
     timeout_seconds: float = Field(60.0, gt=0, le=3600, description="per HTTP request, result downloads included")
+    idempotency_key: bool = Field(False, description=(
+        "send an Idempotency-Key with createTask and re-send it when the answer was lost; only for "
+        "upstreams that honour the header (another Safelight does, kie.ai documents none)"))
 
 
 class KieBackend(ProviderBackend[ProviderClient]):
@@ -122,7 +125,8 @@ class KieBackend(ProviderBackend[ProviderClient]):
     async def open_client(self) -> ProviderClient:
         key = read_secret(self.context, self.name, self.opts.api_key_env)
         return ProviderClient(self.name, self.opts.base_url, headers={"Authorization": f"Bearer {key}"},
-                              secrets=[key], options=self.opts)
+                              secrets=[key], options=self.opts,
+                              idempotency_header="Idempotency-Key" if self.opts.idempotency_key else None)
 
     def upstream_model(self, model: str) -> str:
         return self.opts.model_map.get(model, model)

@@ -5,6 +5,27 @@ downloads of result URLs, and secret redaction.
 Provider API hosts come from the operator's routing file, so API calls use a plain httpx client.
 Result URLs come from provider responses, so they are downloaded through `safelight.net`, with its
 address checks, byte limit and deadline, like any other URL we did not write ourselves.
+
+A request whose connection failed before its body was fully written never reached the provider,
+and is retried. A submit (a POST) whose body was written and whose answer was lost (a read
+timeout, a reset, a dropped connection) may have been accepted, and billed: it is re-sent only
+where the provider deduplicates it. What each provider offers, from its documentation:
+
+- kie.ai: createTask takes `model`, `input` and `callBackUrl` only; no idempotency key, and tasks
+  are found by their `taskId` alone (docs.kie.ai Market OpenAPI, mirrored in monet88/artio
+  docs/kie-api/). Another Safelight honours `Idempotency-Key` on createTask: the `kie` backend's
+  `idempotency_key = true` sends one, and only then is a lost createTask answer re-sent.
+- Black Forest Labs: `POST /v1/{model}` documents no idempotency key or request id, and a job is
+  found only by the `id` its answer carries (`GET /v1/get_result?id=`); there is no listing
+  (docs.bfl.ai, black-forest-labs/skills skills/bfl-api/references/endpoints.md).
+- Ideogram: `POST /v1/ideogram-v3/generate` (and edit, remix, reframe) is synchronous, documents
+  the `Api-Key` header only and returns no job id (developer.ideogram.ai/api-reference).
+- Google: Vertex `:predict` and `:generateContent` take no request id; Google's own client
+  libraries mark Predict non-idempotent and do not retry it (googleapis/google-cloud-cpp,
+  google/cloud/aiplatform/v1/prediction_connection_idempotency_policy.cc).
+
+So a lost submit is never re-sent to BFL, Ideogram or Google, nor to kie.ai: the backend attempt
+fails as transient, the route moves on, and the task's attempt log says why.
 """
 
 from __future__ import annotations
@@ -12,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -25,6 +47,7 @@ from safelight.backends.base import (
     BackendContext,
     BackendError,
     GeneratedImage,
+    note,
 )
 from safelight.kie import FailCode
 from safelight.net import FetchError, ImageError, OutboundPolicy, UnsafeURLError, fetch, sniff_image_type
@@ -36,6 +59,7 @@ T = TypeVar("T")
 
 PROVIDER_UNAVAILABLE = "provider unavailable; credits refunded"
 MALFORMED = "the provider returned a malformed response; credits refunded"
+NO_ANSWER = "the provider did not answer in time; credits refunded"
 # HTTP statuses worth another try of the same request, within the retry budget.
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -224,6 +248,51 @@ def retry_after_of(response: httpx.Response) -> float | None:
 # Looks at a response the HTTP status let through; names the problem if it is worth another try.
 Classifier = Callable[[httpx.Response], str | None]
 
+# Methods whose repetition has the effect of one request (RFC 9110 §9.2.2): safe to re-send.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+# Set on a request's extensions once its body is fully written (see `track_sending`).
+BODY_SENT = "safelight.body_sent"
+
+
+async def track_sending(request: httpx.Request) -> None:
+    """An httpx request hook: mark the request once httpcore has written its whole body.
+
+    httpcore reports each step of a request to a `trace` extension; this one notes
+    `send_request_body.complete`. An error before it means the provider never got the request;
+    after it, the provider may have acted on it. (An event hook, not a transport, so proxies from
+    the environment keep working.)"""
+    outer = request.extensions.get("trace")
+
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        if event.endswith("send_request_body.complete"):
+            request.extensions[BODY_SENT] = True
+        if outer is not None:
+            await outer(event, info)
+
+    request.extensions["trace"] = trace
+
+
+def request_sent(exc: httpx.TransportError) -> bool:
+    """Whether the request that failed with `exc` had been sent whole (its answer is what was lost).
+    Only for clients with the `track_sending` hook."""
+    try:
+        request = exc.request
+    except RuntimeError:  # raised before a request existed
+        return False
+    return bool(request.extensions.get(BODY_SENT))
+
+
+def answer_lost(what: str, exc: httpx.TransportError) -> str:
+    """How the log and the attempt record name a lost answer."""
+    return f"{what} answer lost after sending ({type(exc).__name__})"
+
+
+def lost_code(exc: httpx.TransportError) -> tuple[FailCode, str]:
+    """The failCode and user message of a submit whose answer was lost."""
+    if isinstance(exc, httpx.TimeoutException):
+        return FailCode.TIMEOUT, NO_ANSWER
+    return FailCode.UNAVAILABLE, PROVIDER_UNAVAILABLE
+
 
 class ProviderClient:
     """One provider's API: base URL, auth headers, and a bounded retry budget for overload.
@@ -233,17 +302,23 @@ class ProviderClient:
     When the budget is spent it raises a transient BackendError, so the worker can move on to the
     next backend of the route. 401/402/403 are the operator's problem (OPERATOR_STATUSES). Any
     other answer is returned for the backend to interpret.
+
+    A POST (a submit) whose answer was lost after it was sent is not retried: it fails at once,
+    transient, saying so (the provider may have accepted and billed it). With `idempotency_header`
+    (the provider deduplicates by that header) every POST carries a key, the same for all the
+    tries of one `request`, and a lost answer is re-sent with it.
     """
 
     def __init__(self, backend: str, base_url: str, *, headers: Mapping[str, str], secrets: Iterable[str],
-                 options: ProviderOptions) -> None:
+                 options: ProviderOptions, idempotency_header: str | None = None) -> None:
         self.backend = backend
         self.secrets = [s for s in secrets if s]
         self.options = options
+        self.idempotency_header = idempotency_header
         # follow_redirects=False: a provider redirect could point the key-bearing headers elsewhere.
         self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=dict(headers),
                                       timeout=httpx.Timeout(options.timeout_seconds, connect=10.0),
-                                      follow_redirects=False)
+                                      follow_redirects=False, event_hooks={"request": [track_sending]})
 
     def redact(self, text: str) -> str:
         return redact(text, self.secrets)
@@ -259,24 +334,40 @@ class ProviderClient:
 
     async def request(self, method: str, url: str, *, retry_on: Classifier | None = None,
                       **kwargs: Any) -> httpx.Response:
+        method = method.upper()
+        resend = method in IDEMPOTENT_METHODS
+        if not resend and self.idempotency_header:
+            key = f"safelight-{uuid.uuid4().hex}"  # one key for every try of this submit
+            kwargs["headers"] = {**(kwargs.get("headers") or {}), self.idempotency_header: key}
+            resend = True
         attempts = 0
         try:
             async for attempt in self.options.retrying():
                 with attempt:
                     attempts = attempt.num
-                    return await self._attempt(method, url, retry_on, **kwargs)
+                    return await self._attempt(method, url, retry_on, resend, **kwargs)
         except TryAgain as exc:
             raise self.fail(FailCode.UNAVAILABLE, PROVIDER_UNAVAILABLE,
                             f"{exc.problem}; gave up after {attempts} attempts", transient=True) from None
         raise AssertionError("unreachable: the retry context returns or raises")
 
-    async def _attempt(self, method: str, url: str, retry_on: Classifier | None, **kwargs: Any) -> httpx.Response:
+    async def _attempt(self, method: str, url: str, retry_on: Classifier | None, resend: bool,
+                       **kwargs: Any) -> httpx.Response:
         try:
             response = await self.http.request(method, url, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise self._try_again(f"{method} {url} timed out ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
-            raise self._try_again(f"{method} {url} could not connect: {type(exc).__name__}: {exc}") from None
+            if request_sent(exc) and method not in IDEMPOTENT_METHODS:
+                lost = answer_lost(f"{method} {url}", exc)
+                if not resend:
+                    code, message = lost_code(exc)
+                    raise self.fail(code, message, f"{lost}; not retried (the provider may have billed it)",
+                                    transient=True) from None
+                note(f"backend {self.backend}: {lost}; re-sent with the same {self.idempotency_header}")
+                raise self._try_again(lost) from None
+            if isinstance(exc, httpx.TimeoutException):
+                raise self._try_again(f"{method} {url} timed out ({type(exc).__name__})") from None
+            failed = "lost its answer" if request_sent(exc) else "could not connect"
+            raise self._try_again(f"{method} {url} {failed}: {type(exc).__name__}: {exc}") from None
         status = response.status_code
         if status in OPERATOR_STATUSES:
             raise self.fail_by(OPERATOR_STATUSES[status], f"{method} {url} answered HTTP {status}: "
