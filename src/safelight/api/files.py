@@ -44,9 +44,11 @@ async def get_file(request: Request, key: str, expires: str = "", signature: str
     head = b""
     if path is None:  # streamed: the first chunk tells what it is, and is sent first
         head = await anext(stored.chunks, b"")
-    media_type = mimetypes.guess_type(PurePosixPath(key).name)[0] or "application/octet-stream"
-    if media_type.startswith("image/") and sniff_image_type(
-            head if path is None else await asyncio.to_thread(_head, path)) is None:
+    # An image is served as the type its bytes are (a result's .webp is image/webp even where the
+    # system's MIME table lacks the suffix); anything else by its name, as a download.
+    sniffed = sniff_image_type(head if path is None else await asyncio.to_thread(_head, path))
+    media_type = sniffed or mimetypes.guess_type(PurePosixPath(key).name)[0] or "application/octet-stream"
+    if sniffed is None and media_type.startswith("image/"):
         media_type = "application/octet-stream"  # named like an image, but it is not one
     # Uploads can be any file: never let a browser run one as a page on this origin.
     headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff",

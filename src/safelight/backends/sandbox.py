@@ -3,22 +3,24 @@
 It is what a fresh install runs until the operator configures weights or provider keys, and what
 client developers test against. Each image shows the word SANDBOX, the model, the prompt, the
 size and the seed, with thumbnails of the reference images so input fetching is visibly exercised.
+The prompt is drawn legibly in any language the bundled fonts cover (backends/text.py), Chinese,
+Japanese and Korean included, and the file has the type the task asks for (`output_format`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
-import textwrap
 from collections.abc import Mapping
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from safelight.catalog import nearest_bucket
 
 from .base import Backend, GeneratedImage, Job
+from .images import encode_image
+from .text import clean, lettering
 
 
 class SandboxBackend(Backend):
@@ -34,8 +36,7 @@ class SandboxBackend(Backend):
         width, height = output_size(job)
         images = []
         for index, seed in enumerate(job.seeds):
-            data = await asyncio.to_thread(draw_preview, job, width, height, seed)
-            images.append(GeneratedImage(data=data, seed=seed))
+            images.append(await asyncio.to_thread(draw_preview, job, width, height, seed))
             job.report_progress(int(100 * (index + 1) / len(job.seeds)))
         return images
 
@@ -56,12 +57,19 @@ def _colour(seed: int) -> tuple[int, int, int]:
     return (40 + digest[0] % 90, 40 + digest[1] % 90, 40 + digest[2] % 90)
 
 
-def draw_preview(job: Job, width: int, height: int, seed: int) -> bytes:
+def draw_preview(job: Job, width: int, height: int, seed: int) -> GeneratedImage:
+    """One preview, encoded in the task's output_format."""
+    image = render_preview(job, width, height, seed)
+    # zlib level 1: flat colours and text compress well at once.
+    return encode_image(image, job.params.output_format, seed, png_compress_level=1)
+
+
+def render_preview(job: Job, width: int, height: int, seed: int) -> Image.Image:
     params = job.params
     image = Image.new("RGB", (width, height), _colour(seed))
     draw = ImageDraw.Draw(image)
     unit = max(10, min(width, height) // 24)
-    big, small = ImageFont.load_default(size=unit * 2), ImageFont.load_default(size=unit)
+    big, small = lettering(unit * 2), lettering(unit)
     margin = unit
     # Diagonal stripes make it unmistakable that this is not a real generation.
     stripe = (255, 255, 255, 28)
@@ -72,20 +80,20 @@ def draw_preview(job: Job, width: int, height: int, seed: int) -> bytes:
     image.paste(overlay, (0, 0), overlay)
 
     y = margin
-    draw.text((margin, y), "SANDBOX", font=big, fill=(255, 220, 80))
+    big.draw(draw, (margin, y), "SANDBOX", fill=(255, 220, 80))
     y += unit * 3
     for line in (f"model: {params.model}", f"size: {width}x{height}", f"seed: {seed}"):
-        draw.text((margin, y), line, font=small, fill=(255, 255, 255))
+        small.draw(draw, (margin, y), clean(line), fill=(255, 255, 255))
         y += int(unit * 1.4)
     y += unit // 2
-    chars_per_line = max(16, int((width - 2 * margin) / (unit * 0.55)))
-    max_lines = max(1, (height - y - margin - (unit * 6 if job.references else 0)) // int(unit * 1.3))
-    lines = textwrap.wrap(params.prompt, chars_per_line) or [""]
-    if len(lines) > max_lines:
-        lines = lines[: max_lines - 1] + [lines[max_lines - 1][: chars_per_line - 3] + "..."]
-    for line in lines:
-        draw.text((margin, y), line, font=small, fill=(230, 230, 230))
-        y += int(unit * 1.3)
+    line_height = int(unit * 1.3)
+    max_width = width - 2 * margin
+    max_lines = max(1, (height - y - margin - (unit * 6 if job.references else 0)) // line_height)
+    # Only what can show is laid out: no line holds more characters than this.
+    shown = params.prompt[:max_lines * int(max_width / (unit * 0.25) + 1)]
+    for line in small.wrap(clean(shown), max_width, max_lines, more=len(shown) < len(params.prompt)):
+        small.draw(draw, (margin, y), line, fill=(230, 230, 230))
+        y += line_height
 
     if job.references:
         thumb_size = unit * 5
@@ -97,7 +105,4 @@ def draw_preview(job: Job, width: int, height: int, seed: int) -> bytes:
             x += thumb_size + unit // 2
             if x + thumb_size > width:
                 break
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+    return image

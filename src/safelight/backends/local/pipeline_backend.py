@@ -1,5 +1,6 @@
 """What both local diffusers backends share: options, weight checks and loading, the device
-thread, batching with per-image generators, progress, the optional safety checker, and PNG output.
+thread, batching with per-image generators, progress, the optional safety checker, and output in the
+task's file type (PNG, JPEG or WebP).
 
 torch and diffusers are imported only inside methods that run at worker start or later, so the
 API process (and `safelight models`) never needs them.
@@ -8,7 +9,6 @@ API process (and `safelight models`) never needs them.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import time
@@ -28,6 +28,7 @@ from safelight.backends.base import (
     GeneratedImage,
     Job,
 )
+from safelight.backends.images import encode_image
 from safelight.catalog import BUCKETS
 from safelight.kie import FailCode
 
@@ -150,12 +151,6 @@ def _missing_tokenizer_files(folder: Path, component: str) -> list[str]:
     if not has_template:
         missing.append(f"{component}/chat_template.jinja")
     return missing
-
-
-def encode_png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=4)  # level 4: near-smallest files at a fraction of 9's CPU
-    return buffer.getvalue()
 
 
 class LocalPipelineBackend(Backend):
@@ -383,8 +378,8 @@ class LocalPipelineBackend(Backend):
                 results.append(BackendError(FailCode.MODERATED, "the image was blocked by this server's safety "
                                             "checker (nsfw_checker); credits refunded"))
                 continue
-            results.append([GeneratedImage(data=encode_png(image), seed=seed) for image, seed in zip(mine, job.seeds,
-                                                                                                    strict=True)])
+            results.append([encode_image(image, job.params.output_format, seed)
+                            for image, seed in zip(mine, job.seeds, strict=True)])
         return results
 
     def _check_safety(self, images: list[Image.Image], jobs: list[Job]) -> set[str]:
