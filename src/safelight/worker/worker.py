@@ -6,7 +6,9 @@ waiting -> queuing (claimed, inputs being fetched) -> generating (backend runnin
 Each public model has a route: backends tried in order. A transient failure (overload, 5xx, timeout,
 an operator-side provider problem) moves the task to the next backend; a permanent one (moderation,
 input the model refuses) ends it. Compatible tasks (same model and size) are claimed together, up to
-the first backend's max_batch, and run in one call.
+the first backend's max_batch, and run in one call. A backend that keeps failing transiently is skipped
+for a cool-down (its circuit breaker, breaker.py); a task whose remaining route is all skipped fails with
+503, refunded, rather than waiting out every timeout.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -30,12 +32,15 @@ from sqlalchemy.engine import RowMapping
 from safelight import metrics, tracing
 from safelight.backends import Backend, BackendError, GeneratedImage, Job
 from safelight.backends.images import conform_all
+from safelight.backends.base import collecting_notes
+from safelight.backends.images import conform_all
 from safelight.catalog import ANY_MODEL, MODELS, InvalidInputError, resolve_model, validate_input
 from safelight.kie import FailCode, TaskState
 from safelight.storage import Storage
 from safelight.store import Store, now_ms
 from safelight.store.workers import HEARTBEAT_SECONDS
 
+from .breaker import Breaker, Permit
 from .inputs import InputFetchError, InputLoader
 from .progress import ProgressReporter
 
@@ -48,6 +53,7 @@ class Outcome(StrEnum):
     SUCCESS = "success"
     FALLBACK = "fallback"  # a transient failure; the next backend of the route is tried
     FAIL = "fail"  # the task (or batch) ends here
+    SKIPPED = "skipped"  # not tried: the backend's circuit breaker is open
 
 
 @dataclass
@@ -59,6 +65,12 @@ class Attempt:
     jobs: list[Job]
     results: list[list[GeneratedImage] | BackendError]
     error: BackendError | None = None
+    # What the backend noted during the call (a lost answer re-sent), for the attempt log.
+    notes: list[str] = field(default_factory=list)
+
+
+# What a task whose remaining route is all skipped (open circuit breakers) fails with.
+ROUTE_UNAVAILABLE = "provider unavailable; credits refunded"
 
 
 class Worker:
@@ -93,6 +105,10 @@ class Worker:
         # task id -> backends tried so far; written with the task's final state, in the same statement.
         self._attempts: dict[str, list[dict[str, Any]]] = {}
         self._loops: list[asyncio.Task[None]] = []
+        # One circuit breaker per backend; a change of state is published at once with a heartbeat.
+        self.breakers = {name: Breaker(name, backend.breaker_failures, backend.breaker_cooldown_seconds,
+                                       on_change=self._breaker_changed) for name, backend in self.backends.items()}
+        self._beats: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._started_at = now_ms()
 
@@ -135,9 +151,9 @@ class Worker:
         unfinished = list(self._running)
         for task in running:
             task.cancel()
-        for loop in self._loops:
+        for loop in [*self._loops, *self._beats]:
             loop.cancel()
-        await asyncio.gather(*running, *self._loops, return_exceptions=True)
+        await asyncio.gather(*running, *self._loops, *self._beats, return_exceptions=True)
         if unfinished:
             await self.store.tasks.release(unfinished, self.id)
             log.warning("handed %d unfinished tasks back to the queue", len(unfinished))
@@ -201,8 +217,24 @@ class Worker:
                 log.exception("could not extend leases or write the heartbeat")
 
     async def _beat(self) -> None:
+        breakers = {name: self.breakers[name].view().to_json() for name in self._used_backends()}
         await self.store.workers.beat(self.id, host=socket.gethostname(), pid=os.getpid(), models=list(self.routes),
-                                      in_flight=self.in_flight, started_at=self._started_at)
+                                      in_flight=self.in_flight, started_at=self._started_at, breakers=breakers)
+
+    def _breaker_changed(self, _breaker: Breaker) -> None:
+        """Publish a breaker's new state now rather than at the next heartbeat."""
+        if not self._loops or self._stopping:
+            return
+
+        async def beat() -> None:
+            try:
+                await self._beat()
+            except Exception:
+                log.warning("could not publish a circuit breaker change", exc_info=True)
+
+        task = asyncio.get_running_loop().create_task(beat(), name="worker-breaker-beat")
+        self._beats.add(task)
+        task.add_done_callback(self._beats.discard)
 
     async def _process(self, primary: str, rows: list[RowMapping]) -> None:
         open_ids = {row["id"] for row in rows}  # tasks of this batch not yet finished
@@ -308,11 +340,23 @@ class Worker:
                 await self._fail(job.task_id, FailCode.NOT_SERVED, f"nsfw_checker is not available for "
                                  f"{job.params.model} on this server", open_ids)
             return
+        last_error: BackendError | None = None
         for position, name in enumerate(route):
-            attempt = await self._try_backend(name, jobs, last=position == len(route) - 1)
+            breaker = self.breakers[name]
+            permit = breaker.allow()
+            if permit is Permit.SKIP:
+                for job in jobs:
+                    self._record_attempt(job.task_id, name, Outcome.SKIPPED, FailCode.UNAVAILABLE,
+                                         breaker.skip_reason())
+                continue
+            try:
+                attempt = await self._try_backend(name, jobs, last=position == len(route) - 1)
+            finally:
+                breaker.release(permit)
             jobs = attempt.jobs
             if attempt.outcome is Outcome.FALLBACK:
                 assert attempt.error is not None
+                last_error = attempt.error
                 log.warning("backend %s failed transiently for %d task(s) (%s); trying %s",
                             name, len(jobs), attempt.error.fail_code, route[position + 1])
                 continue
@@ -328,9 +372,15 @@ class Worker:
                                          images.detail or images.message)
                     await self._fail(job.task_id, images.fail_code, images.message, open_ids)
                     continue
-                self._record_attempt(job.task_id, name, Outcome.SUCCESS, "", "")
+                self._record_attempt(job.task_id, name, Outcome.SUCCESS, "", "; ".join(attempt.notes))
                 await self._finish(job, images, backend, open_ids)
             return
+        # The rest of the route was skipped (open circuit breakers): fail now, refunded, rather than
+        # wait; the error of a backend tried before says more than the skips.
+        code, message = (last_error.fail_code, last_error.message) if last_error else (FailCode.UNAVAILABLE,
+                                                                                        ROUTE_UNAVAILABLE)
+        for job in jobs:
+            await self._fail(job.task_id, code, message, open_ids)
 
     async def _try_backend(self, name: str, jobs: list[Job], *, last: bool) -> Attempt:
         """Run the jobs on one backend, within its concurrency slots; a transient failure on a
@@ -342,21 +392,27 @@ class Worker:
                 return Attempt(Outcome.SUCCESS, [], [])
             spans = [tracing.start_span("safelight.backend", parent=self._traces.get(job.task_id), backend=name,
                                         task_id=job.task_id, batch=len(jobs)) for job in jobs]
+            breaker = self.breakers[name]
             try:
-                results = await self._generate(self.backends[name], jobs)
+                with collecting_notes() as notes:
+                    results = await self._generate(self.backends[name], jobs)
             except BackendError as exc:
                 outcome = Outcome.FALLBACK if exc.transient and not last else Outcome.FAIL
+                detail = "; ".join([*notes, exc.detail or exc.message])
+                if exc.transient:
+                    breaker.failure(exc.detail or exc.message)
                 for job, span in zip(jobs, spans, strict=True):
-                    self._record_attempt(job.task_id, name, outcome, exc.fail_code, exc.detail or exc.message)
+                    self._record_attempt(job.task_id, name, outcome, exc.fail_code, detail)
                     span.end(error=f"{exc.fail_code} {outcome}")
                 return Attempt(outcome, jobs, [], exc)
             except BaseException as exc:
                 for span in spans:
                     span.end(error=type(exc).__name__)
                 raise
+            breaker.success()
             for span, result in zip(spans, results, strict=True):
                 span.end(error=result.fail_code if isinstance(result, BackendError) else None)
-        return Attempt(Outcome.SUCCESS, jobs, results)
+        return Attempt(Outcome.SUCCESS, jobs, results, notes=notes)
 
     def _route_for(self, job: Job) -> list[str]:
         """The model's route; for nsfw_checker tasks only the backends that can honour it (the batch
@@ -383,6 +439,12 @@ class Worker:
         if len(images) != expected:
             await self._fail(task_id, FailCode.INTERNAL, f"backend {backend.name} returned {len(images)} images, "
                                                      f"expected {job.params.num_images}; credits refunded", open_ids)
+            return
+        try:  # the stored files have the type the task asked for, whatever the backend returned
+            images = await conform_all(images, job.params.output_format, max_pixels=self.loader.max_pixels)
+        except BackendError as exc:
+            log.warning("task %s: backend %s: %s", task_id, backend.name, exc.detail)
+            await self._fail(task_id, exc.fail_code, exc.message, open_ids)
             return
         try:  # the stored files have the type the task asked for, whatever the backend returned
             images = await conform_all(images, job.params.output_format, max_pixels=self.loader.max_pixels)
