@@ -18,7 +18,15 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -35,8 +43,10 @@ TASK_QUEUE_SECONDS = Histogram("safelight_task_queue_seconds", "From create to a
                                ["model"], buckets=DURATION_BUCKETS)
 TASK_RUN_SECONDS = Histogram("safelight_task_run_seconds", "From the first claim to success or fail.",
                              ["model", "backend"], buckets=DURATION_BUCKETS)
-BACKEND_CALLS = Counter("safelight_backend_calls_total", "Backend attempts per task: success, fallback or fail.",
-                        ["backend", "outcome"])
+BACKEND_CALLS = Counter("safelight_backend_calls_total", "Backend attempts per task: success, fallback, fail or "
+                        "skipped (circuit breaker open).", ["backend", "outcome"])
+BACKEND_BREAKER_OPEN = Gauge("safelight_backend_breaker_open", "1 while this worker's circuit breaker of the backend "
+                             "is open or half-open (tasks skip it), 0 while closed.", ["backend"])
 API_REQUESTS = Counter("safelight_api_requests_total",
                        "HTTP requests by route and kie body code (kie answers business errors with HTTP 200).",
                        ["route", "code"])

@@ -366,12 +366,14 @@ def maintenance(mode: Annotated[str, typer.Argument(help="on or off")]) -> None:
 
 
 def models_routes() -> None:
-    """The effective route of each model on this host (SAFELIGHT_CONFIG), checked as the server checks it."""
-    print_routes()
+    """The effective route of each model on this host (SAFELIGHT_CONFIG), checked as the server checks it,
+    and each backend's circuit breaker as the live workers report it."""
+    print_routes(breakers=True)
 
 
-def print_routes() -> None:
-    """The table of `safelight models routes`; also printed first by `safelight models` on a server host."""
+def print_routes(*, breakers: bool = False) -> None:
+    """The table of `safelight models routes`; also printed first by `safelight models` on a server host
+    (without the breakers, which need the store)."""
     from safelight.backends import backend_class
     from safelight.config import Settings
     from safelight.runtime import load_configured_routing
@@ -379,9 +381,12 @@ def print_routes() -> None:
     settings = Settings()
     routing = _checked(lambda: load_configured_routing(settings))
     source = settings.routing_file or "no SAFELIGHT_CONFIG: every model on the sandbox"
+    live = _live_breakers() if breakers else None
     table = Table(title=f"Routes on this host ({source})", title_justify="left", box=None, padding=(0, 2, 0, 0))
     for column in ("model", "route (tried in order)", "nsfw_checker"):
         table.add_column(column)
+    if live is not None:
+        table.add_column("circuit breakers (live workers)")
     for model, route in routing.routes.items():
         steps: list[str] = []
         checked = False
@@ -391,9 +396,50 @@ def print_routes() -> None:
             checked = checked or offers
             batch = f", batch {config.max_batch}" if config.max_batch > 1 else ""
             steps.append(f"{name} ({config.type}, {config.concurrency} in flight{batch})")
-        table.add_row(model, " -> ".join(steps) or "[yellow]not served (route = [])[/]",
-                      "yes" if checked else "[dim]no (505)[/]")
+        row = [model, " -> ".join(steps) or "[yellow]not served (route = [])[/]",
+               "yes" if checked else "[dim]no (505)[/]"]
+        if live is not None:
+            row.append(" -> ".join(_breaker_summary(name, live) for name in route))
+        table.add_row(*row)
     console.print(table)
+
+
+def _live_breakers() -> list[dict[str, dict[str, Any]]] | None:
+    """Each live worker's circuit breakers (backend -> state), from the heartbeats; None if unreadable."""
+    from safelight.store.workers import LIVE_SECONDS
+
+    try:
+        live = _run(lambda store: store.workers.live(int(LIVE_SECONDS * 1000)))
+    except Exception as exc:  # the routes still print; the store is only needed for this column
+        err.print(f"[yellow]warning:[/] could not read the workers' circuit breakers from the store: "
+                  f"{escape(type(exc).__name__)}: {escape(str(exc)[:200])}")
+        return None
+    return [worker.breakers for worker in live]
+
+
+def _breaker_summary(backend: str, live: list[dict[str, dict[str, Any]]]) -> str:
+    """One backend's breakers over the live workers: "bfl: closed", "bfl: open on 1 of 2 (trial in 12 s; ...)"."""
+    import time
+
+    states = [breakers[backend] for breakers in live if backend in breakers]
+    if not states:
+        return f"{escape(backend)}: [dim]no live worker[/]"
+    tripped = [state for state in states if state.get("state") != "closed"]
+    if not tripped:
+        return f"{escape(backend)}: closed"
+    parts = []
+    for kind in ("open", "half-open"):
+        count = sum(1 for state in tripped if state.get("state") == kind)
+        if count:
+            parts.append(f"[red]{kind}[/] on {count} of {len(states)}")
+    retry_at = [state["retryAt"] for state in tripped if isinstance(state.get("retryAt"), int)]
+    detail = []
+    if retry_at:
+        detail.append(f"trial in {max(0.0, (min(retry_at) - time.time() * 1000) / 1000):.0f} s")
+    reason = next((str(state.get("reason")) for state in tripped if state.get("reason")), "")
+    if reason:
+        detail.append(f"last: {escape(reason[:120])}")
+    return f"{escape(backend)}: {', '.join(parts)}" + (f" ({'; '.join(detail)})" if detail else "")
 
 
 def _set_model(model_id: str, enabled: bool) -> None:

@@ -171,4 +171,7 @@ workers = Table(
     Column("in_flight", Integer, nullable=False, default=0),
     Column("started_at", BigInteger, nullable=False),
     Column("last_seen", BigInteger, nullable=False, index=True),
+    # JSON object: backend name -> its circuit breaker as this worker sees it ({"state", "failures",
+    # "reason", "retryAt"}); NULL for workers older than 0.3.
+    Column("breakers", Text, nullable=True),
 )

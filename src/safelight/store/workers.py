@@ -1,10 +1,12 @@
-"""Workers' heartbeats: which workers are alive, what they serve, how busy they are."""
+"""Workers' heartbeats: which workers are alive, what they serve, how busy they are, and the state of
+their circuit breakers."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
@@ -27,6 +29,8 @@ class LiveWorker:
     in_flight: int
     started_at: int
     last_seen: int
+    # backend name -> {"state": "closed" | "open" | "half-open", "failures", "reason", "retryAt"}
+    breakers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class WorkerStore:
@@ -34,11 +38,11 @@ class WorkerStore:
         self.db = db
 
     async def beat(self, worker_id: str, *, host: str, pid: int, models: Sequence[str], in_flight: int,
-                   started_at: int) -> None:
+                   started_at: int, breakers: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         """Write this worker's row now (insert on the first beat)."""
         at = now_ms()
         values = {"host": host[:255], "pid": pid, "models": json.dumps(sorted(models)), "in_flight": in_flight,
-                  "last_seen": at}
+                  "last_seen": at, "breakers": json.dumps(breakers or {}, sort_keys=True)}
         async with self.db.write() as conn:
             updated = await conn.execute(update(workers).where(workers.c.id == worker_id).values(**values))
             if updated.rowcount:
@@ -61,7 +65,8 @@ class WorkerStore:
             rows = (await conn.execute(select(workers).where(workers.c.last_seen >= cutoff)
                                        .order_by(workers.c.started_at))).mappings().all()
         return [LiveWorker(id=row["id"], host=row["host"], pid=row["pid"], models=json.loads(row["models"]),
-                           in_flight=row["in_flight"], started_at=row["started_at"], last_seen=row["last_seen"])
+                           in_flight=row["in_flight"], started_at=row["started_at"], last_seen=row["last_seen"],
+                           breakers=json.loads(row["breakers"] or "{}"))
                 for row in rows]
 
     async def forget_dead(self, max_age_ms: int) -> int:

@@ -31,7 +31,6 @@ from sqlalchemy.engine import RowMapping
 
 from safelight import metrics, tracing
 from safelight.backends import Backend, BackendError, GeneratedImage, Job
-from safelight.backends.images import conform_all
 from safelight.backends.base import collecting_notes
 from safelight.backends.images import conform_all
 from safelight.catalog import ANY_MODEL, MODELS, InvalidInputError, resolve_model, validate_input
@@ -439,12 +438,6 @@ class Worker:
         if len(images) != expected:
             await self._fail(task_id, FailCode.INTERNAL, f"backend {backend.name} returned {len(images)} images, "
                                                      f"expected {job.params.num_images}; credits refunded", open_ids)
-            return
-        try:  # the stored files have the type the task asked for, whatever the backend returned
-            images = await conform_all(images, job.params.output_format, max_pixels=self.loader.max_pixels)
-        except BackendError as exc:
-            log.warning("task %s: backend %s: %s", task_id, backend.name, exc.detail)
-            await self._fail(task_id, exc.fail_code, exc.message, open_ids)
             return
         try:  # the stored files have the type the task asked for, whatever the backend returned
             images = await conform_all(images, job.params.output_format, max_pixels=self.loader.max_pixels)

@@ -1,0 +1,24 @@
+"""workers.breakers: each live worker's circuit breaker states, published with its heartbeat
+
+Revision ID: 0010
+Revises: 0009
+Create Date: 2026-12-03 10:00:00
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0010'
+down_revision = '0009'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('workers', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('breakers', sa.Text(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('workers', schema=None) as batch_op:
+        batch_op.drop_column('breakers')
