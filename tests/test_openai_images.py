@@ -80,11 +80,11 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def serve(settings, tmp_path, monkeypatch, **overrides) -> AsyncIterator[Served]:
+async def serve(settings, tmp_path, monkeypatch, routing: str = ROUTING, **overrides) -> AsyncIterator[Served]:
     monkeypatch.setenv("KIE_API_KEY", KIE_KEY)
     async with FakeKie(api_key=KIE_KEY) as kie:
         config = tmp_path / "safelight.toml"
-        config.write_text(ROUTING.format(kie=kie.base_url))
+        config.write_text(routing.format(kie=kie.base_url))
         port = free_port()
         settings = settings.model_copy(update={"routing_file": str(config), "port": port,
                                                "public_url": f"http://127.0.0.1:{port}", **overrides})
@@ -263,6 +263,18 @@ async def test_a_backend_failure_is_a_500_naming_the_task_and_refunded(served):
     record = await served.record(task_id)
     assert record["state"] == "fail" and record["failCode"] == "501" and record["creditsConsumed"] in (0, None)
     assert await served.balance() == 1000
+
+
+async def test_when_one_of_n_tasks_fails_the_answer_has_the_images_that_exist(settings, tmp_path, monkeypatch):
+    on_kie = ROUTING.replace('[models."google/imagen4-fast"]', '[models."z-image"]')
+    async with serve(settings, tmp_path, monkeypatch, routing=on_kie) as served:
+        served.kie.scripts.extend([Script(fail=(500, "upstream error")), Script()])
+        raw = await served.sdk().images.with_raw_response.generate(model="z-image", prompt="two", n=2)
+        [image] = raw.parse().data
+        assert image_of(base64.b64decode(image.b64_json)).size == (32, 24)
+        states = sorted([(await served.record(task_id))["state"] for task_id in task_ids(raw)])
+        assert states == ["fail", "success"]
+        assert await served.balance() == 999  # only the image delivered is paid for
 
 
 async def test_moderation_is_a_content_policy_violation(served):
