@@ -260,6 +260,9 @@ def test_ideogram_edit_models_name_the_role_of_every_image():
     remix = params_of("ideogram/character-remix", {"image_urls": [URL + "?style"], "reference_mask_urls": URL + "?cm",
                                                    "strength": 0.3, "image_size": "portrait_4_3", "num_images": "3"})
     assert remix.roles == ("image", "character", "character_mask", "style")
+    assert remix.reference_fields == ("input.image_url", "input.reference_image_urls[0]", "input.reference_mask_urls",
+                                      "input.image_urls[0]")
+    assert edit.reference_fields == ("input.image_url", "input.mask_url")
     assert remix.urls_with_role("style") == (URL + "?style",)
     assert (remix.strength, remix.width, remix.height, remix.num_images, remix.mask_url) == (0.3, 768, 1024, 3, None)
     assert params_of("ideogram/character-remix").roles == ("image", "character")  # "" is no mask
@@ -333,6 +336,8 @@ def test_generation_params_refuse_inconsistent_roles_and_formats():
 
     with pytest.raises(ValueError, match="reference_roles has 1 entries for 2 reference_urls"):
         GenerationParams(model="m", prompt="p", reference_urls=(URL, URL), reference_roles=("image",))
+    with pytest.raises(ValueError, match="reference_fields has 1 entries for 2 reference_urls"):
+        GenerationParams(model="m", prompt="p", reference_urls=(URL, URL), reference_fields=("input.image_url",))
     with pytest.raises(ValueError, match="unknown reference role 'photo'"):
         GenerationParams(model="m", prompt="p", reference_urls=(URL,), reference_roles=("photo",))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="output_format must be png, jpeg or webp; got 'jpg'"):

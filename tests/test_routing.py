@@ -76,6 +76,15 @@ def test_a_full_file_is_read_with_routes_in_order(tmp_path):
      "backends.g.concurrency: a local pipeline runs one call at a time"),
     ("[backends.g]\ntype = 'diffusers.flux2'\nweights = 'w'\nvariant = 'pro'\n",
      "backends.g.variant: Input should be 'klein' or 'dev'"),
+    # Local pipelines serve only what they can honour: no masks, no remix strength, no references on Z-Image.
+    ("[backends.k]\ntype = 'diffusers.flux2'\nweights = 'w'\n[models.'ideogram/v3-edit']\nroute = ['k']\n",
+     "backend 'k' (type diffusers.flux2) cannot serve ideogram/v3-edit"),
+    ("[backends.k]\ntype = 'diffusers.flux2'\nweights = 'w'\n[models.'ideogram/character-remix']\nroute = ['k']\n",
+     "cannot serve ideogram/character-remix"),
+    ("[backends.z]\ntype = 'diffusers.zimage'\nweights = 'w'\n[models.'nano-banana-pro']\nroute = ['z']\n",
+     "backend 'z' (type diffusers.zimage) cannot serve nano-banana-pro"),
+    ("[backends.z]\ntype = 'diffusers.zimage'\nweights = 'w'\n[models.'google/nano-banana-edit']\nroute = ['z']\n",
+     "cannot serve google/nano-banana-edit"),
 ])
 def test_mistakes_are_reported_with_the_key_that_is_wrong(tmp_path, text, message):
     with pytest.raises(RoutingError) as caught:

@@ -126,6 +126,15 @@ route = ["zimage"]
 
 [models."flux-2/pro-image-to-image"]
 route = ["flux"]
+
+[models."google/imagen4-ultra"]
+route = ["zimage"]
+
+[models."ideogram/v3-text-to-image"]
+route = ["zimage"]
+
+[models."nano-banana-pro"]
+route = ["flux"]
 """)
     port = free_port()
     settings = settings.model_copy(update={"routing_file": str(config), "port": port,
@@ -184,6 +193,53 @@ async def test_flux2_with_three_references_and_auto_follows_the_first_reference(
     assert record["state"] == "success", record
     (image,) = await fetch_results(client, record)
     assert Image.open(io.BytesIO(image)).size == (96, 64)
+
+
+async def test_imagen4_ultra_on_z_image_with_a_string_seed(local_server):
+    client, runtime = local_server
+    record, _ = await run_task(client, {"model": "google/imagen4-ultra", "input": {
+        "prompt": "a red fox", "aspect_ratio": "9:16", "seed": "42", "negative_prompt": "rain"}})
+    assert record["state"] == "success", record
+    (image,) = await fetch_results(client, record)
+    assert Image.open(io.BytesIO(image)).size == (768, 1344)
+    assert json.loads(record["resultJson"])["seeds"] == [42]  # kie's string seed, as the generator's seed
+    assert record["creditsConsumed"] == 12
+    assert (await runtime.store.tasks.get(record["taskId"]))["backend"] == "zimage"
+
+
+async def test_ideogram_v3_text_to_image_on_z_image_takes_the_preset_size(local_server):
+    client, _ = local_server
+    record, _ = await run_task(client, {"model": "ideogram/v3-text-to-image", "input": {
+        "prompt": "a poster that says hello", "image_size": "landscape_16_9", "style": "DESIGN"}})
+    assert record["state"] == "success", record
+    (image,) = await fetch_results(client, record)
+    assert Image.open(io.BytesIO(image)).size == (1024, 576)
+
+
+async def test_nano_banana_pro_on_flux2_edits_from_image_input_and_generates_without(local_server, image_server):
+    client, runtime = local_server
+    refs = [f"{image_server}/img/128x80.png", f"{image_server}/img/64x64.png"]
+    record, _ = await run_task(client, {"model": "nano-banana-pro", "input": {
+        "prompt": "the cat from image 1 wearing the hat from image 2", "image_input": refs, "aspect_ratio": "auto"}})
+    assert record["state"] == "success", record
+    (image,) = await fetch_results(client, record)
+    assert Image.open(io.BytesIO(image)).size == (128, 80)  # auto follows the first image
+    assert record["creditsConsumed"] == 18
+    assert (await runtime.store.tasks.get(record["taskId"]))["backend"] == "flux"
+    # No image_input: text to image, at the bucket of its aspect ratio.
+    record, _ = await run_task(client, {"model": "nano-banana-pro", "input": {
+        "prompt": "a comic poster", "aspect_ratio": "21:9"}})
+    assert record["state"] == "success", record
+    (image,) = await fetch_results(client, record)
+    assert Image.open(io.BytesIO(image)).size == (1536, 640)
+
+
+def test_z_image_gives_ideogram_v3_styles_as_prompt_hints():
+    backend = ZImageBackend("z", BackendConfig(type="diffusers.zimage", weights="w"))
+    jobs = [Job(task_id=style, seeds=[1], params=params_for("ideogram/v3-text-to-image", {
+        "prompt": "a poster", "style": style})) for style in ("DESIGN", "REALISTIC", "AUTO")]
+    prompts = [backend.call_arguments([job])["prompt"] for job in jobs]
+    assert prompts == [["a poster, graphic design, clean typography"], ["a poster, photorealistic"], ["a poster"]]
 
 
 # --- batching, seeds, progress ---

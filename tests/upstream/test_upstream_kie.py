@@ -117,6 +117,18 @@ async def test_identity_mapping_and_several_images_in_order(fake, backend):
     assert [Image.open(io.BytesIO(i.data)).size for i in images] == [(32, 24), (33, 24)]
 
 
+async def test_a_model_added_with_the_families_goes_through_unchanged(fake, backend):
+    """nano-banana-pro, with every field kie documents (jpg, 4K, image_input), reaches kie exactly as sent."""
+    fake.published = (*MODELS, "nano-banana-pro")
+    raw = {"prompt": "a comic poster of the cat in image 1", "image_input": ["https://files.example.com/cat.png"],
+           "aspect_ratio": "4:5", "resolution": "4K", "output_format": "jpg"}
+    job, _ = make_job(dict(raw), model="nano-banana-pro")
+    images = await backend.generate(job)
+    (create,) = fake.calls(CREATE)
+    assert create["json"] == {"model": "nano-banana-pro", "input": raw}
+    assert [i.data for i in images] == [fake.png(0)]
+
+
 async def test_takes_num_images_of_more_urls_and_seeds_from_result_json(fake, backend):
     fake.scripts.append(Script(result_count=3, seeds=[41, 42, 43]))
     job, _ = make_job(dict(IMAGEN_INPUT), model="google/imagen4-fast")

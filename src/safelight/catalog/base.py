@@ -154,6 +154,9 @@ class GenerationParams:
     #   "character_mask"  the mask of that portrait (Ideogram `reference_mask_urls`)
     #   "style"           an Ideogram style reference (`image_urls` of character-remix)
     reference_roles: tuple[ReferenceRole, ...] = ()
+    # The input field of each of reference_urls (`input.mask_url`, `input.image_urls[1]`), for messages
+    # about a URL that cannot be fetched; empty means `input.<first url_field>[i]`.
+    reference_fields: tuple[str, ...] = ()
     # How strongly the base image shapes a remix: 0.01-1 (Ideogram remix models); None elsewhere.
     strength: float | None = None
     nsfw_checker: bool = False
@@ -166,6 +169,9 @@ class GenerationParams:
     def __post_init__(self) -> None:
         if self.reference_roles and len(self.reference_roles) != len(self.reference_urls):
             raise ValueError(f"reference_roles has {len(self.reference_roles)} entries for "
+                             f"{len(self.reference_urls)} reference_urls")
+        if self.reference_fields and len(self.reference_fields) != len(self.reference_urls):
+            raise ValueError(f"reference_fields has {len(self.reference_fields)} entries for "
                              f"{len(self.reference_urls)} reference_urls")
         unknown = [role for role in self.reference_roles if role not in REFERENCE_ROLES]
         if unknown:

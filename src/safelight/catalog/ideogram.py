@@ -27,7 +27,7 @@ rounded up to 4: credits are whole numbers here.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypedDict
 
 from pydantic import Field, StringConstraints
 
@@ -162,15 +162,30 @@ def _speed(value: Any) -> str:
     return str(value.rendering_speed)
 
 
-def _references(*groups: tuple[ReferenceRole, list[str]]) -> tuple[tuple[str, ...], tuple[ReferenceRole, ...]]:
-    """GenerationParams.reference_urls and reference_roles from (role, urls) groups, in order."""
-    pairs = [(url, role) for role, urls in groups for url in urls]
-    return tuple(url for url, _ in pairs), tuple(role for _, role in pairs)
+class _References(TypedDict):
+    reference_urls: tuple[str, ...]
+    reference_roles: tuple[ReferenceRole, ...]
+    reference_fields: tuple[str, ...]
+
+
+def _references(*groups: tuple[ReferenceRole, str, str | list[str]]) -> _References:
+    """GenerationParams' reference_urls, reference_roles and reference_fields from (role, input field,
+    value) groups, in order: a string value is one URL ("" none), a list value several."""
+    urls: list[str] = []
+    roles: list[ReferenceRole] = []
+    fields: list[str] = []
+    for role, name, value in groups:
+        found = ([(f"input.{name}", value)] if value else []) if isinstance(value, str) else [
+            (f"input.{name}[{index}]", url) for index, url in enumerate(value)]
+        for field, url in found:
+            urls.append(url)
+            roles.append(role)
+            fields.append(field)
+    return {"reference_urls": tuple(urls), "reference_roles": tuple(roles), "reference_fields": tuple(fields)}
 
 
 def character_to_params(value: IdeogramCharacterInput) -> GenerationParams:
     width, height = IMAGE_SIZE_PRESETS[value.image_size]
-    urls, roles = _references(("character", value.reference_image_urls[:1]))
     return GenerationParams(
         model=CHARACTER.id,
         prompt=value.prompt,
@@ -179,8 +194,7 @@ def character_to_params(value: IdeogramCharacterInput) -> GenerationParams:
         height=height,
         num_images=int(value.num_images),
         seed=value.seed,
-        reference_urls=urls,
-        reference_roles=roles,
+        **_references(("character", "reference_image_urls", value.reference_image_urls[:1])),
         options={
             "rendering_speed": value.rendering_speed,
             "style": value.style,
@@ -192,27 +206,19 @@ def character_to_params(value: IdeogramCharacterInput) -> GenerationParams:
 
 def character_edit_to_params(value: IdeogramCharacterEditInput) -> GenerationParams:
     # The output keeps the base image's size (the mask matches it): width/height None.
-    urls, roles = _references(("image", [value.image_url]), ("mask", [value.mask_url]),
-                              ("character", value.reference_image_urls[:1]))
     return GenerationParams(
         model=CHARACTER_EDIT.id,
         prompt=value.prompt,
         num_images=int(value.num_images),
         seed=value.seed,
-        reference_urls=urls,
-        reference_roles=roles,
+        **_references(("image", "image_url", value.image_url), ("mask", "mask_url", value.mask_url),
+                      ("character", "reference_image_urls", value.reference_image_urls[:1])),
         options={"rendering_speed": value.rendering_speed, "style": value.style, "expand_prompt": value.expand_prompt},
     )
 
 
 def character_remix_to_params(value: IdeogramCharacterRemixInput) -> GenerationParams:
     width, height = IMAGE_SIZE_PRESETS[value.image_size]
-    urls, roles = _references(
-        ("image", [value.image_url]),
-        ("character", value.reference_image_urls[:1]),
-        ("character_mask", [value.reference_mask_urls] if value.reference_mask_urls else []),
-        ("style", value.image_urls),
-    )
     return GenerationParams(
         model=CHARACTER_REMIX.id,
         prompt=value.prompt,
@@ -221,8 +227,10 @@ def character_remix_to_params(value: IdeogramCharacterRemixInput) -> GenerationP
         height=height,
         num_images=int(value.num_images),
         seed=value.seed,
-        reference_urls=urls,
-        reference_roles=roles,
+        **_references(("image", "image_url", value.image_url),
+                      ("character", "reference_image_urls", value.reference_image_urls[:1]),
+                      ("character_mask", "reference_mask_urls", value.reference_mask_urls),
+                      ("style", "image_urls", value.image_urls)),
         strength=value.strength,
         options={
             "rendering_speed": value.rendering_speed,
@@ -252,20 +260,17 @@ def v3_text_to_image_to_params(value: IdeogramV3TextToImageInput) -> GenerationP
 
 
 def v3_edit_to_params(value: IdeogramV3EditInput) -> GenerationParams:
-    urls, roles = _references(("image", [value.image_url]), ("mask", [value.mask_url]))
     return GenerationParams(
         model=V3_EDIT.id,
         prompt=value.prompt,
         seed=value.seed,
-        reference_urls=urls,
-        reference_roles=roles,
+        **_references(("image", "image_url", value.image_url), ("mask", "mask_url", value.mask_url)),
         options={"rendering_speed": value.rendering_speed, "expand_prompt": value.expand_prompt},
     )
 
 
 def v3_remix_to_params(value: IdeogramV3RemixInput) -> GenerationParams:
     width, height = IMAGE_SIZE_PRESETS[value.image_size]
-    urls, roles = _references(("image", [value.image_url]))
     return GenerationParams(
         model=V3_REMIX.id,
         prompt=value.prompt,
@@ -274,8 +279,7 @@ def v3_remix_to_params(value: IdeogramV3RemixInput) -> GenerationParams:
         height=height,
         num_images=int(value.num_images),
         seed=value.seed,
-        reference_urls=urls,
-        reference_roles=roles,
+        **_references(("image", "image_url", value.image_url)),
         strength=value.strength,
         options={
             "rendering_speed": value.rendering_speed,
@@ -288,7 +292,6 @@ def v3_remix_to_params(value: IdeogramV3RemixInput) -> GenerationParams:
 
 def v3_reframe_to_params(value: IdeogramV3ReframeInput) -> GenerationParams:
     width, height = IMAGE_SIZE_PRESETS[value.image_size]
-    urls, roles = _references(("image", [value.image_url]))
     return GenerationParams(
         model=V3_REFRAME.id,
         prompt="",  # reframe takes no prompt: the model extends what the image shows
@@ -296,8 +299,7 @@ def v3_reframe_to_params(value: IdeogramV3ReframeInput) -> GenerationParams:
         height=height,
         num_images=int(value.num_images),
         seed=value.seed,
-        reference_urls=urls,
-        reference_roles=roles,
+        **_references(("image", "image_url", value.image_url)),
         options={"rendering_speed": value.rendering_speed, "style": value.style, "image_size": value.image_size},
     )
 

@@ -1,9 +1,15 @@
 """`diffusers.flux2`: FLUX.2 through diffusers, either klein (Flux2KleinPipeline, 4B distilled,
 Apache-2.0, 4 steps) or [dev] (Flux2Pipeline, 32B, non-commercial licence, 28-50 steps).
 
-Serves `flux-2/pro-image-to-image` with 1-8 reference images; an operator may also route
-`ideogram/character` here, with the reference portrait as image 1. With aspect_ratio `auto` the
-pipeline is given no size and follows the first reference (at most 1 MP).
+Serves the FLUX.2 family (`flux-2/pro-image-to-image` and `flux-2/flex-image-to-image` with 1-8
+reference images, `flux-2/pro-text-to-image` and `flux-2/flex-text-to-image`) and the Gemini image
+models, which edit from references or generate from text alone: `google/nano-banana-edit`
+(`image_urls`), `nano-banana-2` and `nano-banana-pro` (`image_input`, optional) and
+`google/nano-banana`. An operator may also route `ideogram/character` here, with the reference
+portrait as image 1. Models that need a mask (`ideogram/v3-edit`, `ideogram/character-edit`) or a
+remix strength or reframe canvas (`ideogram/*-remix`, `ideogram/v3-reframe`) are not served: the
+pipeline could not honour them. With no fixed size (aspect_ratio `auto` with references) the pipeline
+is given no size and follows the first reference (at most 1 MP).
 """
 
 from __future__ import annotations
@@ -33,7 +39,11 @@ class Flux2Options(LocalOptions):
 
 class Flux2Backend(LocalPipelineBackend):
     type_name = "diffusers.flux2"
-    models = frozenset({"flux-2/pro-image-to-image", "ideogram/character"})
+    models = frozenset({
+        "flux-2/pro-image-to-image", "flux-2/flex-image-to-image", "flux-2/pro-text-to-image",
+        "flux-2/flex-text-to-image", "ideogram/character", "google/nano-banana", "google/nano-banana-edit",
+        "nano-banana-2", "nano-banana-pro",
+    })
     Options: ClassVar[type[BaseModel]] = Flux2Options
 
     @property
