@@ -153,6 +153,10 @@ def test_wheel_ships_py_typed_and_no_test_code(venv: Path, source: Path, tmp_pat
     assert "safelight/py.typed" in names
     assert "safelight/store/migrations/env.py" in names
     assert any(n.startswith("safelight/store/migrations/versions/0001_") for n in names)
+    # The sandbox's fonts, each with its licence beside it.
+    fonts = {n.removeprefix("safelight/backends/fonts/") for n in names if n.startswith("safelight/backends/fonts/")}
+    assert fonts == {"DejaVuSans-subset.ttf", "DroidSansFallback-subset.ttf", "LICENSE-DejaVu.txt",
+                     "LICENSE-DroidSansFallback.txt"}
     assert {n.split("/")[0] for n in names} == {"safelight", wheel.name.split("-py3")[0] + ".dist-info"}
     # Test-only code stays in the checkout: tests/tiny_pipelines.py, tools/render_client_models.py.
     assert "safelight/backends/local/tiny.py" not in names and "safelight/client/_generate.py" not in names

@@ -6,6 +6,7 @@ import io
 import json
 import shutil
 import textwrap
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -305,6 +306,28 @@ async def test_progress_follows_the_denoising_steps(weights):
     await backend.generate(job)
     assert seen == [50, 95]  # 2 steps: 5 + 90 * step / steps
     await backend.close()
+
+
+async def test_results_are_encoded_in_the_tasks_output_format(weights):
+    backend = ZImageBackend("zimage", BackendConfig(type="diffusers.zimage", weights=str(weights["zimage"]),
+                                                    **ZIMAGE_OPTIONS))
+    await backend.start()
+    params = params_for("z-image", {"prompt": "x", "aspect_ratio": "1:1"})
+    made = {}
+    for name, magic in (("png", b"\x89PNG"), ("jpeg", b"\xff\xd8\xff"), ("webp", b"RIFF")):
+        (image,) = await backend.generate(Job(task_id=name, params=replace(params, output_format=name), seeds=[5]))
+        assert image.data.startswith(magic) and image.content_type == f"image/{name}"
+        made[name] = pixels(image.data)
+    await backend.close()
+    assert made["png"].shape == made["jpeg"].shape == made["webp"].shape == (1024, 1024, 3)
+
+    def blocks(array):  # 16x16 block means: the tiny pipeline's output is noise, which lossy encoding smears
+        return array.reshape(64, 16, 64, 16, 3).mean(axis=(1, 3))
+
+    # The same picture, within lossy-encoding error.
+    for lossy in ("jpeg", "webp"):
+        error = np.abs(blocks(made["png"]) - blocks(made[lossy]))
+        assert error.mean() < 1.5 and error.max() < 10, (lossy, error.mean(), error.max())
 
 
 async def test_imagen_on_z_image_turbo_runs_num_images_with_consecutive_seeds(weights):

@@ -23,6 +23,7 @@ from safelight.storage.s3 import S3Storage
 from safelight.store import Store
 from safelight.store.tasks import tasks
 from tests.helpers import LiveServer, free_port, png_bytes, start_server
+from tests.output_formats import CONTENT_TYPES, EXTENSIONS, encoded
 from tests.storage.conftest import Bucket
 
 CREATE = "/api/v1/jobs/createTask"
@@ -120,6 +121,23 @@ async def test_upload_generate_fetch_and_download_url(s3_server):
     # Nothing went to the local data directory.
     assert not (s3_server.data_dir / "files" / "results").exists()
     assert not (s3_server.data_dir / "files" / "uploads").exists()
+
+
+async def test_results_of_each_file_type_are_served_as_that_type(s3_server):
+    live = s3_server.live
+    async with httpx.AsyncClient(timeout=10) as anyone:
+        for index, name in enumerate(("png", "jpeg", "webp")):
+            data = encoded(name)
+            key = f"results/{'0' * 32}/1-test/{index}.{EXTENSIONS[name]}"
+            await s3_server.storage.put(key, data)
+            urls = [live.runtime.signer.url(key, 60)]  # through this server's files route
+            if s3_server.mode == "presigned":
+                urls.append(s3_server.storage.presign(key, 60))  # straight from the bucket
+            for url in urls:
+                response = await anyone.get(url)
+                assert response.status_code == 200 and response.content == data
+                assert response.headers["content-type"] == CONTENT_TYPES[name], url
+                assert "content-disposition" not in response.headers
 
 
 async def test_a_large_file_streams_through_the_files_route(s3_server):
