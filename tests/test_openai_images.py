@@ -356,6 +356,24 @@ async def test_edit_several_images_with_an_alias(served):
     assert stored == [data for _name, data, _type in images]
 
 
+async def test_edit_with_a_mask(served):
+    photo, mask = png_bytes(96, 64), png_bytes(96, 64, (0, 0, 0))
+    raw = await served.sdk().images.with_raw_response.edit(
+        model="ideogram/v3-edit", prompt="a red balloon in the sky", quality="low",
+        image=("photo.png", photo, "image/png"), mask=("mask.png", mask, "image/png"))
+    assert len(raw.parse().data) == 1
+    record = await served.record(task_ids(raw)[0])
+    task_input = json.loads(record["param"])["input"]
+    assert record["state"] == "success" and task_input["rendering_speed"] == "TURBO"
+    async with httpx.AsyncClient() as anonymous:
+        assert (await anonymous.get(task_input["image_url"])).content == photo
+        assert (await anonymous.get(task_input["mask_url"])).content == mask
+    # The model needs its mask: the refusal (admission's, as createTask's) names the parameter.
+    with pytest.raises(openai.BadRequestError) as unmasked:
+        await served.sdk().images.edit(model="ideogram/v3-edit", prompt="x", image=("p.png", photo, "image/png"))
+    assert unmasked.value.param == "mask" and "input.mask_url" in unmasked.value.message
+
+
 async def test_edit_refusals_name_the_parameter(served):
     sdk = served.sdk()
     image = ("cat.png", png_bytes(64, 64), "image/png")

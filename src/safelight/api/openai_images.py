@@ -19,7 +19,8 @@ OpenAI's parameters are translated by reading the model's input schema:
   ignored by a model with neither. `output_format`: the model's `output_format`; a model without
   one takes only png.
 - edits: `image` (or `image[]`, as the SDK sends a list) and `mask` are stored as the account's
-  uploads, and their links become the task's input URLs, as an upload then createTask would.
+  uploads, and their links become the task's input URLs, as an upload then createTask would: the
+  first image goes to the model's first image field (the image edited), the others to the next.
 
 Errors are OpenAI's `{"error": {"message", "type", "param", "code"}}` with real HTTP statuses
 (tables below); `X-Safelight-Task-Id` names the tasks of every answer that created some.
@@ -202,12 +203,17 @@ class ModelShape:
     count_as_text: bool = False  # num_images is "1".."4", a string, as kie spells it
     quality: Choice | None = None
     output_format: Choice | None = None
-    image_field: str | None = None
-    image_max: int = MAX_EDIT_IMAGES
+    # Where the request's images go, in order: (field, how many it takes, whether it is a list). The
+    # first image fills the first field (`image_url`, the one to edit), the rest the next ones.
+    image_fields: tuple[tuple[str, int, bool], ...] = ()
     image_required: bool = False
     mask_field: str | None = None
     mask_is_list: bool = False
     fields: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def image_max(self) -> int:
+        return min(sum(capacity for _name, capacity, _is_list in self.image_fields), MAX_EDIT_IMAGES)
 
 
 _SHAPES: dict[str, ModelShape] = {}
@@ -231,7 +237,7 @@ def _read_shape(spec: ModelSpec) -> ModelShape:
         return Choice(name, values, name not in required) if values else None
 
     shape = ModelShape(fields=frozenset(props))
-    for name in props:
+    for name in sorted(props, key=lambda name: name != "aspect_ratio"):  # aspect_ratio first, if there is one
         found = choice(name)
         if found is None:
             continue
@@ -249,11 +255,14 @@ def _read_shape(spec: ModelSpec) -> ModelShape:
             shape = replace(shape, quality=quality)
             break
     shape = replace(shape, output_format=choice("output_format"))
-    if spec.url_fields:
-        name = spec.url_fields[0]
-        prop = props.get(name, {})
-        shape = replace(shape, image_field=name, image_required=name in required,
-                        image_max=min(int(prop.get("maxItems", MAX_EDIT_IMAGES)), MAX_EDIT_IMAGES))
+    image_fields = []
+    for name in spec.url_fields:
+        if "mask" in name or name not in props:
+            continue
+        is_list = props[name].get("type") == "array"
+        image_fields.append((name, int(props[name].get("maxItems", MAX_EDIT_IMAGES)) if is_list else 1, is_list))
+    if image_fields:
+        shape = replace(shape, image_fields=tuple(image_fields), image_required=image_fields[0][0] in required)
     for name in MASK_FIELDS:
         if name in props:
             shape = replace(shape, mask_field=name, mask_is_list=props[name].get("type") == "array")
@@ -395,15 +404,27 @@ def build_inputs(request: ImageRequest, *, images: Sequence[str] = (), mask: str
     """The model inputs for `request` (one per task), or a 400 naming the parameter the model cannot honour."""
     spec, shape = request.spec, shape_of(request.spec)
     base: dict[str, Any] = {"prompt": request.prompt}
-    params = {"prompt": "prompt"}
+    # Every field a parameter can set, so that the model's refusal of one (even one left out, such as
+    # a required mask) names the parameter.
+    params = {"prompt": "prompt", **{name: "image" for name, _capacity, _is_list in shape.image_fields}}
+    for choice, param in ((shape.aspect, "size"), (shape.preset, "size"), (shape.resolution, "size"),
+                          (shape.count, "n"), (shape.quality, "quality"), (shape.output_format, "output_format")):
+        if choice is not None:
+            params[choice.name] = param
+    if shape.mask_field:
+        params[shape.mask_field] = "mask"
     for name, value in size_fields(spec.id, shape, request.size).items():
         base[name], params[name] = value, "size"
     if (quality := quality_field(spec.id, shape, request.quality)) is not None:
         base[quality[0]], params[quality[0]] = quality[1], "quality"
     if (output := output_format_field(spec.id, shape, request.output_format)) is not None:
         base[output[0]], params[output[0]] = output[1], "output_format"
-    if images and shape.image_field:
-        base[shape.image_field], params[shape.image_field] = list(images), "image"
+    remaining = list(images)
+    for name, capacity, is_list in shape.image_fields:
+        if not remaining:
+            break
+        taken, remaining = remaining[:capacity], remaining[capacity:]
+        base[name], params[name] = taken if is_list else taken[0], "image"
     if mask is not None and shape.mask_field:
         base[shape.mask_field] = [mask] if shape.mask_is_list else mask
         params[shape.mask_field] = "mask"
@@ -654,7 +675,7 @@ async def edits(request: Request) -> Response:
     fields, images, mask = await _read_form(request, runtime.settings.input_max_bytes)
     image_request = parse_request(fields, runtime.routing, form=True)
     spec, shape = image_request.spec, shape_of(image_request.spec)
-    if shape.image_field is None:
+    if not shape.image_fields:
         editors = [s.id for s in MODELS.values() if s.url_fields]
         raise invalid("model", f"{spec.id} does not take input images; models that do: {', '.join(editors)}")
     if not images:
