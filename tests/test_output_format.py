@@ -2,8 +2,8 @@
 
 The encoder and the worker's transcoding run for real: a backend defined here returns another type
 than the task asks for, and the real worker stores the asked-for type. End to end, a real server
-with the sandbox serves each type with its Content-Type and a matching URL suffix. The test model
-(tests/output_formats.py) sets output_format from its input, as kie's models with that field do.
+with the sandbox serves each type with its Content-Type and a matching URL suffix, for a test model
+(tests/output_formats.py, whose input sets output_format) and for the catalog models with the field.
 """
 
 from __future__ import annotations
@@ -184,3 +184,23 @@ async def test_sandbox_results_follow_output_format_end_to_end(format_server, re
     assert served.headers["content-type"] == CONTENT_TYPES[name]
     assert is_format(served.content, name)
     assert decoded(served.content).size == (256, 256)
+
+
+@pytest.mark.parametrize(("model", "model_input", "name"), [
+    ("nano-banana-pro", {"output_format": "jpg"}, "jpeg"),
+    ("nano-banana-pro", {}, "png"),  # its default
+    ("nano-banana-2", {}, "jpeg"),  # its default is jpg
+    ("google/nano-banana", {"output_format": "jpeg"}, "jpeg"),
+])
+async def test_catalog_models_with_output_format_give_that_file_type(live_server, model, model_input, name):
+    async with live_server.client() as client:
+        body = {"model": model, "input": {"prompt": "a banana on a desk", "aspect_ratio": "1:1"} | model_input}
+        created = (await client.post("/api/v1/jobs/createTask", json=body)).json()
+        assert created["code"] == 200, created
+        record = await live_server.wait_terminal(created["data"]["taskId"])
+        assert record["state"] == "success", record
+        (url,) = json.loads(record["resultJson"])["resultUrls"]
+        assert urlsplit(url).path.endswith(f".{EXTENSIONS[name]}")
+        served = await client.get(url)
+    assert served.headers["content-type"] == CONTENT_TYPES[name] and is_format(served.content, name)
+    assert decoded(served.content).size == (1024, 1024)
