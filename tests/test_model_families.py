@@ -116,3 +116,28 @@ async def test_a_mask_that_is_not_an_image_fails_the_task(live_server, image_ser
         record = await live_server.wait_terminal(created["data"]["taskId"])
     assert (record["state"], record["failCode"], record["creditsConsumed"]) == ("fail", "400", 0)
     assert f"{image_server}/text.png: not a JPEG, PNG or WebP image" in record["failMsg"]
+
+
+def test_the_readme_model_table_matches_the_catalog_and_the_backend_types():
+    """Every catalog model has a row; every ✓ is a backend type that serves it, and every type that
+    serves it has a ✓; the prices are the catalog's. Adding a model to a backend means a ✓ here."""
+    from pathlib import Path
+
+    from safelight.backends import backend_class
+    from safelight.catalog import MODELS
+
+    lines = (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("<!-- models-table"))
+    header, _rule, *rows = [line for line in lines[start + 1:] if line.startswith("|")][:len(MODELS) + 2]
+    types = [cell.strip(" `") for cell in header.strip("|").split("|")][3:]
+    seen = []
+    for row in rows:
+        model, _what, credits, *marks = (cell.strip() for cell in row.strip("|").split("|"))
+        model = model.strip("`")
+        seen.append(model)
+        spec = MODELS[model]
+        assert credits.split(" (")[0] == " / ".join(str(v) for v in spec.prices.values()), model
+        for backend_type, mark in zip(types, marks, strict=True):
+            served = backend_class(backend_type).models
+            assert (mark == "✓") == (served is None or model in served), f"README: {model} × {backend_type}"
+    assert seen == list(MODELS)
