@@ -15,8 +15,9 @@
     [models."z-image"]
     route = ["local-zimage", "kie"]
 
-Options other than `type`, `concurrency` and `max_batch` belong to the backend type, which
-validates them itself (`Backend.Options`). With no file, every model routes to the built-in
+Options other than `type`, `concurrency`, `max_batch`, `breaker_failures` and
+`breaker_cooldown_seconds` (`BackendConfig`) belong to the backend type, which validates them itself
+(`Backend.Options`). With no file, every model routes to the built-in
 `sandbox` backend. A model the file does not mention also stays on the sandbox, so adding one
 provider never takes the other models offline; `route = []` takes a model off this server.
 
