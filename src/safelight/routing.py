@@ -15,11 +15,16 @@
     [models."z-image"]
     route = ["local-zimage", "kie"]
 
+    [models."*"]          # any model the catalog lacks, forwarded as sent
+    route = ["kie"]
+
 Options other than `type`, `concurrency`, `max_batch`, `breaker_failures` and
 `breaker_cooldown_seconds` (`BackendConfig`) belong to the backend type, which validates them itself
 (`Backend.Options`). With no file, every model routes to the built-in
 `sandbox` backend. A model the file does not mention also stays on the sandbox, so adding one
 provider never takes the other models offline; `route = []` takes a model off this server.
+`[models."*"]` routes the models the catalog does not know (pass-through) to backend types that
+serve any model (kie-compatible upstreams); without it such model ids are refused.
 
 An `[openai]` table names aliases for the OpenAI Images routes (`/v1/images/*`): a request's
 `model` may be a public model id or one of these names:
@@ -38,7 +43,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from safelight.backends import BackendConfig, backend_class
-from safelight.catalog import MODELS
+from safelight.catalog import ANY_MODEL, MODELS
 from safelight.validation import config_error
 
 SANDBOX = "sandbox"
@@ -79,13 +84,21 @@ class _RoutingFile(BaseModel):
 @dataclass
 class Routing:
     backends: dict[str, BackendConfig]
-    # Public model id -> ordered backend names; the first is tried first.
+    # Public model id -> ordered backend names; the first is tried first. ANY_MODEL ("*"), when
+    # present, is the route of every model id the catalog does not know.
     routes: dict[str, list[str]]
     # `[openai.aliases]`: a name the OpenAI Images routes accept as `model` -> public model id.
     openai_aliases: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def passes_through(self) -> bool:
+        """Whether model ids the catalog lacks are accepted and forwarded (`[models."*"]`)."""
+        return bool(self.routes.get(ANY_MODEL))
+
     def route_for(self, model: str) -> list[str]:
-        return self.routes.get(model, [])
+        if model in MODELS:
+            return self.routes.get(model, [])
+        return self.routes.get(ANY_MODEL, [])
 
     def used_backends(self) -> list[str]:
         """Backends some route uses, in first-use order."""
@@ -126,14 +139,18 @@ def load_routing(path: str | Path | None, *, sandbox_concurrency: int = 4) -> Ro
 
     routes = {model: [SANDBOX] for model in MODELS}
     for model, entry in parsed.models.items():
-        if model not in MODELS:
+        if model not in MODELS and model != ANY_MODEL:
             raise RoutingError(f"routing file {path}: models.{model!r} is not a known model; "
-                               f"known: {', '.join(MODELS)}")
+                               f"known: {', '.join(MODELS)}, or \"{ANY_MODEL}\" for every other model id")
         for name in entry.route:
             if name not in backends:
                 raise RoutingError(f"routing file {path}: models.{model!r}.route names backend {name!r}, "
                                    f"which no [backends.{name}] table defines")
             cls = backend_class(backends[name].type)
+            if model == ANY_MODEL and cls.models is not None:
+                raise RoutingError(f"routing file {path}: models.\"{ANY_MODEL}\" forwards models the catalog does "
+                                   f"not know, so its backends must serve any model; backend {name!r} (type "
+                                   f"{backends[name].type}) serves only {', '.join(sorted(cls.models))}")
             if cls.models is not None and model not in cls.models:
                 raise RoutingError(f"routing file {path}: backend {name!r} (type {backends[name].type}) "
                                    f"cannot serve {model}; it serves {', '.join(sorted(cls.models))}")

@@ -27,6 +27,7 @@ from safelight.backends.base import (
     Job,
     read_secret,
 )
+from safelight.catalog import get_model
 from safelight.kie import FailCode, TaskState
 
 from .provider import (
@@ -88,6 +89,10 @@ TASK_FAIL_CODES = StatusTable(
     default=Rule(FailCode.GENERATION, True, "generation failed at the provider ({reason}); credits refunded",
                  bare="generation failed at the provider; credits refunded"),
 )
+# A pass-through model's input is validated by the upstream alone: its refusal is passed on as kie
+# words it (failCode 422, the upstream's message), at create time or when the upstream task fails.
+PASS_THROUGH_REFUSED = Rule(FailCode.UPSTREAM_INPUT, False, "{reason}", bare="the upstream refused the input")
+UPSTREAM_INPUT_CODES = frozenset({400, 422})
 
 
 class KieOptions(PollingOptions):
@@ -159,7 +164,7 @@ class KieBackend(ProviderBackend[ProviderClient]):
                                         retry_on=lambda r: self._retryable("createTask", r, CREATE_RETRY_CODES))
         code, msg, data = self._envelope(response, "createTask")
         if code != 200:
-            raise self._submit_error(code, msg)
+            raise self._submit_error(code, msg, pass_through=_passes_through(job))
         upstream_id = data.get("taskId") if isinstance(data, dict) else None
         if not isinstance(upstream_id, str) or not upstream_id:
             raise client.fail(FailCode.GENERATION, MALFORMED, f"createTask succeeded without a taskId: "
@@ -167,11 +172,13 @@ class KieBackend(ProviderBackend[ProviderClient]):
         log.debug("backend %s: task %s is upstream task %s", self.name, job.task_id, upstream_id)
         return upstream_id
 
-    def _submit_error(self, code: int, msg: str) -> BackendError:
+    def _submit_error(self, code: int, msg: str, *, pass_through: bool) -> BackendError:
         clean = self.sanitize(msg)
         where = f"createTask answered code {code}: {clean!r}"
         lowered = clean.lower()
-        if code in (400, 422) and ("not published" in lowered or lowered.startswith("model ")):
+        if code in UPSTREAM_INPUT_CODES and pass_through:
+            return self.started().fail_by(PASS_THROUGH_REFUSED, where, clean)
+        if code in UPSTREAM_INPUT_CODES and ("not published" in lowered or lowered.startswith("model ")):
             # Not in the table: the code is the input's, but the words say the model id itself is refused,
             # so model_map or the upstream's catalog is the problem (the operator's), not the user's input.
             return self.started().fail_by(UNAVAILABLE, f"{where} (check model_map)")
@@ -222,7 +229,7 @@ class KieBackend(ProviderBackend[ProviderClient]):
     async def _collect(self, job: Job, upstream_id: str, record: Mapping[str, Any]) -> list[GeneratedImage]:
         client = self.started()
         if record["state"] == TaskState.FAIL:
-            raise self._task_failed(upstream_id, record)
+            raise self._task_failed(upstream_id, record, pass_through=_passes_through(job))
         raw = record.get("resultJson")
         try:
             result = json.loads(raw) if isinstance(raw, str) else raw
@@ -233,8 +240,9 @@ class KieBackend(ProviderBackend[ProviderClient]):
                 or not all(isinstance(url, str) and url for url in urls):
             raise client.fail(FailCode.GENERATION, MALFORMED, f"upstream {upstream_id} succeeded with resultJson "
                               f"{str(raw)[:200]!r}", transient=True)
-        wanted = job.params.num_images
-        if len(urls) < wanted:
+        # A pass-through model makes as many images as the upstream decides; a catalog model, what it asked.
+        wanted = len(urls) if _passes_through(job) else job.params.num_images
+        if len(urls) < wanted or not urls:
             raise client.fail(FailCode.GENERATION, MALFORMED, f"upstream {upstream_id} returned {len(urls)} result "
                               f"URLs, {wanted} requested", transient=True)
         seeds = result.get("seeds")
@@ -246,11 +254,13 @@ class KieBackend(ProviderBackend[ProviderClient]):
             images.append(generated(data, mime, seed if isinstance(seed, int) and not isinstance(seed, bool) else None))
         return images
 
-    def _task_failed(self, upstream_id: str, record: Mapping[str, Any]) -> BackendError:
+    def _task_failed(self, upstream_id: str, record: Mapping[str, Any], *, pass_through: bool) -> BackendError:
         raw_code = record.get("failCode")
         fail_code = "" if raw_code is None else str(raw_code).strip()
         msg = self.sanitize(record.get("failMsg") or "", upstream_id)
         where = f"upstream {upstream_id} failed with failCode {fail_code!r}: {msg!r}"
+        if pass_through and fail_code.isdigit() and int(fail_code) in UPSTREAM_INPUT_CODES:
+            return self.started().fail_by(PASS_THROUGH_REFUSED, where, msg)
         if any(word in msg.lower() for word in MODERATION_WORDS):
             # Not by code alone: kie reports some moderation blocks as a 500 whose message says so.
             rule = TASK_FAIL_CODES.rule(451)
@@ -293,6 +303,11 @@ class KieBackend(ProviderBackend[ProviderClient]):
             clean = clean.replace(upstream_id, "<upstream task>")
         clean = "".join(ch for ch in " ".join(clean.split()) if ch.isprintable())
         return clean if len(clean) <= MAX_UPSTREAM_MESSAGE else clean[: MAX_UPSTREAM_MESSAGE - 3] + "..."
+
+
+def _passes_through(job: Job) -> bool:
+    """A model the catalog does not know: the upstream owns its schema and its image count."""
+    return get_model(job.params.model) is None
 
 
 def _parse_envelope(response: httpx.Response) -> tuple[int, str, Any] | None:
