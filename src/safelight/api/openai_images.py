@@ -114,6 +114,7 @@ ADMISSION_ERRORS: Mapping[int, Problem] = {
 # A failed task's failCode in OpenAI's terms (every failed task is refunded).
 TASK_FAILURES: Mapping[str, Problem] = {
     FailCode.INPUT: Problem(400, "invalid_request_error", "invalid_input"),
+    FailCode.UPSTREAM_INPUT: Problem(400, "invalid_request_error", "invalid_input"),
     FailCode.MODERATED: Problem(400, "invalid_request_error", "content_policy_violation"),
     FailCode.INTERNAL: SERVER_ERROR,
     FailCode.GENERATION: Problem(500, "server_error", "generation_failed", retry=True),
