@@ -116,6 +116,7 @@ async def test_a_mask_that_is_not_an_image_fails_the_task(live_server, image_ser
         record = await live_server.wait_terminal(created["data"]["taskId"])
     assert (record["state"], record["failCode"], record["creditsConsumed"]) == ("fail", "400", 0)
     assert f"{image_server}/text.png: not a JPEG, PNG or WebP image" in record["failMsg"]
+    assert record["failMsg"].startswith("input.mask_url")  # the field it came from, not the first URL field
 
 
 def test_the_readme_model_table_matches_the_catalog_and_the_backend_types():

@@ -312,7 +312,10 @@ class Worker:
         params = spec.to_params(model_input)
         references, files = [], []
         for index, url in enumerate(params.reference_urls):
-            field = f"input.{spec.url_fields[0]}[{index}]" if spec.url_fields else "input"
+            if params.reference_fields:
+                field = params.reference_fields[index]
+            else:
+                field = f"input.{spec.url_fields[0]}[{index}]" if spec.url_fields else "input"
             data, mime, image = await self.loader.load(field, url)
             references.append(image)
             files.append((data, mime))
