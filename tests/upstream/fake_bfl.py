@@ -4,6 +4,13 @@
 polling URL answers `{"id", "status", "result", "progress"}`; Ready results point at a sample URL
 on this server (`/samples/{id}.png`), as BFL's delivery hosts do, without needing the key.
 
+Submits are checked as BFL documents them (docs.bfl.ai; black-forest-labs/skills
+`skills/bfl-api/references/endpoints.md`), with FastAPI-style 422s: the FLUX.2 endpoints only
+(`flux-2-pro`, `flux-2-flex`, `flux-2-max`, `flux-2-klein-4b`, `flux-2-klein-9b`; another is 404),
+a prompt, `width`/`height` multiples of 16, at least 64 and at most `max_pixels` together,
+`output_format` "jpeg" or "png" (the sample is made in that format), `input_image` … `input_image_8`
+numbered without gaps (klein: 4), and [flex]'s `steps` (1-50) and `guidance` (1.5-10) on flex only.
+
 Set `mode` to script a behaviour:
     "ok"               every request succeeds (after `pending_polls` Pending answers)
     "moderated"        the poll answers "Content Moderated"
@@ -30,6 +37,7 @@ Set `mode` to script a behaviour:
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -43,6 +51,43 @@ from starlette.routing import Route
 from tests.helpers import free_port, png_bytes, serve_app
 
 AUTO_SIZE = (96, 64)  # the "auto" output size: stands for the first reference's size
+ENDPOINTS = {"flux-2-pro": 8, "flux-2-flex": 8, "flux-2-max": 8, "flux-2-klein-4b": 4, "flux-2-klein-9b": 4}
+INPUT_IMAGES = ["input_image"] + [f"input_image_{n}" for n in range(2, 11)]
+
+
+def problems(endpoint: str, body: dict[str, Any], max_pixels: int) -> list[dict[str, Any]]:
+    """FastAPI-style validation errors for a submit body (empty if it is valid)."""
+    found: list[dict[str, Any]] = []
+
+    def error(field: str, msg: str) -> None:
+        found.append({"loc": ["body", field], "msg": msg, "type": "value_error", "input": body.get(field)})
+
+    if not isinstance(body.get("prompt"), str) or not body["prompt"]:
+        error("prompt", "Field required")
+    for side in ("width", "height"):
+        value = body.get(side)
+        if value is not None and (not isinstance(value, int) or value < 64 or value % 16):
+            error(side, "Input should be a multiple of 16 and at least 64")
+    if isinstance(body.get("width"), int) and isinstance(body.get("height"), int) and \
+            body["width"] * body["height"] > max_pixels:
+        error("width", f"width x height must be at most {max_pixels} pixels")
+    if body.get("output_format", "jpeg") not in ("jpeg", "png"):
+        error("output_format", "Input should be 'jpeg' or 'png'")
+    images = [name for name in INPUT_IMAGES if name in body]
+    if images != INPUT_IMAGES[:len(images)] or len(images) > ENDPOINTS[endpoint]:
+        error(images[-1], f"at most {ENDPOINTS[endpoint]} input images, numbered input_image, input_image_2, ...")
+    for name, low, high in (("steps", 1, 50), ("guidance", 1.5, 10)):
+        if name in body and (endpoint != "flux-2-flex" or not low <= body[name] <= high):
+            error(name, f"{name} is a flux-2-flex option, {low} to {high}")
+    return found
+
+
+def jpeg_bytes(png: bytes) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(png)).convert("RGB").save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
 
 
 def seed_colour(seed: int | None) -> tuple[int, int, int]:
@@ -78,6 +123,8 @@ class FakeBfl:
     progress: list[float] = field(default_factory=list)
     rate_limited: int = 0
     retry_after: float = 0.05
+    # BFL's "4MP" ceiling, taken as 2048x2048 (Replicate's flux-2-pro: "The maximum image size is 2048x2048").
+    max_pixels: int = 2048 * 2048
     # Where polling URLs point (BFL routes them per cluster; clients must use the URL as given).
     polling_path: str = "/v1/get_result"
     # Hold each submit until this many are in flight at once (proves parallel submissions).
@@ -96,7 +143,7 @@ class FakeBfl:
             Route("/v1/{endpoint}", self.submit, methods=["POST"]),
             Route("/v1/get_result", self.poll, methods=["GET"]),
             Route("/cluster-7/v1/get_result", self.poll, methods=["GET"]),
-            Route("/samples/{id}.png", self.sample, methods=["GET"]),
+            Route("/samples/{id}.{extension}", self.sample, methods=["GET"]),
         ])
 
     async def __aenter__(self) -> FakeBfl:
@@ -161,9 +208,13 @@ class FakeBfl:
             return PlainTextResponse("<html>gateway hiccup</html>")
         if self.mode == "missing_id":
             return JSONResponse({})
-        if not isinstance(body, dict) or not body.get("prompt"):
-            return JSONResponse({"detail": [{"loc": ["body", "prompt"], "msg": "Field required"}]},
-                                status_code=422)
+        endpoint = request.path_params["endpoint"]
+        if endpoint not in ENDPOINTS:
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
+        if not isinstance(body, dict):
+            return JSONResponse({"detail": [{"loc": ["body"], "msg": "Input should be an object"}]}, status_code=422)
+        if found := problems(endpoint, body, self.max_pixels):
+            return JSONResponse({"detail": found}, status_code=422)
         if self.hold_submits_until:
             self._in_flight += 1
             if self._in_flight >= self.hold_submits_until:
@@ -208,10 +259,13 @@ class FakeBfl:
         if not (width and height):
             width, height = AUTO_SIZE
         job.sample = png_bytes(width, height, seed_colour(job.body.get("seed")))
+        if job.body.get("output_format", "jpeg") == "jpeg":
+            job.sample = jpeg_bytes(job.sample)
         self.events.append(("ready", job.id))
+        extension = "png" if job.body.get("output_format") == "png" else "jpeg"
         return JSONResponse({
             "id": job.id, "status": "Ready", "progress": None,
-            "result": {"sample": f"{self.base_url}/samples/{job.id}.png?se=2099&sig=abc",
+            "result": {"sample": f"{self.base_url}/samples/{job.id}.{extension}?se=2099&sig=abc",
                        "prompt": job.body["prompt"], "seed": job.body.get("seed"),
                        "start_time": 1.0, "end_time": 2.0, "duration": 1.0},
         })
@@ -224,4 +278,4 @@ class FakeBfl:
             return PlainTextResponse("<Error><Code>AuthenticationFailed</Code></Error>", status_code=404)
         if self.mode == "not_image":
             return PlainTextResponse("this is not an image")
-        return Response(job.sample, media_type="image/png")
+        return Response(job.sample, media_type=f"image/{request.path_params['extension']}")

@@ -41,10 +41,13 @@ def make_backend(fake: FakeBfl, *, key: str | None = None, **options) -> BflBack
     return BflBackend("bfl-test", config, context)
 
 
-def make_job(*, num_images: int = 1, seeds: list[int] | None = None, **fields) -> tuple[Job, list[int]]:
-    spec = get_model("flux-2/pro-image-to-image")
+def make_job(*, num_images: int = 1, seeds: list[int] | None = None, model: str = "flux-2/pro-image-to-image",
+             **fields) -> tuple[Job, list[int]]:
+    spec = get_model(model)
     raw = {"input_urls": URLS[:2], "prompt": "put the cat from image 1 on the sofa from image 2",
            "aspect_ratio": "16:9", "resolution": "1K", **fields}
+    if "text-to-image" in model:
+        del raw["input_urls"]
     params = spec.to_params(validate_input(spec, raw))
     if num_images != 1:
         params = dataclasses.replace(params, num_images=num_images)
@@ -206,6 +209,68 @@ async def test_result_seed_is_reported(fake):
     assert image.seed == 424242 == fake.submits[0].json["seed"]
 
 
+# --- every FLUX.2 model: endpoint, body, output format ---------------------------------------------
+
+
+@pytest.mark.parametrize(("model", "endpoint"), [
+    ("flux-2/pro-text-to-image", "flux-2-pro"), ("flux-2/flex-text-to-image", "flux-2-flex"),
+])
+async def test_text_to_image_models_submit_without_input_images(fake, model, endpoint):
+    job, _ = make_job(model=model, prompt="a blister pack, label says FLUX", aspect_ratio="3:2", seeds=[55])
+    [image] = await run(fake, job)
+    [submit] = fake.submits
+    assert submit.path == f"/v1/{endpoint}"
+    assert submit.json == {"prompt": "a blister pack, label says FLUX", "width": 1280, "height": 832, "seed": 55,
+                           "safety_tolerance": 2, "output_format": "png"}  # no steps/guidance: BFL's defaults
+    assert decode(image.data).size == (1280, 832) and image.seed == 55
+
+
+async def test_flex_image_to_image_goes_to_flex_with_its_references(fake):
+    job, _ = make_job(model="flux-2/flex-image-to-image", input_urls=URLS[:5], aspect_ratio="9:16")
+    await run(fake, job)
+    [submit] = fake.submits
+    assert submit.path == "/v1/flux-2-flex"
+    assert [submit.json[k] for k in ["input_image", "input_image_2", "input_image_3", "input_image_4",
+                                     "input_image_5"]] == URLS[:5]
+    assert "input_image_6" not in submit.json
+    assert (submit.json["width"], submit.json["height"]) == (768, 1344)
+
+
+@pytest.mark.parametrize("model", sorted(BflBackend.models))
+async def test_the_endpoint_option_sends_every_model_to_one_path(fake, model):
+    await run(fake, make_job(model=model)[0], endpoint="flux-2-max")
+    assert fake.submits[0].path == "/v1/flux-2-max"
+
+
+async def test_auto_on_text_to_image_is_square(fake):
+    job, _ = make_job(model="flux-2/flex-text-to-image", aspect_ratio="auto", resolution="2K")
+    await run(fake, job)
+    body = fake.submits[0].json
+    assert (body["width"], body["height"]) == (2000, 2000)  # 2048² scaled into 4 000 000 pixels
+
+
+@pytest.mark.parametrize(("output_format", "sent", "content_type", "extension"), [
+    ("png", "png", "image/png", "png"), ("jpeg", "jpeg", "image/jpeg", "jpg"),
+    ("webp", "png", "image/png", "png"),  # BFL makes no WebP: PNG, lossless, for the worker to encode once
+])
+async def test_output_format_is_requested_from_bfl(fake, output_format, sent, content_type, extension):
+    job, _ = make_job(model="flux-2/pro-text-to-image")
+    job.params = dataclasses.replace(job.params, output_format=output_format)
+    [image] = await run(fake, job)
+    assert fake.submits[0].json["output_format"] == sent
+    assert (image.content_type, image.extension) == (content_type, extension)
+    assert decode(image.data).format == ("JPEG" if sent == "jpeg" else "PNG")
+
+
+async def test_the_fake_refuses_what_bfl_refuses(fake):
+    """The fake's checks are real: a body BFL documents as invalid is a permanent input error."""
+    job, _ = make_job(model="flux-2/pro-text-to-image")
+    job.params = dataclasses.replace(job.params, width=1000, height=1000)  # not multiples of 16
+    error = await failure(fake, job, max_pixels=10_000_000)
+    assert (error.fail_code, error.transient) == (FailCode.INPUT, False)
+    assert "width: Input should be a multiple of 16" in error.message
+
+
 # --- failures ------------------------------------------------------------------------------------
 
 
@@ -338,7 +403,8 @@ def test_polling_url_host_rule():
 
 def test_options_and_class_facts():
     assert BflBackend.type_name == "bfl"
-    assert BflBackend.models == frozenset({"flux-2/pro-image-to-image"})
+    assert BflBackend.models == frozenset({"flux-2/pro-image-to-image", "flux-2/pro-text-to-image",
+                                           "flux-2/flex-image-to-image", "flux-2/flex-text-to-image"})
     assert BflBackend.offers_safety_checker({}) is True
     with pytest.raises(ValueError, match="backends.b.colour"):
         BflBackend.check_options("b", BackendConfig(type="bfl", colour="red"))

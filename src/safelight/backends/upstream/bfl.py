@@ -1,9 +1,17 @@
-"""Black Forest Labs API: FLUX.2 [pro] image editing with 1-8 reference images (spec/backends.md §C.3, §D.3).
+"""Black Forest Labs API: FLUX.2 [pro] and [flex], text to image and editing with 1-8 reference
+images (spec/backends.md §C.3, §D.3).
 
-The flow is asynchronous. `POST {base_url}/v1/flux-2-pro` with the `x-key` header answers
+The flow is asynchronous. `POST {base_url}/v1/{endpoint}` with the `x-key` header answers
 `{"id", "polling_url"}`; we poll that URL until the status is Ready and download `result.sample`
 at once (signed URLs expire after 10 minutes). One request makes one image, so a task asking for N
 images makes N submissions in parallel, each with its own seed.
+
+Endpoints (docs.bfl.ai; black-forest-labs/skills `skills/bfl-api/references/endpoints.md`): the
+`flux-2/pro-*` models go to `/v1/flux-2-pro`, the `flux-2/flex-*` models to `/v1/flux-2-flex`
+(the `endpoint` option sends every task to one path instead, e.g. `flux-2-max`). Every FLUX.2
+endpoint does both text to image and editing: the same body, with `input_image` … for an edit.
+[flex]'s own `steps` (1-50, default 50) and `guidance` (1.5-10, default 4.5) are not sent: kie's
+flex models have no such fields, so BFL's defaults apply.
 
 Reference images are passed as URLs (`input_image`, `input_image_2` … `input_image_8`): BFL
 downloads them itself, so they must be reachable from the internet. With
@@ -49,6 +57,16 @@ from safelight.kie import FailCode
 log = logging.getLogger("safelight.backends.upstream.bfl")
 
 MAX_REFERENCES = 8
+# Each model's endpoint under /v1/.
+ENDPOINTS = {
+    "flux-2/pro-image-to-image": "flux-2-pro",
+    "flux-2/pro-text-to-image": "flux-2-pro",
+    "flux-2/flex-image-to-image": "flux-2-flex",
+    "flux-2/flex-text-to-image": "flux-2-flex",
+}
+# BFL's `output_format`: "jpeg" (its default) or "png" (endpoints.md). A task asking for WebP gets
+# PNG, lossless, which the worker then encodes as WebP: one lossy encoding, not two.
+OUTPUT_FORMATS = {"jpeg": "jpeg", "png": "png", "webp": "png"}
 PENDING_STATUSES = frozenset({"Pending", "Queued", "Processing"})
 MODERATED_STATUSES = frozenset({"Request Moderated", "Content Moderated"})
 FAILED_STATUSES = frozenset({"Error", "Failed", "Task not found"})
@@ -72,12 +90,14 @@ class BflOptions(PollingOptions):
     base_url: str = Field("https://api.bfl.ai", pattern=r"^https?://[^/?#]+/?$",
                           description="API host; api.eu.bfl.ai and api.us.bfl.ai are regional alternatives")
     api_key_env: str = Field("BFL_API_KEY", min_length=1, description="environment variable holding the x-key")
-    endpoint: str = Field("flux-2-pro", pattern=r"^[a-z0-9][a-z0-9.-]*$",
-                          description="model path under /v1/: flux-2-pro, flux-2-flex, flux-2-max, ...")
+    endpoint: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9.-]*$", description=(
+        "model path under /v1/ for every task (flux-2-max, ...); unset, pro models go to flux-2-pro and "
+        "flex models to flux-2-flex"))
     safety_tolerance: int = Field(2, ge=0, le=5, description=(
         "BFL moderation level, 0 (strict) to 5 (permissive). Tasks with nsfw_checker=true use min(this, 2)"))
     max_pixels: int = Field(4_000_000, ge=64 * 64, description=(
-        "largest output BFL accepts; bigger bucket sizes (2K) are scaled down, keeping the aspect ratio"))
+        "largest output BFL accepts (4 MP; docs.bfl.ai); bigger bucket sizes (2K) are scaled down, keeping the "
+        "aspect ratio"))
     poll_interval_seconds: float = Field(0.5, gt=0, description="first poll delay; grows x1.5 per poll")
     max_poll_interval_seconds: float = Field(5.0, gt=0, description="cap on the poll delay")
     deadline_seconds: float = Field(300.0, gt=0, description="give up on one image (failCode 504) after this long")
@@ -87,10 +107,10 @@ class BflOptions(PollingOptions):
 
 
 class BflBackend(ProviderBackend[ProviderClient]):
-    """FLUX.2 [pro] (or another FLUX.2 endpoint) on the Black Forest Labs API."""
+    """FLUX.2 [pro] and [flex] (or another FLUX.2 endpoint) on the Black Forest Labs API."""
 
     type_name = "bfl"
-    models = frozenset({"flux-2/pro-image-to-image"})
+    models = frozenset(ENDPOINTS)
     Options = BflOptions
 
     async def open_client(self) -> ProviderClient:
@@ -125,15 +145,19 @@ class BflBackend(ProviderBackend[ProviderClient]):
             body["seed"] = seed
         tolerance = self.options.safety_tolerance
         body["safety_tolerance"] = min(tolerance, 2) if params.nsfw_checker else tolerance
-        body["output_format"] = "png"
+        body["output_format"] = OUTPUT_FORMATS[params.output_format]
         return body
+
+    def endpoint(self, job: Job) -> str:
+        return self.options.endpoint or ENDPOINTS[job.params.model]
 
     async def _one(self, job: Job, seed: int | None, report: Callable[[float], None]) -> GeneratedImage:
         client = self.started()
-        response = await client.request("POST", f"/v1/{self.options.endpoint}", json=self.request_body(job, seed))
+        endpoint = self.endpoint(job)
+        response = await client.request("POST", f"/v1/{endpoint}", json=self.request_body(job, seed))
         if response.status_code != 200:
             raise client.fail_by(SUBMIT_STATUSES.rule(response.status_code),
-                                 f"task {job.task_id}: POST /v1/{self.options.endpoint} answered HTTP "
+                                 f"task {job.task_id}: POST /v1/{endpoint} answered HTTP "
                                  f"{response.status_code}: {response.text[:300]}",
                                  rejection_reason(response, client.redact))
         submitted = client.json_of(response, "submit")
