@@ -13,6 +13,15 @@ otherwise); express and Gemini API paths want `x-goog-api-key` (a wrong key is a
 INVALID_ARGUMENT with reason API_KEY_INVALID, no key a 403 PERMISSION_DENIED). Errors use Google's
 body, {"error": {"code", "message", "status", "details"?}}.
 
+Models (generateContent): what Google documents for each Gemini image model
+(ai.google.dev/gemini-api/docs/image-generation): gemini-2.5-flash-image takes ten aspect ratios and
+one size (1K); gemini-3.1-flash-image adds 1:4, 4:1, 1:8, 8:1 and takes 512, 1K, 2K, 4K;
+gemini-3-pro-image takes the ten ratios at 1K, 2K, 4K. Other model ids take all of them. A ratio or
+size the model lacks is a 400 INVALID_ARGUMENT, as is an inline image part that is not an image.
+Output types: Vertex takes `imageConfig.imageOutputOptions.mimeType` (Gemini) and
+`parameters.outputOptions.mimeType` (Imagen), PNG or JPEG; the Gemini API knows no
+imageOutputOptions (400, "Unknown name") and answers PNG.
+
 Behaviours are scripted per request with `fake.script.append("kind[:arg]")`; an empty script
 means "ok". Kinds: ok, slow:SECONDS, moderated, partial (Imagen: the last image filtered),
 prompt_blocked / no_image / thought_image (Gemini), empty, not_image, malformed, 429[:RETRY_AFTER],
@@ -40,9 +49,20 @@ from tests.helpers import free_port, serve_app
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 IMAGEN_ASPECTS = {"1:1", "3:4", "4:3", "9:16", "16:9"}
 GEMINI_ASPECTS = {"1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"}
+WIDE_ASPECTS = GEMINI_ASPECTS | {"1:4", "4:1", "1:8", "8:1"}
+# Each Gemini image model's aspect ratios and image sizes; a model not listed takes all of them.
+GEMINI_MODELS = {
+    "gemini-2.5-flash-image": (GEMINI_ASPECTS, {"1K"}),
+    "gemini-3.1-flash-image": (WIDE_ASPECTS, {"512", "1K", "2K", "4K"}),
+    "gemini-3-pro-image": (GEMINI_ASPECTS, {"1K", "2K", "4K"}),
+}
+ANY_GEMINI = (WIDE_ASPECTS, {"512", "1K", "2K", "4K"})
+INPUT_TYPES = {"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"}
+OUTPUT_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG"}
 # Small stand-ins for the real sizes, same aspect ratios (1:1 → 1024×1024 at the provider).
 SIZES = {"1:1": (32, 32), "3:4": (24, 32), "4:3": (32, 24), "9:16": (18, 32), "16:9": (32, 18),
-         "2:3": (20, 30), "3:2": (30, 20), "4:5": (24, 30), "5:4": (30, 24), "21:9": (42, 18)}
+         "2:3": (20, 30), "3:2": (30, 20), "4:5": (24, 30), "5:4": (30, 24), "21:9": (42, 18),
+         "1:4": (8, 32), "4:1": (32, 8), "1:8": (4, 32), "8:1": (32, 4)}
 RAI_REASON = ("Your current safety filter threshold filtered out 1 generated images. You will not be charged for "
               "blocked images. Try rephrasing the prompt. Support codes: 58061214")
 PROMPT_REFUSED = ("Image generation failed with the following error: The prompt could not be submitted. This prompt "
@@ -67,6 +87,17 @@ class Recorded:
     location: str | None
     headers: dict[str, str]
     body: Any
+
+    @property
+    def images(self) -> list[tuple[str, bytes]]:
+        """The inline image parts of a generateContent request: (mimeType, bytes), in order."""
+        parts = (self.body.get("contents") or [{}])[0].get("parts") or []
+        return [(mime_of(p["inlineData"]), unb64(p["inlineData"]["data"])) for p in parts if "inlineData" in p]
+
+    @property
+    def text(self) -> str:
+        parts = (self.body.get("contents") or [{}])[0].get("parts") or []
+        return "".join(p["text"] for p in parts if "text" in p)
 
 
 @dataclass
@@ -165,7 +196,7 @@ class FakeGoogle:
             return Response('{"predictions": [ {"bytesBase64Enc', media_type="application/json")
         if method == "predict":
             return self._predict(body, kind)
-        return self._generate_content(body, kind)
+        return self._generate_content(body, kind, api, request.url.path.rsplit("/", 1)[-1].split(":")[0])
 
     def _check_auth(self, request: Request, api: str) -> Response | None:
         key = request.headers.get("x-goog-api-key")
@@ -196,10 +227,15 @@ class FakeGoogle:
             return error(400, "INVALID_ARGUMENT", f"Unsupported aspect ratio {aspect}.")
         if "seed" in params and params.get("addWatermark", True):
             return error(400, "INVALID_ARGUMENT", "Seed is not supported when watermark is enabled.")
+        if params.get("sampleImageSize", "1K").upper() not in ("1K", "2K"):
+            return error(400, "INVALID_ARGUMENT", f"Unsupported sample image size {params['sampleImageSize']}.")
+        mime = (params.get("outputOptions") or {}).get("mimeType", "image/png")
+        if mime not in OUTPUT_TYPES:
+            return error(400, "INVALID_ARGUMENT", f"Unsupported output mime type {mime}.")
         seed = params.get("seed", 0)
         with_reason = bool(params.get("includeRaiReason"))
-        predictions: list[dict] = [{"bytesBase64Encoded": b64(image_png(aspect, seed + i)), "mimeType": "image/png"}
-                                   for i in range(count)]
+        predictions: list[dict] = [{"bytesBase64Encoded": b64(image_png(aspect, seed + i, OUTPUT_TYPES[mime])),
+                                    "mimeType": mime} for i in range(count)]
         if kind == "partial":
             predictions = predictions[:-1] + ([{"raiFilteredReason": RAI_REASON}] if with_reason else [])
         elif kind == "moderated":
@@ -210,16 +246,31 @@ class FakeGoogle:
             predictions = [{"bytesBase64Encoded": b64(b"<html>not an image</html>"), "mimeType": "image/png"}]
         return JSONResponse({"predictions": predictions} if predictions else {})
 
-    def _generate_content(self, body: dict, kind: str) -> Response:
+    def _generate_content(self, body: dict, kind: str, api: str, model: str) -> Response:
         contents = body.get("contents")
         config = body.get("generationConfig") or {}
         if not (isinstance(contents, list) and contents and contents[0].get("parts")):
             return error(400, "INVALID_ARGUMENT", "* GenerateContentRequest.contents: contents is not specified")
-        aspect = (config.get("imageConfig") or {}).get("aspectRatio", "1:1")
-        if aspect not in GEMINI_ASPECTS:
-            return error(400, "INVALID_ARGUMENT", f"Unsupported aspect ratio {aspect}.")
+        for part in contents[0]["parts"]:
+            if "inlineData" in part and not readable_image(part["inlineData"]):
+                return error(400, "INVALID_ARGUMENT", "Unable to process input image. Please retry or report in "
+                             "https://developers.generativeai.google/guide/troubleshooting")
+        image_config = config.get("imageConfig") or {}
+        aspects, sizes = GEMINI_MODELS.get(model, ANY_GEMINI)
+        aspect = image_config.get("aspectRatio", "1:1")
+        if aspect not in aspects:
+            return error(400, "INVALID_ARGUMENT", f"Unsupported aspect ratio {aspect} for {model}.")
+        if image_config.get("imageSize", "1K") not in sizes:
+            return error(400, "INVALID_ARGUMENT", f"Unsupported image size {image_config['imageSize']} for {model}.")
+        options = image_config.get("imageOutputOptions")
+        if options is not None and api == "gemini":
+            return error(400, "INVALID_ARGUMENT", 'Invalid JSON payload received. Unknown name "imageOutputOptions" '
+                         "at 'generation_config.image_config': Cannot find field.")
+        mime = (options or {}).get("mimeType", "image/png")
+        if mime not in OUTPUT_TYPES:
+            return error(400, "INVALID_ARGUMENT", f"Unsupported output mime type {mime}.")
         seed = config.get("seed", 0)
-        image = {"inlineData": {"mimeType": "image/png", "data": b64(image_png(aspect, seed))}}
+        image = {"inlineData": {"mimeType": mime, "data": b64(image_png(aspect, seed, OUTPUT_TYPES[mime]))}}
         usage = {"promptTokenCount": 12, "candidatesTokenCount": 1290, "totalTokenCount": 1302}
         if kind == "prompt_blocked":
             return JSONResponse({"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}, "usageMetadata": usage})
@@ -255,9 +306,33 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def image_png(aspect: str, seed: int) -> bytes:
-    """A small PNG of the aspect's shape whose colour encodes the seed."""
+def mime_of(inline: dict) -> str | None:
+    """An inlineData part's type. The SDK writes its inner key in snake_case (`mime_type`); Google's
+    JSON parser takes either spelling of a field name."""
+    return inline.get("mimeType", inline.get("mime_type"))
+
+
+def unb64(text: str) -> bytes:
+    """Bytes from base64 as protobuf JSON takes it: the standard alphabet or the URL-safe one (which
+    the SDK sends)."""
+    return base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
+
+
+def image_png(aspect: str, seed: int, fmt: str = "PNG") -> bytes:
+    """A small image (PNG unless `fmt` says JPEG) of the aspect's shape whose colour encodes the seed."""
     buffer = io.BytesIO()
     colour = (seed % 256, (seed // 256) % 256, (seed // 65536) % 256)
-    Image.new("RGB", SIZES[aspect], colour).save(buffer, format="PNG")
+    Image.new("RGB", SIZES[aspect], colour).save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def readable_image(inline: Any) -> bool:
+    """Whether an inlineData part is an image of a type Gemini takes, as its mimeType says."""
+    if not isinstance(inline, dict) or mime_of(inline) not in INPUT_TYPES:
+        return False
+    try:
+        image = Image.open(io.BytesIO(unb64(inline.get("data") or "")))
+        image.load()
+    except Exception:
+        return False
+    return Image.MIME.get(image.format or "") == mime_of(inline)

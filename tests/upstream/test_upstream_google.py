@@ -3,6 +3,8 @@ against a fake Google API on loopback (tests/upstream/fake_google.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -29,6 +31,7 @@ from safelight.backends.upstream.provider import PROVIDER_UNAVAILABLE
 from safelight.catalog import GenerationParams, get_model, validate_input
 from safelight.kie import FailCode
 from safelight.net import OutboundPolicy
+from safelight.worker.worker import pick_seeds
 from tests.helpers import free_port
 
 IMAGEN = "imagen-4.0-fast-generate-001"
@@ -460,14 +463,200 @@ async def test_gemini_error_mapping(fake, opened):
     assert (error.fail_code, error.transient, error.message) == (FailCode.UNAVAILABLE, True, PROVIDER_UNAVAILABLE)
 
 
+# --- The Imagen 4 family (Imagen on Vertex) ----------------------------------------------------
+
+
+def like_the_worker(p: GenerationParams) -> Job:
+    """The Job the worker builds: its seeds are the task's seed and successors, or random ones."""
+    return Job(task_id="task-1", params=p, seeds=pick_seeds(p.seed, p.num_images))
+
+
+@pytest.mark.parametrize("model, imagen_model", [("google/imagen4", "imagen-4.0-generate-001"),
+                                                 ("google/imagen4-ultra", "imagen-4.0-ultra-generate-001")])
+async def test_imagen4_and_ultra_each_call_their_imagen_model(fake, opened, model, imagen_model):
+    backend = await imagen(fake, opened)
+    p = params(model, negative_prompt="rain", aspect_ratio="3:4", seed="1234")
+    [image] = await backend.generate(like_the_worker(p))
+    [request] = fake.requests
+    assert request.path == VERTEX_PREDICT.replace(IMAGEN, imagen_model)
+    assert request.body == {
+        "instances": [{"prompt": "a lighthouse at dusk"}],
+        "parameters": {"sampleCount": 1, "aspectRatio": "3:4", "negativePrompt": "rain", "seed": 1234,
+                       "addWatermark": False, "personGeneration": "ALLOW_ADULT", "includeRaiReason": True,
+                       "outputOptions": {"mimeType": "image/png"}},
+    }
+    assert image.seed == 1234 and seed_of(image.data) == 1234 and png_size(image.data) == (24, 32)
+
+
+async def test_imagen4_string_seeds_map_onto_vertex_seeds_deterministically(fake, opened):
+    """kie's imagen4 seed is any string up to 500 characters: an integer string is that integer, other
+    text a stable hash, both folded into Vertex's 31-bit range; "" sends a fresh seed each time."""
+    backend = await imagen(fake, opened)
+    text = "blue moon over the harbour " * 18  # 486 characters
+    for seed in (text, text, "-7", str(2**40 + 3), "", ""):
+        await backend.generate(like_the_worker(params("google/imagen4-ultra", seed=seed)))
+    sent = [r.body["parameters"]["seed"] for r in fake.requests]
+    hashed = int.from_bytes(hashlib.sha256(text.strip().encode()).digest()[:8], "big") >> 1
+    assert sent[:4] == [hashed % 2**31, hashed % 2**31, 2**31 - 7, 3]
+    assert all(0 <= s < 2**31 for s in sent) and sent[4] != sent[5]  # no seed: the worker draws one per task
+
+
+async def test_imagen_model_option_and_model_map(fake, opened):
+    backend = await imagen(fake, opened, model="imagen-4.0-fast-generate-002",
+                           model_map={"google/imagen4-ultra": "imagen-5.0-ultra"})
+    for model in ("google/imagen4-fast", "z-image", "google/imagen4", "google/imagen4-ultra"):
+        await backend.generate(job(params(model, aspect_ratio="1:1")))
+    assert [r.model for r in fake.requests] == ["imagen-4.0-fast-generate-002", "imagen-4.0-fast-generate-002",
+                                                "imagen-4.0-generate-001", "imagen-5.0-ultra"]
+    with pytest.raises(ValueError) as caught:
+        GoogleImagenBackend.check_options("g", BackendConfig(type="google", model_map={"nano-banana-pro": "x"}))
+    assert str(caught.value) == ("backends.g.model_map: 'nano-banana-pro' is not a model this backend serves; it "
+                                 "serves google/imagen4, google/imagen4-fast, google/imagen4-ultra, z-image")
+    with pytest.raises(ValueError, match="backends.g.model_map: the model id for 'google/imagen4' is empty"):
+        GoogleImagenBackend.check_options("g", BackendConfig(type="google", model_map={"google/imagen4": " "}))
+
+
+async def test_imagen_jpeg_tasks_ask_imagen_for_jpeg(fake, opened):
+    backend = await imagen(fake, opened)
+    p = dataclasses.replace(params("google/imagen4"), output_format="jpeg")
+    [image] = await backend.generate(job(p))
+    assert fake.requests[0].body["parameters"]["outputOptions"] == {"mimeType": "image/jpeg"}
+    assert (image.content_type, image.extension) == ("image/jpeg", "jpg") and image.data[:3] == b"\xff\xd8\xff"
+
+
+async def test_a_retired_imagen4_model_names_itself_and_the_way_out(fake, opened):
+    backend = await imagen(fake, opened)
+    fake.script.append("404")
+    error = await failure(backend, job(params("google/imagen4-ultra")))
+    assert (error.fail_code, error.transient, error.message) == (FailCode.UNAVAILABLE, True, PROVIDER_UNAVAILABLE)
+    assert "'imagen-4.0-ultra-generate-001' was not found" in error.detail
+    assert "route google/imagen4-ultra to a `gemini-image` backend" in error.detail and "2026-08-17" in error.detail
+
+
+# --- The nano-banana family (Gemini) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("model, raw, gemini_model, image_config", [
+    ("google/nano-banana", {"aspect_ratio": "16:9", "output_format": "jpeg"}, "gemini-2.5-flash-image",
+     {"aspectRatio": "16:9"}),
+    ("google/nano-banana", {"image_size": "4:5"}, "gemini-2.5-flash-image", {"aspectRatio": "4:5"}),
+    ("nano-banana-2", {"aspect_ratio": "8:1", "resolution": "4K"}, "gemini-3.1-flash-image",
+     {"aspectRatio": "8:1", "imageSize": "4K"}),
+    ("nano-banana-2", {}, "gemini-3.1-flash-image", {"imageSize": "1K"}),  # auto, no input image: Gemini's square
+    ("nano-banana-pro", {"aspect_ratio": "21:9", "resolution": "2K"}, "gemini-3-pro-image",
+     {"aspectRatio": "21:9", "imageSize": "2K"}),
+    ("google/imagen4-ultra", {"aspect_ratio": "9:16", "seed": "5"}, "gemini-3-pro-image",
+     {"aspectRatio": "9:16", "imageSize": "1K"}),
+    ("google/imagen4", {"aspect_ratio": "auto"}, GEMINI, {"imageSize": "1K"}),
+])
+async def test_each_model_calls_its_gemini_model_with_its_image_config(fake, opened, model, raw, gemini_model,
+                                                                       image_config):
+    backend = await gemini(fake, opened, thinking_level="MINIMAL")
+    [image] = await backend.generate(like_the_worker(params(model, **raw)))
+    [request] = fake.requests
+    assert request.path == f"/v1/models/{gemini_model}:generateContent"
+    assert request.body["contents"] == [{"role": "user", "parts": [{"text": "a lighthouse at dusk"}]}]
+    config = dict(request.body["generationConfig"])
+    seed = config.pop("seed")
+    assert config.pop("imageConfig") == image_config
+    # The thinking level is for the Imagen stand-ins; the nano-banana models keep their own.
+    assert thinking_level(request.body) == ("MINIMAL" if model.startswith("google/imagen4") else None)
+    config.pop("thinkingConfig", None)
+    assert config == {"responseModalities": ["IMAGE"]}
+    assert "tools" not in request.body
+    assert image.seed % 2**31 == seed and seed_of(image.data) == seed % 2**24  # the colour holds 24 bits
+    assert image.content_type == "image/png"  # the Gemini API answers PNG; the worker makes a jpeg task's JPEG
+
+
+def reference(fmt: str, size: tuple[int, int], colour: tuple[int, int, int]) -> tuple[bytes, str, Image.Image]:
+    buffer = io.BytesIO()
+    picture = Image.new("RGB", size, colour)
+    picture.save(buffer, format=fmt)
+    return buffer.getvalue(), f"image/{fmt.lower()}", picture
+
+
+@pytest.mark.parametrize("model, field", [("google/nano-banana-edit", "image_urls"), ("nano-banana-2", "image_input"),
+                                          ("nano-banana-pro", "image_input")])
+async def test_reference_images_go_inline_after_the_prompt_in_input_order(fake, opened, model, field):
+    backend = await gemini(fake, opened)
+    refs = [reference("PNG", (40, 30), (10, 20, 30)), reference("JPEG", (24, 48), (200, 100, 0)),
+            reference("WEBP", (16, 16), (0, 90, 0))]
+    urls = [f"https://images.example/{i}" for i in range(3)]
+    p = params(model, **{field: urls, "aspect_ratio": "auto"})
+    j = Job(task_id="t", params=p, seeds=[11], references=[r[2] for r in refs],
+            reference_files=[(r[0], r[1]) for r in refs])
+    await backend.generate(j)
+    [request] = fake.requests
+    parts = request.body["contents"][0]["parts"]
+    assert parts[0] == {"text": "a lighthouse at dusk"} and len(parts) == 4
+    assert request.images == [(r[1], r[0]) for r in refs]  # the fetched bytes, as fetched
+    assert "aspectRatio" not in request.body["generationConfig"]["imageConfig"]  # auto: Gemini follows image 1
+
+    # References known only as decoded images are sent as PNG.
+    fake.requests.clear()
+    await backend.generate(dataclasses.replace(j, reference_files=[]))
+    assert [(mime, Image.open(io.BytesIO(data)).size) for mime, data in fake.requests[0].images] == [
+        ("image/png", (40, 30)), ("image/png", (24, 48)), ("image/png", (16, 16))]
+
+
+async def test_references_over_the_inline_limit_fail_naming_the_field(fake, opened):
+    backend = await gemini(fake, opened, max_inline_mb=0.001)  # 1000 bytes
+    data, mime, picture = reference("PNG", (300, 300), (1, 2, 3))
+    p = params("nano-banana-pro", image_input=["https://images.example/a"])
+    error = await failure(backend, Job(task_id="t", params=p, seeds=[1], references=[picture],
+                                       reference_files=[(data, mime)]))
+    assert (error.fail_code, error.transient) == (FailCode.INPUT, False)
+    assert error.message.startswith("input.image_input: the images add up to ")
+    assert error.message.endswith("MB as sent inline; this provider takes at most 0.001 MB in one request")
+    assert fake.requests == []
+
+
+async def test_nano_banana_2_google_search_is_the_search_tool(fake, opened):
+    backend = await gemini(fake, opened)
+    await backend.generate(job(params("nano-banana-2", google_search=True, aspect_ratio="1:4")))
+    assert fake.requests[0].body["tools"] == [{"googleSearch": {}}]
+    assert fake.requests[0].body["generationConfig"]["imageConfig"] == {"aspectRatio": "1:4", "imageSize": "1K"}
+
+
+@pytest.mark.parametrize("output_format, mime, magic", [("jpg", "image/jpeg", b"\xff\xd8\xff"),
+                                                        ("png", "image/png", b"\x89PNG")])
+async def test_on_vertex_gemini_is_asked_for_the_output_format(fake, opened, output_format, mime, magic):
+    backend = await gemini(fake, opened, vertexai=True, api_key_env=None, access_token_env="GOOGLE_TOKEN",
+                           project="proj-test")
+    [image] = await backend.generate(job(params("nano-banana-pro", output_format=output_format, resolution="4K")))
+    [request] = fake.requests
+    assert request.path.endswith("/locations/global/publishers/google/models/gemini-3-pro-image:generateContent")
+    assert request.body["generationConfig"]["imageConfig"] == {"aspectRatio": "1:1", "imageSize": "4K",
+                                                               "imageOutputOptions": {"mimeType": mime}}
+    assert image.content_type == mime and image.data.startswith(magic)
+
+
+async def test_gemini_model_option_and_model_map(fake, opened):
+    backend = await gemini(fake, opened, model="gemini-nano-banana-2.1",
+                           model_map={"nano-banana-pro": "gemini-3-pro-image-preview"})
+    for model in ("google/imagen4-fast", "z-image", "google/imagen4", "google/imagen4-ultra", "google/nano-banana",
+                  "nano-banana-pro"):
+        await backend.generate(job(params(model, aspect_ratio="1:1")))
+    assert [r.model for r in fake.requests] == ["gemini-nano-banana-2.1"] * 3 + [
+        "gemini-3-pro-image", "gemini-2.5-flash-image", "gemini-3-pro-image-preview"]
+    with pytest.raises(ValueError) as caught:
+        GeminiImageBackend.check_options("g", BackendConfig(type="gemini-image", api_key_env="K",
+                                                            model_map={"ideogram/character": "x"}))
+    assert str(caught.value).startswith("backends.g.model_map: 'ideogram/character' is not a model this backend "
+                                        "serves; it serves google/imagen4, google/imagen4-fast, ")
+
+
 # --- Both ------------------------------------------------------------------------------------
 
 
 def test_registration_and_options():
     assert backend_class("google") is GoogleImagenBackend
     assert backend_class("gemini-image") is GeminiImageBackend
+    imagen = {"google/imagen4-fast", "google/imagen4", "google/imagen4-ultra", "z-image"}
+    assert GoogleImagenBackend.models == frozenset(imagen)
+    assert GeminiImageBackend.models == frozenset(imagen | {"google/nano-banana", "google/nano-banana-edit",
+                                                            "nano-banana-2", "nano-banana-pro"})
     for cls in (GoogleImagenBackend, GeminiImageBackend):
-        assert cls.models == frozenset({"google/imagen4-fast", "z-image"})
         assert cls.offers_safety_checker({}) is True
     with pytest.raises(ValueError, match="backends.g.colour"):
         GoogleImagenBackend.check_options("g", BackendConfig(type="google", colour="red"))

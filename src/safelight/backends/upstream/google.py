@@ -1,4 +1,5 @@
-"""Google Imagen 4 Fast on Vertex AI, through the google-genai SDK (spec/backends.md §C.1, §D.4).
+"""Google Imagen 4 on Vertex AI (Fast, standard and Ultra), through the google-genai SDK (spec/backends.md
+§C.1, §D.4).
 
 `client.aio.models.generate_images` posts to
 `{base}/{version}/projects/{project}/locations/{location}/publishers/google/models/{model}:predict`
@@ -11,8 +12,13 @@ setups and tests), else Application Default Credentials (a service account via
 GOOGLE_APPLICATION_CREDENTIALS, or the metadata server), resolved at start so a missing login
 fails the worker start rather than the first task. The SDK refreshes ADC tokens itself.
 
-Imagen 4 is being shut down (2026-08-17): a 404 NOT_FOUND fails transiently, so the route moves
-on, and the log tells the operator to route the model to `gemini-image` instead.
+Google shut every Imagen model down on 2026-08-17, on the Gemini Developer API and on Vertex AI (now
+"Agent Platform") alike; its docs now say "Imagen models are shut down. Use Nano Banana"
+(ai.google.dev/gemini-api/docs/imagen; firebase.google.com/docs/ai-logic/imagen-models-migration,
+which names the replacements: imagen-4.0-fast-generate-001 and imagen-4.0-generate-001 ->
+gemini-nano-banana-2.1, imagen-4.0-ultra-generate-001 -> gemini-3-pro-image). This backend stays for
+projects Google still serves: a 404 NOT_FOUND fails transiently, so the route moves on, and the log
+tells the operator to route the model to `gemini-image` instead.
 
 This module also holds what the `gemini-image` backend shares with it: the client options, the
 client construction and `call_google`, which retries an SDK call and maps its errors onto failCodes.
@@ -30,7 +36,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import httpx
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from safelight.backends.base import (
     BackendContext,
@@ -91,8 +98,28 @@ _SAFETY_WORDS = re.compile(r"responsible ai|safety (filter|setting|threshold)|se
 
 
 def provider_seed(seed: int) -> int:
-    """The seed sent to Google: the worker's seed folded into 0..2**31-1 (deterministic)."""
+    """The seed sent to Google: the worker's seed folded into 0..2**31-1 (deterministic).
+
+    kie's `seed` of google/imagen4 and google/imagen4-ultra is a string of at most 500 characters;
+    the catalog turns it into the task's integer seed (catalog.base.seed_from_text: "" is no seed,
+    so the worker draws one; an integer string is that integer; any other text the first 8 bytes of
+    its SHA-256, shifted right by one), and that seed is folded here like any other. Equal strings
+    therefore always send the same Vertex seed (Vertex `seed` is an integer:
+    cloud.google.com/vertex-ai/generative-ai/docs/reference/rest/Shared.Types/VisionGenerativeModelParams).
+    """
     return seed % SEED_RANGE
+
+
+def check_model_map(value: dict[str, str], served: Iterable[str]) -> dict[str, str]:
+    """A `model_map` option: public model id -> provider model id, for models the backend serves."""
+    served = sorted(served)
+    for public, provider in value.items():
+        if public not in served:
+            raise PydanticCustomError("model_map", "{public} is not a model this backend serves; it serves "
+                                      "{served}", {"public": repr(public), "served": ", ".join(served)})
+        if not provider.strip():
+            raise PydanticCustomError("model_map", "the model id for {public} is empty", {"public": repr(public)})
+    return value
 
 
 class GoogleOptions(ProviderOptions):
@@ -121,10 +148,33 @@ class GoogleOptions(ProviderOptions):
         return self
 
 
+# The Imagen model of each public model the `google` backend serves; None is the `model` option.
+# Model ids: cloud.google.com/vertex-ai/generative-ai/docs/models/imagen/4-0-generate.
+IMAGEN_MODELS: dict[str, str | None] = {
+    "google/imagen4-fast": None,
+    "z-image": None,
+    "google/imagen4": "imagen-4.0-generate-001",
+    "google/imagen4-ultra": "imagen-4.0-ultra-generate-001",
+}
+
+
 class ImagenOptions(GoogleOptions):
-    model: str = Field("imagen-4.0-fast-generate-001", description="Vertex AI Imagen model id.")
+    model: str = Field("imagen-4.0-fast-generate-001", min_length=1,
+                       description="Vertex AI Imagen model for google/imagen4-fast and z-image.")
+    model_map: dict[str, str] = Field(default_factory=dict, description=(
+        "public model id -> Imagen model id, over the defaults (google/imagen4: imagen-4.0-generate-001, "
+        "google/imagen4-ultra: imagen-4.0-ultra-generate-001; the others: `model`)"))
     image_size: Literal["1K", "2K"] | None = Field(None, description="Imagen `sampleImageSize`; unset means "
                                                    "the model's default (1K).")
+
+    @field_validator("model_map")
+    @classmethod
+    def _served_models(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_model_map(value, IMAGEN_MODELS)
+
+    def provider_model(self, public: str) -> str:
+        """The Imagen model id for a public model: model_map, else the default, else `model`."""
+        return self.model_map.get(public) or IMAGEN_MODELS.get(public) or self.model
 
 
 @dataclass
@@ -377,20 +427,27 @@ def image_of(call: GoogleCall, data: bytes, seed: int) -> GeneratedImage:
 
 
 class GoogleImagenBackend(ProviderBackend[GoogleClient]):
-    """Imagen 4 Fast on Vertex AI. Also takes `z-image` text-to-image as overflow.
+    """Imagen 4 on Vertex AI: google/imagen4-fast, google/imagen4 and google/imagen4-ultra, each on its
+    own Imagen model (`model`, `model_map`). Also takes `z-image` text-to-image as overflow.
 
     Seeds: Imagen takes one seed per request and derives the other images' seeds from it. We send
     `job.seeds[0]` (folded into 32 bits, with add_watermark=False, which a seed requires) and label
     image i with `job.seeds[0] + i`, which is what the worker picked for it. Asking again with that
-    seed and one image will not reproduce image i > 0; the same request again will.
+    seed and one image will not reproduce image i > 0; the same request again will. imagen4's and
+    imagen4-ultra's string seeds become integers first (`provider_seed`).
+
+    Output: Imagen writes PNG or JPEG (`outputOptions.mimeType`, VisionGenerativeModelParams above);
+    a task asking for jpeg gets JPEG from Imagen, anything else PNG (the worker converts to WebP).
     """
 
     type_name = "google"
-    models = frozenset({"google/imagen4-fast", "z-image"})
+    models = frozenset(IMAGEN_MODELS)
     Options = ImagenOptions
 
-    NOT_FOUND_HINT = ("Imagen 4 was shut down on 2026-08-17: route google/imagen4-fast to a `gemini-image` "
-                      "backend (or a local one) in the routing file.")
+    @staticmethod
+    def not_found_hint(public: str) -> str:
+        return (f"Google shut Imagen 4 down on 2026-08-17: route {public} to a `gemini-image` backend (or kie, "
+                f"or a local one) in the routing file.")
 
     async def open_client(self) -> GoogleClient:
         # The SDK warns on every generate_images call that the method is deprecated (Imagen's
@@ -403,6 +460,7 @@ class GoogleImagenBackend(ProviderBackend[GoogleClient]):
 
         client = self.started()
         params = job.params
+        model = self.options.provider_model(params.model)
         count = len(job.seeds) or params.num_images
         first_seed = job.seeds[0] if job.seeds else 0
         config = types.GenerateImagesConfig(
@@ -412,15 +470,15 @@ class GoogleImagenBackend(ProviderBackend[GoogleClient]):
             seed=provider_seed(first_seed),
             add_watermark=False,
             person_generation=types.PersonGeneration.ALLOW_ADULT,
-            output_mime_type="image/png",
+            output_mime_type="image/jpeg" if params.output_format == "jpeg" else "image/png",
             include_rai_reason=True,
             image_size=self.options.image_size,
         )
-        call = GoogleCall(self.name, self.options.model, client, self.options, self.NOT_FOUND_HINT)
+        call = GoogleCall(self.name, model, client, self.options, self.not_found_hint(params.model))
         sdk = client.sdk
-        response = await call_google(call, f"Imagen {self.options.model}:predict",
-                                     lambda: sdk.aio.models.generate_images(model=self.options.model,
-                                                                            prompt=params.prompt, config=config))
+        response = await call_google(call, f"Imagen {model}:predict",
+                                     lambda: sdk.aio.models.generate_images(model=model, prompt=params.prompt,
+                                                                            config=config))
         images: list[bytes] = []
         reasons: list[str] = []
         for item in response.generated_images or []:
