@@ -3,6 +3,8 @@ against a fake Google API on loopback (tests/upstream/fake_google.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -11,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 
 # The [google] extra: without google-genai these tests skip instead of failing one by one.
@@ -32,7 +35,7 @@ from safelight.catalog import GenerationParams, get_model, validate_input
 from safelight.kie import FailCode
 from safelight.net import OutboundPolicy
 from safelight.worker.worker import pick_seeds
-from tests.helpers import free_port
+from tests.helpers import free_port, png_bytes, start_server
 
 IMAGEN = "imagen-4.0-fast-generate-001"
 GEMINI = "gemini-3.1-flash-image"
@@ -722,3 +725,126 @@ async def test_keys_never_reach_logs_or_errors(fake, opened, caplog, tmp_path, m
     text = caplog.text + "\n".join(f"{e.message}\n{e.detail}\n{e}" for e in errors)
     for secret in secrets:
         assert secret not in text
+
+
+# --- End to end: createTask -> a live server's worker -> the fake Google -> the stored result --------
+
+
+FAST = "retries = 1\nbackoff_seconds = 0.01"
+
+
+@contextlib.asynccontextmanager
+async def serving(settings, tmp_path, monkeypatch, fake: FakeGoogle, routing: str):
+    """A whole Safelight whose routing file is `routing`, with the fake's credentials in its environment;
+    yields (runtime, client) with an account of 1000 credits."""
+    monkeypatch.setenv("GOOGLE_TOKEN", fake.token)
+    monkeypatch.setenv("GOOGLE_KEY", fake.api_key)
+    config = tmp_path / "safelight.toml"
+    config.write_text(routing)
+    port = free_port()
+    settings = settings.model_copy(update={"routing_file": str(config), "port": port,
+                                           "public_url": f"http://127.0.0.1:{port}"})
+    server, task = await start_server(settings)
+    runtime = server.config.app.state.runtime
+    key = (await runtime.store.accounts.create_key("google", credits=1000)).key
+    client = httpx.AsyncClient(base_url=settings.public_url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    try:
+        yield runtime, client
+    finally:
+        await client.aclose()
+        server.should_exit = True
+        await task
+
+
+async def finish(client: httpx.AsyncClient, body: dict) -> dict:
+    created = (await client.post("/api/v1/jobs/createTask", json=body)).json()
+    assert created["code"] == 200, created
+    for _ in range(500):
+        record = (await client.get("/api/v1/jobs/recordInfo",
+                                   params={"taskId": created["data"]["taskId"]})).json()["data"]
+        if record["state"] in ("success", "fail"):
+            return record
+        await asyncio.sleep(0.02)
+    raise AssertionError(record)
+
+
+async def result_file(client: httpx.AsyncClient, record: dict) -> httpx.Response:
+    [url] = json.loads(record["resultJson"])["resultUrls"]
+    return await client.get(url)
+
+
+def vertex_backend(fake: FakeGoogle, name: str = "vertex") -> str:
+    return (f'[backends.{name}]\ntype = "google"\nproject = "proj-test"\naccess_token_env = "GOOGLE_TOKEN"\n'
+            f'base_url = "{fake.base_url}"\n{FAST}\n')
+
+
+async def test_end_to_end_imagen4_ultra_on_vertex_with_a_string_seed(settings, tmp_path, monkeypatch, fake):
+    routing = vertex_backend(fake) + '\n[models."google/imagen4-ultra"]\nroute = ["vertex"]\n'
+    async with serving(settings, tmp_path, monkeypatch, fake, routing) as (_runtime, client):
+        body = {"model": "google/imagen4-ultra", "input": {"prompt": "a red kite", "negative_prompt": "rain",
+                                                           "aspect_ratio": "16:9", "seed": "kite-7"}}
+        records = [await finish(client, body), await finish(client, body)]
+        assert [(r["state"], r["creditsConsumed"]) for r in records] == [("success", 12)] * 2
+        files = [await result_file(client, r) for r in records]
+    hashed = int.from_bytes(hashlib.sha256(b"kite-7").digest()[:8], "big") >> 1
+    assert [r.model for r in fake.requests] == ["imagen-4.0-ultra-generate-001"] * 2
+    # The same string, the same seed, task after task.
+    assert [r.body["parameters"]["seed"] for r in fake.requests] == [hashed % 2**31] * 2
+    assert fake.requests[0].body["parameters"]["negativePrompt"] == "rain"
+    assert files[0].content == files[1].content and png_size(files[0].content) == (32, 18)
+    assert files[0].headers["content-type"] == "image/png"
+
+
+async def test_end_to_end_a_retired_imagen_falls_back_to_gemini(settings, tmp_path, monkeypatch, fake):
+    """Google answers 404 for the shut-down Imagen 4: the task moves on to gemini-image and succeeds there."""
+    routing = (vertex_backend(fake) + f'\n[backends.gemini]\ntype = "gemini-image"\napi_key_env = "GOOGLE_KEY"\n'
+               f'base_url = "{fake.base_url}"\n{FAST}\n\n[models."google/imagen4"]\nroute = ["vertex", "gemini"]\n')
+    fake.script.append("404")
+    async with serving(settings, tmp_path, monkeypatch, fake, routing) as (runtime, client):
+        record = await finish(client, {"model": "google/imagen4", "input": {"prompt": "a red kite",
+                                                                            "negative_prompt": "rain"}})
+        assert (record["state"], record["creditsConsumed"]) == ("success", 6)
+        row = await runtime.store.tasks.get(record["taskId"])
+    attempts = json.loads(row["backend_attempts"])
+    assert [(a["backend"], a["outcome"]) for a in attempts] == [("vertex", "fallback"), ("gemini", "success")]
+    assert [(r.method, r.model) for r in fake.requests] == [("predict", "imagen-4.0-generate-001"),
+                                                            ("generateContent", GEMINI)]
+    assert fake.requests[1].text == "a red kite\n\nAvoid: rain"
+    assert fake.requests[1].body["generationConfig"]["imageConfig"] == {"aspectRatio": "1:1", "imageSize": "1K"}
+
+
+async def test_end_to_end_nano_banana_pro_edits_fetched_images_on_vertex(settings, tmp_path, monkeypatch, fake,
+                                                                        image_server):
+    routing = (f'[backends.gemini]\ntype = "gemini-image"\nvertexai = true\nproject = "proj-test"\n'
+               f'access_token_env = "GOOGLE_TOKEN"\nbase_url = "{fake.base_url}"\n{FAST}\n\n'
+               f'[models."nano-banana-pro"]\nroute = ["gemini"]\n')
+    async with serving(settings, tmp_path, monkeypatch, fake, routing) as (_runtime, client):
+        record = await finish(client, {"model": "nano-banana-pro", "input": {
+            "prompt": "the cat from image 1 on the sofa from image 2", "resolution": "2K", "output_format": "jpg",
+            "image_input": [f"{image_server}/img/64x48.png", f"{image_server}/img/40x40.png"]}})
+        assert (record["state"], record["creditsConsumed"]) == ("success", 18)
+        file = await result_file(client, record)
+    [request] = fake.requests
+    assert request.api == "vertex" and request.model == "gemini-3-pro-image"
+    assert request.text == "the cat from image 1 on the sofa from image 2"
+    assert request.images == [("image/png", png_bytes(64, 48)), ("image/png", png_bytes(40, 40))]
+    assert request.body["generationConfig"]["imageConfig"] == {"aspectRatio": "1:1", "imageSize": "2K",
+                                                               "imageOutputOptions": {"mimeType": "image/jpeg"}}
+    assert file.headers["content-type"] == "image/jpeg" and file.content.startswith(b"\xff\xd8\xff")
+
+
+async def test_end_to_end_nano_banana_edit_on_the_gemini_api(settings, tmp_path, monkeypatch, fake, image_server):
+    """The Gemini API returns PNG and takes no output type: a jpeg task's image is re-encoded by the worker."""
+    routing = (f'[backends.gemini]\ntype = "gemini-image"\napi_key_env = "GOOGLE_KEY"\nbase_url = "{fake.base_url}"\n'
+               f'{FAST}\n\n[models."google/nano-banana-edit"]\nroute = ["gemini"]\n')
+    async with serving(settings, tmp_path, monkeypatch, fake, routing) as (_runtime, client):
+        record = await finish(client, {"model": "google/nano-banana-edit", "input": {
+            "prompt": "make it night", "output_format": "jpeg", "image_size": "3:2",
+            "image_urls": [f"{image_server}/img/30x20.png"]}})
+        assert (record["state"], record["creditsConsumed"]) == ("success", 8)
+        file = await result_file(client, record)
+    [request] = fake.requests
+    assert (request.api, request.model) == ("gemini", "gemini-2.5-flash-image")
+    assert request.images == [("image/png", png_bytes(30, 20))]
+    assert request.body["generationConfig"]["imageConfig"] == {"aspectRatio": "3:2"}
+    assert file.headers["content-type"] == "image/jpeg" and file.content.startswith(b"\xff\xd8\xff")
