@@ -266,6 +266,21 @@ async def test_a_transparent_mask_marks_the_area_to_repaint(fake):
     assert sent.getpixel((70, 30)) == 0 and sent.getpixel((10, 30)) == 255
 
 
+async def test_a_mask_only_as_bytes_is_decoded_and_converted(fake):
+    job = model_job("ideogram/v3-edit", {"prompt": "a hat", "image_url": URL + "b.png", "mask_url": URL + "m.png"},
+                    [BASE, mask_png(96, 64, (0, 0, 9, 9))])
+    job.references = []  # the worker kept only the fetched bytes
+    await run(fake, job)
+    sent = sent_mask(fake.requests[0])
+    assert (sent.getpixel((5, 5)), sent.getpixel((50, 50))) == (0, 255)
+
+    job.reference_files = [job.reference_files[0], (b"\x89PNG\r\n\x1a\n not really", "image/png")]
+    error = await failure(fake, job)
+    assert (error.fail_code, error.transient) == (FailCode.INPUT, False)
+    assert error.message.startswith("input.mask_url is not a readable image")
+    assert len(fake.requests) == 1
+
+
 async def test_a_mask_of_another_size_is_refused_before_calling(fake):
     job = model_job("ideogram/v3-edit", {"prompt": "a hat", "image_url": URL + "b.png", "mask_url": URL + "m.png"},
                     [BASE, mask_png(90, 64, (0, 0, 5, 5))])

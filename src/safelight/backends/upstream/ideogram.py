@@ -202,7 +202,8 @@ class IdeogramBackend(ProviderBackend[ProviderClient]):
 
     async def call(self, job: Job) -> Call:
         """The task's request: its endpoint, text fields and files (inputs checked, the mask converted)."""
-        files = [(FILE_PARTS[role], part) for role, part in zip(job.params.roles, await input_files(job), strict=True)]
+        parts = await input_files(job, self.context.max_pixels)
+        files = [(FILE_PARTS[role], part) for role, part in zip(job.params.roles, parts, strict=True)]
         check_sizes(job.params, files)
         return Call(PATHS[job.params.model], self.form_fields(job), files)
 
@@ -267,7 +268,7 @@ def field_name(params: GenerationParams, index: int) -> str:
     return params.reference_fields[index] if params.reference_fields else f"input reference {index + 1}"
 
 
-async def input_files(job: Job) -> list[tuple[str, bytes, str]]:
+async def input_files(job: Job, max_pixels: int) -> list[tuple[str, bytes, str]]:
     """Every input image of the task as a file part, in reference order: the bytes as fetched (or
     re-encoded from the decoded image where the worker kept none), the mask converted to Ideogram's
     colours. Missing images are an input error naming the field."""
@@ -282,7 +283,7 @@ async def input_files(job: Job) -> list[tuple[str, bytes, str]]:
             raise BackendError(FailCode.INPUT, f"{params.model} needs the image in {field_name(params, index)}; "
                                "it could not be read")
         if role == "mask":
-            data, mime = await asyncio.to_thread(ideogram_mask, job, index, data)
+            data, mime = await asyncio.to_thread(ideogram_mask, job, index, data, max_pixels)
         parts.append((f"{role}.{EXTENSIONS.get(mime, 'png')}", data, mime))
     return parts
 
@@ -316,7 +317,7 @@ def encode_reference(image: Image.Image) -> tuple[bytes, str]:
     return buffer.getvalue(), "image/jpeg"
 
 
-def ideogram_mask(job: Job, index: int, data: bytes) -> tuple[bytes, str]:
+def ideogram_mask(job: Job, index: int, data: bytes, max_pixels: int) -> tuple[bytes, str]:
     """The task's inpainting mask in Ideogram's colours, as a black-and-white PNG.
 
     kie's masks mark the area to repaint in white (GenerationParams.mask_url; kie's Ideogram models
@@ -328,7 +329,7 @@ def ideogram_mask(job: Job, index: int, data: bytes) -> tuple[bytes, str]:
     params = job.params
     image = job.references[index] if index < len(job.references) else None
     try:
-        mask = image if image is not None else decode_image(data, max_pixels=50_000_000)
+        mask = image if image is not None else decode_image(data, max_pixels=max_pixels)
     except ImageError as exc:
         raise BackendError(FailCode.INPUT, f"{field_name(params, index)} is not a readable image: {exc}") from None
     base_index = params.roles.index("image") if "image" in params.roles else None
