@@ -40,8 +40,15 @@ PORT ?= 8000
 serve: $(SERVE_STAMP)
 	$(BIN)/safelight serve --host $(HOST) --port $(PORT) --data-dir ./.safelight
 
+# The browser tests (tests/web/) drive Debian's Chromium: Playwright's own browser download is not
+# used. Installed once with apt-get (as root, or through sudo).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y -q chromium || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
+
 # `make check` first, then the whole suite, the packaging test included (`-m packaging` runs it alone).
-test: check
+test: check $(CHROMIUM)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 # Lint and type-check ([tool.mypy] in pyproject.toml). Type-checking src/ needs torch and the
