@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from safelight.catalog import ANY_MODEL, MODELS
+from safelight.routing import SANDBOX, Routing
 
 from .auth import admission_of, runtime_of
 from .envelope import EnvelopeResponse, envelope
@@ -16,6 +17,7 @@ router = APIRouter(tags=["models"])
 async def list_models(request: Request) -> EnvelopeResponse:
     disabled = await admission_of(request).disabled_models()
     overrides = runtime_of(request).settings.prices
+    routing = runtime_of(request).routing
     models = []
     for spec in MODELS.values():
         prices = {tier: spec.price_for_tier(tier, overrides) for tier in spec.prices}
@@ -27,8 +29,8 @@ async def list_models(request: Request) -> EnvelopeResponse:
             "prices": prices,
             "priceUnit": "credits per image",
             "inputSchema": spec.input_schema.model_json_schema(),
+            "sandbox": served_by_sandbox(routing, spec.id),
         })
-    routing = runtime_of(request).routing
     if routing.passes_through:
         # Every model id the catalog lacks, forwarded unchanged; priced per task by the operator.
         price = overrides.get(ANY_MODEL)
@@ -42,5 +44,13 @@ async def list_models(request: Request) -> EnvelopeResponse:
             "prices": {} if price is None else {"default": price},
             "priceUnit": "credits per task",
             "inputSchema": {"type": "object"},
+            "sandbox": False,
         })
     return envelope(models)
+
+
+def served_by_sandbox(routing: Routing, model: str) -> bool:
+    """Whether every backend of the model's route is the sandbox: its images are labelled previews,
+    never generations (the playground says so)."""
+    route = routing.route_for(model)
+    return bool(route) and all(routing.backends[name].type == SANDBOX for name in route)
