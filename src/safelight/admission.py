@@ -25,7 +25,15 @@ from safelight.kie import Code, KieError, param_string
 from safelight.net import FetchError, OutboundPolicy, UnsafeURLError, check_url
 from safelight.routing import Routing
 from safelight.storage import UrlSigner
-from safelight.store import AccountQueueFull, IdempotencyConflict, InsufficientCredits, Store
+from safelight.store import (
+    AccountQueueFull,
+    IdempotencyConflict,
+    InsufficientCredits,
+    KeyGrant,
+    KeyLimitExceeded,
+    KeyLimits,
+    Store,
+)
 from safelight.ttl_cache import TtlCache
 
 MAX_URL_LENGTH = 2048
@@ -139,19 +147,20 @@ class Admission:
         if await self.maintenance():
             raise KieError(Code.MAINTENANCE)
 
-    async def create(self, account_id: int, request: CreateRequest) -> str:
-        """Admit the request and create the task, reserving its credits; returns the task id.
+    async def create(self, account_id: int, request: CreateRequest, *, key: KeyGrant | None = None) -> str:
+        """Admit the request and create the task, reserving its credits; returns the task id. `key` is
+        the API key the request came with: the task counts against its credit caps (code 433 past one).
 
         With tracing on, this span starts the task's trace; its context is stored with the task."""
         with tracing.span("safelight.create_task", model=request.model, account=account_id):
-            return await self._create(account_id, request)
+            return await self._create(account_id, request, key)
 
     def refuse_if_full(self, account_id: int) -> None:
         """429 at once for an account found at its cap less than a second ago (no store access)."""
         if self._full_accounts.get(account_id):
             raise self._account_full()
 
-    async def _create(self, account_id: int, request: CreateRequest) -> str:
+    async def _create(self, account_id: int, request: CreateRequest, key: KeyGrant | None) -> str:
         probing = False
         if request.idempotency_key is None:
             # Found full less than a second ago: refuse without touching the store. (A repeat with an
@@ -164,7 +173,7 @@ class Admission:
                 self._full_accounts.put(account_id, True)
                 probing = True
         try:
-            task_id = await self._create_admitted(account_id, request)
+            task_id = await self._create_admitted(account_id, request, key)
         except BaseException:
             if probing and not self._full_accounts.get(account_id):
                 self._recently_full.discard(account_id)
@@ -174,7 +183,7 @@ class Admission:
             self._recently_full.discard(account_id)
         return task_id
 
-    async def _create_admitted(self, account_id: int, request: CreateRequest) -> str:
+    async def _create_admitted(self, account_id: int, request: CreateRequest, key: KeyGrant | None) -> str:
         task = await self.admit(request, account_id)
         limit = self.settings.max_queued
         if await self.unfinished_tasks() >= limit:
@@ -190,7 +199,11 @@ class Admission:
                                                  cancel_after_ms=None if request.cancel_after_seconds is None
                                                  else int(request.cancel_after_seconds * 1000),
                                                  idempotency=(request.idempotency_key, request.fingerprint())
-                                                 if request.idempotency_key else None)
+                                                 if request.idempotency_key else None,
+                                                 api_key_id=None if key is None else key.key_id,
+                                                 key_limits=KeyLimits() if key is None else key.limits)
+        except KeyLimitExceeded as exc:
+            raise KieError(Code.KEY_LIMIT_EXCEEDED, f"{exc}; nothing was created or charged") from None
         except InsufficientCredits as exc:
             raise KieError(Code.INSUFFICIENT_CREDITS, f"Credits insufficient: this task costs {exc.needed} "
                                                       f"credits, the balance is {exc.balance}") from None

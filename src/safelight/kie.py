@@ -60,9 +60,11 @@ class Code(IntEnum):
     OK = 200
     UNAUTHORIZED = 401
     INSUFFICIENT_CREDITS = 402
+    FORBIDDEN = 403  # the admin API, to a user key
     NOT_FOUND = 404
     INVALID = 422
     RATE_LIMITED = 429
+    KEY_LIMIT_EXCEEDED = 433  # a per-key credit cap (kie: "sub-key usage exceeds limit")
     MAINTENANCE = 455
     SERVER_ERROR = 500
     GENERATION_FAILED = 501  # callbacks of failed tasks
@@ -75,6 +77,7 @@ MESSAGES: Mapping[int, str] = {
     Code.UNAUTHORIZED: "You do not have access permissions",
     Code.INSUFFICIENT_CREDITS: "Credits insufficient",
     Code.RATE_LIMITED: "Rate limit exceeded",
+    Code.KEY_LIMIT_EXCEEDED: "Sub-key usage exceeds limit",
     Code.MAINTENANCE: "Service unavailable: the server is in maintenance mode",
     Code.SERVER_ERROR: "Server Error - An unexpected error occurred while processing the request",
 }
@@ -94,12 +97,15 @@ WHSEC_PREFIX = "whsec_"
 class KieError(Exception):
     """A refusal in kie's terms: the envelope `code` and a `msg` a person can act on.
 
-    `retry_after` (seconds) goes out as an HTTP Retry-After header with code 429."""
+    `retry_after` (seconds) goes out as an HTTP Retry-After header with code 429. The HTTP status is
+    200, as on kie, unless `http_status` says otherwise (our own routes, such as the admin API)."""
 
-    def __init__(self, code: int, msg: str | None = None, *, retry_after: float | None = None) -> None:
+    def __init__(self, code: int, msg: str | None = None, *, retry_after: float | None = None,
+                 http_status: int = 200) -> None:
         self.code = int(code)
         self.msg = message(code) if msg is None else msg
         self.retry_after = retry_after
+        self.http_status = http_status
         super().__init__(self.msg)
 
 

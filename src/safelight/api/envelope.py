@@ -114,7 +114,8 @@ def install_error_handlers(app: FastAPI) -> None:
         retry_after = exc.retry_after
         if retry_after is None and exc.code == Code.RATE_LIMITED:
             retry_after = 10
-        return envelope(None, exc.code, exc.msg, headers=retry_after_header(retry_after))
+        return envelope(None, exc.code, exc.msg, http_status=exc.http_status,
+                        headers=retry_after_header(retry_after))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> Response:

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from .accounts import AccountStore, CreatedKey, InsufficientCredits, NotFound
+from .accounts import (
+    AccountStore,
+    AdminKey,
+    CreatedAdminKey,
+    CreatedKey,
+    InsufficientCredits,
+    KeyGrant,
+    KeyLimitExceeded,
+    KeyLimits,
+    NotFound,
+)
+from .audit import AuditStore, cli_actor
 from .callbacks import CallbackStore
 from .db import Database, now_ms
 from .notify import CALLBACKS_CHANNEL, TASKS_CHANNEL, TaskEvents, Wakeup
@@ -29,6 +40,7 @@ class Store:
         self.state = StateStore(self.db)
         self.rate_limits = RateLimitStore(self.db)
         self.workers = WorkerStore(self.db)
+        self.audit = AuditStore(self.db)
 
     async def ping(self) -> None:
         """Raise if the database does not answer."""
@@ -46,8 +58,9 @@ class Store:
 
 
 __all__ = [
-    "AccountQueueFull", "AccountStore", "CallbackStore", "CreatedKey", "Database", "IdempotencyConflict",
-    "InsufficientCredits", "TaskEvents", "TaskNotCancellable",
+    "AccountQueueFull", "AccountStore", "AuditStore", "CallbackStore", "CreatedKey", "Database",
+    "IdempotencyConflict", "InsufficientCredits", "cli_actor", "AdminKey", "CreatedAdminKey", "KeyGrant",
+    "KeyLimitExceeded", "KeyLimits", "TaskEvents", "TaskNotCancellable",
     "LiveWorker", "NotFound", "RateLimitStore", "RequeueReport", "StateStore", "Store", "TaskStore", "Wakeup",
     "WorkerStore", "now_ms",
 ]

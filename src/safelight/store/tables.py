@@ -40,6 +40,38 @@ api_keys = Table(
     Column("prefix", String(16), nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("revoked_at", BigInteger, nullable=True),
+    # Per-key credit caps (kie's sub-key limits): credits charged to this key's tasks per rolling hour,
+    # rolling day and in all; NULL = no cap. Exceeding one refuses createTask with code 433.
+    Column("limit_hour", BigInteger, nullable=True),
+    Column("limit_day", BigInteger, nullable=True),
+    Column("limit_total", BigInteger, nullable=True),
+    # JSON list of CIDRs the key may be used from; NULL = anywhere.
+    Column("allowed_ips", Text, nullable=True),
+)
+
+# Keys of the operator console and the admin API. A separate table, so an admin key can never act as
+# a user key (it has no account and cannot create tasks) and a user key never reaches /api/admin.
+admin_keys = Table(
+    "admin_keys", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger, nullable=True),
+)
+
+# Every change an operator makes (admin API, console, CLI): who, what, when.
+audit_log = Table(
+    "audit_log", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", BigInteger, nullable=False),
+    # "admin key ops (sla_AbCdEf)" or "cli (user@host)"
+    Column("actor", String(200), nullable=False),
+    Column("action", String(64), nullable=False, index=True),
+    Column("target", String(200), nullable=False),
+    # JSON object: the change's parameters (never a secret).
+    Column("detail", Text, nullable=False),
 )
 
 credit_ledger = Table(
@@ -92,6 +124,8 @@ tasks = Table(
     Column("trace_context", String(64), nullable=True),
     # Cancel-After: a task not finished by then is cancelled by whichever process sweeps first.
     Column("cancel_at", BigInteger, nullable=True, index=True),
+    # The API key the task was created with (per-key caps count its tasks); NULL before 0.3.
+    Column("api_key_id", Integer, nullable=True),
     # The claim query: oldest waiting task of the models a worker serves.
     Index("ix_tasks_state_model_create", "state", "model", "create_time"),
     Index("ix_tasks_account_create", "account_id", "create_time"),
@@ -99,6 +133,7 @@ tasks = Table(
     Index("ix_tasks_account_state", "account_id", "state"),
     Index("ix_tasks_state_lease", "state", "lease_expires_at"),
     Index("ix_tasks_state_batch_create", "state", "batch_key", "create_time"),
+    Index("ix_tasks_api_key_create", "api_key_id", "create_time"),
 )
 
 # Per-key request counts of fixed windows, shared by API replicas on PostgreSQL (store/rate_limits.py).

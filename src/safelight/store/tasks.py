@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from safelight import metrics
 from safelight.kie import FailCode, TaskState
 
-from .accounts import InsufficientCredits, add_ledger_entry
+from .accounts import InsufficientCredits, KeyLimitExceeded, KeyLimits, add_ledger_entry, key_usage_in
 from .callbacks import CallbackStore
 from .db import Database, now_ms
 from .notify import TaskEvents, Wakeup
@@ -52,6 +52,8 @@ class _CreateRequest:
     trace_context: str | None
     cancel_after_ms: int | None
     idempotency: tuple[str, str] | None  # (key, request hash)
+    api_key_id: int | None
+    key_limits: KeyLimits
     outcome: asyncio.Future[str]
 
 
@@ -97,9 +99,11 @@ class TaskStore:
     async def create(self, *, account_id: int, model: str, param: str, callback_url: str | None,
                      num_images: int, cost: int, batch_key: str | None = None,
                      max_unfinished: int | None = None, trace_context: str | None = None,
-                     cancel_after_ms: int | None = None, idempotency: tuple[str, str] | None = None) -> str:
-        """Insert a waiting task and reserve its credits, atomically. Raises InsufficientCredits, or
-        AccountQueueFull when the account already has `max_unfinished` unfinished tasks.
+                     cancel_after_ms: int | None = None, idempotency: tuple[str, str] | None = None,
+                     api_key_id: int | None = None, key_limits: KeyLimits = KeyLimits()) -> str:
+        """Insert a waiting task and reserve its credits, atomically. Raises InsufficientCredits,
+        AccountQueueFull when the account already has `max_unfinished` unfinished tasks, or
+        KeyLimitExceeded when the task would take its API key (`api_key_id`) past one of `key_limits`.
 
         `idempotency` is (Idempotency-Key, hash of the request): the same key and hash within
         IDEMPOTENCY_SECONDS return the task created the first time, charged once; the same key with
@@ -114,6 +118,7 @@ class TaskStore:
                                  callback_url=callback_url, num_images=num_images, cost=cost,
                                  batch_key=batch_key, max_unfinished=max_unfinished, trace_context=trace_context,
                                  cancel_after_ms=cancel_after_ms, idempotency=idempotency,
+                                 api_key_id=api_key_id, key_limits=key_limits,
                                  outcome=asyncio.get_running_loop().create_future())
         self._pending.append(request)
         if self._flusher is None or self._flusher.done():
@@ -167,6 +172,11 @@ class TaskStore:
                 select(tasks.c.account_id, func.count()).where(tasks.c.account_id.in_(capped),
                                                                tasks.c.state.in_(TaskState.UNFINISHED))
                 .group_by(tasks.c.account_id))).all()}
+        # Credits charged to capped keys, counted under the same account locks: a key belongs to one
+        # account, so concurrent creates with one key (on any replica) are serialised here.
+        capped_keys = sorted({request.api_key_id for request in batch
+                              if request.api_key_id is not None and request.key_limits})
+        key_usage = await key_usage_in(conn, capped_keys, at) if capped_keys else {}
         outcomes: list[object] = []
         ledger_rows, task_rows = [], []
         for request in batch:
@@ -182,6 +192,8 @@ class TaskStore:
                 refusal = AccountQueueFull(request.max_unfinished)
             elif request.cost > balance:
                 refusal = InsufficientCredits(request.cost, balance)
+            elif request.api_key_id in key_usage:
+                refusal = _over_limit(request.key_limits, key_usage[request.api_key_id], request.cost)
             if refusal is not None:
                 if request.idempotency is not None:  # nothing was created: the key stays free
                     await conn.execute(delete(idempotency_keys).where(
@@ -201,9 +213,12 @@ class TaskStore:
                 param=request.param, callback_url=request.callback_url, num_images=request.num_images,
                 credits_reserved=request.cost, credits_consumed=0, fail_code="", fail_msg="", claims=0,
                 batch_key=request.batch_key, create_time=at, update_time=at, files_deleted=False,
-                trace_context=request.trace_context,
+                trace_context=request.trace_context, api_key_id=request.api_key_id,
                 cancel_at=None if request.cancel_after_ms is None else at + request.cancel_after_ms))
             unfinished[request.account_id] = queued + 1
+            if request.api_key_id in key_usage:
+                key_usage[request.api_key_id] = {period: spent + request.cost
+                                                 for period, spent in key_usage[request.api_key_id].items()}
             outcomes.append(None)
         for account_id in {row["account_id"] for row in ledger_rows}:
             await conn.execute(update(accounts).where(accounts.c.id == account_id)
@@ -570,6 +585,14 @@ class TaskStore:
         # Same transaction as the state change: the callback is owed exactly when the task ends.
         if url:
             await self.callbacks.enqueue_in(conn, task_id=task_id, account_id=account_id, url=url, at=at)
+
+
+def _over_limit(limits: KeyLimits, spent: dict[str, int], cost: int) -> KeyLimitExceeded | None:
+    """The first cap (hour, day, total) this task's cost would pass, or None."""
+    for period, limit in limits.as_dict().items():
+        if limit is not None and spent[period] + cost > limit:
+            return KeyLimitExceeded(period, limit, spent[period], cost)
+    return None
 
 
 def _claimed_rows(rows: Sequence[RowMapping], worker_id: str, at: int) -> list[RowMapping]:
