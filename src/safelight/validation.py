@@ -29,6 +29,11 @@ def describe_errors(exc: ValidationError, prefix: str) -> str:
     return "; ".join(_describe(err, prefix) for err in exc.errors(include_url=False))
 
 
+def describe_error(err: ErrorDetails, prefix: str = "") -> str:
+    """One error as `path must be ...; got ...` (FastAPI's request errors have the same shape)."""
+    return _describe(err, prefix)
+
+
 def _describe(err: ErrorDetails, prefix: str) -> str:
     path = error_path(err["loc"], prefix)
     kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")

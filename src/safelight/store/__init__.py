@@ -15,6 +15,7 @@ from .accounts import (
     KeyLimits,
     NotFound,
 )
+from .admin import AdminStore
 from .audit import AuditStore, cli_actor
 from .callbacks import CallbackStore
 from .db import Database, now_ms
@@ -41,6 +42,8 @@ class Store:
         self.rate_limits = RateLimitStore(self.db)
         self.workers = WorkerStore(self.db)
         self.audit = AuditStore(self.db)
+        # Cross-table reads of the admin API (every account's tasks, callbacks, ledger, keys).
+        self.admin = AdminStore(self.db)
 
     async def ping(self) -> None:
         """Raise if the database does not answer."""
@@ -58,7 +61,7 @@ class Store:
 
 
 __all__ = [
-    "AccountQueueFull", "AccountStore", "AuditStore", "CallbackStore", "CreatedKey", "Database",
+    "AccountQueueFull", "AccountStore", "AdminStore", "AuditStore", "CallbackStore", "CreatedKey", "Database",
     "IdempotencyConflict", "InsufficientCredits", "cli_actor", "AdminKey", "CreatedAdminKey", "KeyGrant",
     "KeyLimitExceeded", "KeyLimits", "TaskEvents", "TaskNotCancellable",
     "LiveWorker", "NotFound", "RateLimitStore", "RequeueReport", "StateStore", "Store", "TaskStore", "Wakeup",

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from safelight.kie import TaskState
 
+from .audit import write_audit
 from .db import Database, now_ms
 from .notify import Wakeup
 from .tables import callback_attempts as attempts_log
@@ -135,8 +136,11 @@ class CallbackStore:
             "log": by_delivery.get(row["id"], []),
         } for row in rows]
 
-    async def redeliver(self, task_id: str, account_id: int) -> str | None:
-        """Queue one more delivery of a finished task to its callBackUrl; None if there is nothing to send."""
+    async def redeliver(self, task_id: str, account_id: int, *, actor: str | None = None,
+                        replaces: str | None = None) -> str | None:
+        """Queue one more delivery of a finished task to its callBackUrl; None if there is nothing to send.
+        With an `actor`, the audit log records who asked (and which delivery it `replaces`), in the same
+        transaction."""
         async with self.db.write() as conn:
             task = (await conn.execute(
                 select(tasks.c.callback_url, tasks.c.state)
@@ -145,5 +149,8 @@ class CallbackStore:
                 return None
             delivery_id = await self.enqueue_in(conn, task_id=task_id, account_id=account_id, url=task.callback_url,
                                            at=now_ms())
+            if actor is not None:
+                await write_audit(conn, actor=actor, action="callback.redeliver", target=f"task {task_id}",
+                                  detail={"delivery": delivery_id, "replaces": replaces})
         self.enqueued()
         return delivery_id

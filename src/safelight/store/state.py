@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from .audit import write_audit
 from .db import Database
 from .tables import server_state
 
@@ -41,13 +42,19 @@ class StateStore:
     async def maintenance(self) -> bool:
         return await self.get("maintenance") == "on"
 
-    async def set_maintenance(self, on: bool) -> None:
-        await self.put("maintenance", "on" if on else "off")
+    async def set_maintenance(self, on: bool, *, actor: str | None = None) -> None:
+        """Maintenance on or off; with an `actor`, the audit log records who did it, in the same transaction."""
+        async with self.db.write() as conn:
+            await _upsert(conn, "maintenance", "on" if on else "off")
+            if actor is not None:
+                await write_audit(conn, actor=actor, action="maintenance.on" if on else "maintenance.off",
+                                  target="server", detail={})
 
     async def disabled_models(self) -> set[str]:
         return set(json.loads(await self.get("disabled_models") or "[]"))
 
-    async def set_model_enabled(self, model_id: str, enabled: bool) -> set[str]:
+    async def set_model_enabled(self, model_id: str, enabled: bool, *, actor: str | None = None) -> set[str]:
+        """Enable or disable a model; returns the disabled models. With an `actor`, audited."""
         async with self.db.write() as conn:
             current = (await conn.execute(select(server_state.c.value)
                                           .where(server_state.c.key == "disabled_models"))).scalar_one_or_none()
@@ -57,6 +64,9 @@ class StateStore:
             else:
                 disabled.add(model_id)
             await _upsert(conn, "disabled_models", json.dumps(sorted(disabled)))
+            if actor is not None:
+                await write_audit(conn, actor=actor, action="model.enable" if enabled else "model.disable",
+                                  target=f"model {model_id}", detail={})
         return disabled
 
 

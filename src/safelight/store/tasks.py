@@ -20,6 +20,7 @@ from safelight import metrics
 from safelight.kie import FailCode, TaskState
 
 from .accounts import InsufficientCredits, KeyLimitExceeded, KeyLimits, add_ledger_entry, key_usage_in
+from .audit import write_audit
 from .callbacks import CallbackStore
 from .db import Database, now_ms
 from .notify import TaskEvents, Wakeup
@@ -394,12 +395,17 @@ class TaskStore:
         _ended(ended, fail_msg)
         return True
 
-    async def cancel(self, task_id: str, account_id: int, reason: str = "cancelled") -> RowMapping | None:
+    async def cancel(self, task_id: str, account_id: int, reason: str = "cancelled", *,
+                     actor: str | None = None) -> RowMapping | None:
         """End the account's unfinished task at once: fail 499, refunded, its callback owed. A worker
         running it hears of it (task events) and stops its backend. Returns the ended row, None for
-        an unknown task (or another account's); raises TaskNotCancellable for a finished one."""
+        an unknown task (or another account's); raises TaskNotCancellable for a finished one. With an
+        `actor` (an operator), the audit log records the cancel in the same transaction."""
         async with self.db.write() as conn:
             ended = await self._fail_in(conn, task_id, FailCode.CANCELLED, reason, account_id=account_id)
+            if ended is not None and actor is not None:
+                await write_audit(conn, actor=actor, action="task.cancel", target=f"task {task_id}",
+                                  detail={"model": ended.model, "reason": reason})
             state = None if ended else (await conn.execute(select(tasks.c.state).where(
                 tasks.c.id == task_id, tasks.c.account_id == account_id))).scalar_one_or_none()
         if ended is None:
