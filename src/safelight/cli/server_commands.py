@@ -80,6 +80,7 @@ def register(app: typer.Typer, *, keys_app: typer.Typer, credits_app: typer.Type
     keys_app.command("create")(needs_server(keys_create))
     keys_app.command("list")(needs_server(keys_list))
     keys_app.command("revoke")(needs_server(keys_revoke))
+    keys_app.command("limits")(needs_server(keys_limits))
     keys_app.command("webhook-secret")(needs_server(keys_webhook_secret))
     # ignore_unknown_options: "-500" is a negative amount, not an option.
     credits_app.command("add", context_settings={"ignore_unknown_options": True})(needs_server(credits_add))
@@ -290,9 +291,23 @@ def keys_create(
     name: Annotated[str, typer.Option(help="Key name; also the account name unless --account is given.")],
     credits: Annotated[int, typer.Option(min=0, help="Credits to grant the account.")] = 0,
     account: Annotated[str | None, typer.Option(help="Existing or new account to put the key on.")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="An admin key (the console /admin and the admin API "
+                                                        "/api/admin): it has no account and cannot create tasks.")]
+    = False,
 ) -> None:
     """Create an API key and print it (it is not shown again)."""
-    created = _run(lambda store: store.accounts.create_key(name, account=account, credits=credits))
+    from safelight.store import cli_actor
+
+    if admin:
+        if credits or account:
+            err.print("[red]error:[/] an admin key has no account: --credits and --account do not apply")
+            raise typer.Exit(2)
+        made = _run(lambda store: store.accounts.create_admin_key(name, actor=cli_actor()))
+        console.print(f"admin key [bold]{escape(made.name)}[/], key id admin:{made.key_id}")
+        print(made.key)
+        return
+    created = _run(lambda store: store.accounts.create_key(name, account=account, credits=credits,
+                                                           actor=cli_actor()))
     console.print(f"account [bold]{escape(created.account_name)}[/] (id {created.account_id}), "
                   f"key id {created.key_id}")
     if created.account_existed:
@@ -303,22 +318,72 @@ def keys_create(
 
 
 def keys_list() -> None:
-    """List keys (prefix only), their accounts and balances."""
-    rows = _run(lambda store: store.accounts.list_keys())
-    table = Table("id", "name", "prefix", "account", "balance", "status")
+    """List keys (prefix only), their accounts, balances, credit caps and allowed addresses; then admin keys."""
+
+    async def both(store: Store) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        return await store.accounts.list_keys(), await store.accounts.list_admin_keys()
+
+    rows, admins = _run(both)
+    table = Table("id", "name", "prefix", "account", "balance", "caps (hour/day/total)", "allowed IPs", "status")
     for row in rows:
+        caps = "/".join("-" if value is None else str(value) for value in row["limits"].values())
         table.add_row(str(row["id"]), row["name"], row["prefix"] + "…", row["account"], str(row["balance"]),
+                      caps, ", ".join(row["allowed_ips"]) if row["allowed_ips"] else "any",
+                      "revoked" if row["revoked_at"] else "active")
+    for row in admins:
+        table.add_row(f"admin:{row['id']}", row["name"], row["prefix"] + "…", "[dim](admin key)[/]", "", "", "",
                       "revoked" if row["revoked_at"] else "active")
     console.print(table)
 
 
-def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or displayed prefix.")]) -> None:
+def keys_revoke(key: Annotated[str, typer.Argument(help="Key id (admin:N for an admin key) or displayed prefix.")]
+                ) -> None:
     """Revoke a key; it stops working within 2 seconds."""
-    count = _run(lambda store: store.accounts.revoke_key(key))
+    from safelight.store import cli_actor
+
+    count = _run(lambda store: store.accounts.revoke_key(key, actor=cli_actor()))
     if not count:
         console.print(f"[red]no active key {escape(repr(key))}[/]")
         raise typer.Exit(1)
     console.print(f"revoked {count} key(s)")
+
+
+def keys_limits(
+    key_id: Annotated[int, typer.Argument(help="The user key's id (safelight keys list).")],
+    hour: Annotated[int | None, typer.Option(min=1, help="Credits per rolling hour.")] = None,
+    day: Annotated[int | None, typer.Option(min=1, help="Credits per rolling day.")] = None,
+    total: Annotated[int | None, typer.Option(min=1, help="Credits in all.")] = None,
+    allow_ip: Annotated[list[str] | None, typer.Option("--allow-ip", help="An address or CIDR the key may be "
+                                                                          "used from (repeat for more).")] = None,
+    any_ip: Annotated[bool, typer.Option("--any-ip", help="Remove the IP allow-list.")] = False,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove every cap (and, with --any-ip, the allow-list).")]
+    = False,
+) -> None:
+    """Set a key's credit caps (a task past one gets code 433) and IP allow-list; options not given keep
+    their current values."""
+    from safelight.store import KeyLimits, NotFound, cli_actor
+
+    async def change(store: Store) -> dict[str, Any]:
+        current = next((row for row in await store.accounts.list_keys() if row["id"] == key_id), None)
+        if current is None:
+            raise NotFound(f"no API key with id {key_id}")
+        caps = {} if clear else dict(current["limits"])
+        caps.update({name: value for name, value in (("hour", hour), ("day", day), ("total", total))
+                     if value is not None})
+        allowed = None if any_ip else (allow_ip or current["allowed_ips"])
+        await store.accounts.set_key_limits(key_id, KeyLimits(caps.get("hour"), caps.get("day"), caps.get("total")),
+                                            allowed, actor=cli_actor())
+        return {"limits": caps, "allowed": allowed}
+
+    try:
+        result = _run(change)
+    except (NotFound, ValueError) as exc:
+        console.print(f"[red]{escape(str(exc))}[/]")
+        raise typer.Exit(1) from None
+    caps = ", ".join(f"{value} per {name}" if name != "total" else f"{value} in total"
+                     for name, value in result["limits"].items() if value is not None) or "no credit caps"
+    console.print(f"key {key_id}: {caps}; used from "
+                  f"{', '.join(result['allowed']) if result['allowed'] else 'any address'}")
 
 
 def keys_webhook_secret(
@@ -327,10 +392,10 @@ def keys_webhook_secret(
     = False,
 ) -> None:
     """Show (or rotate) the account's webhook signing secret (whsec_…; kie and Standard Webhooks)."""
-    from safelight.store import NotFound
+    from safelight.store import NotFound, cli_actor
 
     try:
-        secret = _run(lambda store: store.accounts.webhook_key(account, rotate=rotate))
+        secret = _run(lambda store: store.accounts.webhook_key(account, rotate=rotate, actor=cli_actor()))
     except NotFound as exc:
         console.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(1) from None
@@ -343,10 +408,10 @@ def keys_webhook_secret(
 def credits_add(account: Annotated[str, typer.Argument(help="Account name or id.")],
                 amount: Annotated[int, typer.Argument(help="Credits to add (negative to deduct).")]) -> None:
     """Grant (or with a negative amount, deduct) credits; recorded in the ledger."""
-    from safelight.store import InsufficientCredits, NotFound
+    from safelight.store import InsufficientCredits, NotFound, cli_actor
 
     try:
-        balance = _run(lambda store: store.accounts.add_credits(account, amount))
+        balance = _run(lambda store: store.accounts.add_credits(account, amount, actor=cli_actor()))
     except (NotFound, InsufficientCredits) as exc:
         console.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(1) from None
