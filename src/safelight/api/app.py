@@ -20,6 +20,7 @@ from . import account, callbacks, files, jobs, models, openai_images, stream, up
 from .auth import ApiKeys
 from .envelope import EnvelopeResponse, envelope, install_error_handlers
 from .middleware import BodyTimeout, BodyTimeoutMiddleware, RequestLogMiddleware, UnexpectedErrorMiddleware
+from .openapi import SafelightAPI
 from .ratelimit import rate_limiter_for
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def create_app(settings: Settings | None = None, *, roles: Iterable[Role] = SERV
         finally:
             await runtime.close()
 
-    app = FastAPI(
+    app = SafelightAPI(
         title="Safelight",
         version=__version__,
         description="Self-hosted image generation speaking the kie.ai Market job API.",

@@ -9,11 +9,14 @@ from safelight.kie import Code, KieError, TaskState
 from .auth import require_account, runtime_of
 from .envelope import EnvelopeResponse, envelope, read_json_object
 from .jobs import owned_task, record_is_null
+from .openapi import TASK_ID_BODY
+from .shapes import CallbackLogReply, RedeliverReply
 
 router = APIRouter(prefix="/api/v1/jobs/callbacks", tags=["callbacks"])
 
 
-@router.get("", summary="Callback deliveries of a task, with every attempt")
+@router.get("", summary="Callback deliveries of a task, with every attempt",
+            responses={200: {"model": CallbackLogReply}})
 async def callback_log(request: Request, taskId: str = "") -> EnvelopeResponse:  # noqa: N803
     account_id = await require_account(request)
     if await owned_task(request, taskId, account_id) is None:
@@ -21,7 +24,8 @@ async def callback_log(request: Request, taskId: str = "") -> EnvelopeResponse: 
     return envelope(await runtime_of(request).store.callbacks.log(taskId, account_id))
 
 
-@router.post("/redeliver", summary="Queue one more delivery of a finished task's callback")
+@router.post("/redeliver", summary="Queue one more delivery of a finished task's callback",
+             responses={200: {"model": RedeliverReply}}, openapi_extra={"requestBody": TASK_ID_BODY})
 async def redeliver(request: Request) -> EnvelopeResponse:
     account_id = await require_account(request)
     body = await read_json_object(request, 64 * 1024, '{"taskId": "..."}')

@@ -21,12 +21,13 @@ from safelight.storage import StorageKeyError
 from .auth import runtime_of
 from .download import DOWNLOAD_URL_DOC, download_url
 from .envelope import envelope
+from .shapes import DownloadUrlReply
 
 router = APIRouter(tags=["files"])
 
 router.add_api_route("/api/v1/common/download-url", download_url, methods=["POST"],
                      summary="Get a 20-minute download link for one of your result or upload URLs",
-                     openapi_extra=DOWNLOAD_URL_DOC)
+                     responses={200: {"model": DownloadUrlReply}}, openapi_extra=DOWNLOAD_URL_DOC)
 
 
 @router.get("/files/{key:path}", include_in_schema=False)

@@ -17,13 +17,14 @@ from fastapi import APIRouter, Request
 from sqlalchemy.engine import RowMapping
 
 from safelight.admission import CreateRequest, cancel_after_seconds, idempotency_key
-from safelight.catalog import MODELS
 from safelight.kie import RECORD_IS_NULL, Code, KieError, TaskState
 from safelight.store import TaskNotCancellable
 
 from .auth import admission_of, bearer_key, require_account, runtime_of
 from .envelope import EnvelopeResponse, envelope, read_json_object
+from .openapi import CREATE_TASK_BODY, TASK_ID_BODY
 from .ratelimit import RateLimiter
+from .shapes import CreateTaskReply, RecordReply, TaskListReply
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
@@ -31,18 +32,9 @@ router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 MAX_WAIT_SECONDS = 60.0
 MAX_LIST_LIMIT = 100
 
-# The body is parsed by hand (kie-style error messages), so describe it for /docs explicitly.
-CREATE_TASK_DOC = {
-    "security": [{"bearer": []}],
-    "requestBody": {"required": True, "content": {"application/json": {"schema": {
-        "type": "object", "required": ["model", "input"],
-        "properties": {"model": {"type": "string", "enum": list(MODELS)},
-                       "callBackUrl": {"type": "string", "format": "uri"},
-                       "input": {"type": "object", "description": "Model input; see GET /api/v1/models"}}}}}},
-}
-
-
-@router.post("/createTask", summary="Create a generation task", openapi_extra=CREATE_TASK_DOC)
+@router.post("/createTask", summary="Create a generation task", responses={200: {"model": CreateTaskReply}},
+             # The body is parsed by hand (kie-style error messages): its schema, one per model, is in openapi.py.
+             openapi_extra={"requestBody": CREATE_TASK_BODY})
 async def create_task(request: Request) -> EnvelopeResponse:
     # Authentication is called directly rather than through Depends: on the hottest route,
     # FastAPI's dependency solving cost ~15% of the request (bench/api.py).
@@ -112,7 +104,7 @@ async def wait_for_end(request: Request, task_id: str, account_id: int, timeout:
                     await changed.wait()
 
 
-@router.get("/recordInfo", summary="Get a task's state and result")
+@router.get("/recordInfo", summary="Get a task's state and result", responses={200: {"model": RecordReply}})
 async def record_info(request: Request, taskId: str = "") -> EnvelopeResponse:  # noqa: N803
     account_id = await require_account(request)
     row = await owned_task(request, taskId, account_id)
@@ -121,7 +113,8 @@ async def record_info(request: Request, taskId: str = "") -> EnvelopeResponse:  
     return envelope(await task_data(request, row))
 
 
-@router.post("/cancel", summary="Cancel a task (extension): it ends as fail 499, fully refunded")
+@router.post("/cancel", summary="Cancel a task (extension): it ends as fail 499, fully refunded",
+             responses={200: {"model": RecordReply}}, openapi_extra={"requestBody": TASK_ID_BODY})
 async def cancel(request: Request) -> EnvelopeResponse:
     account_id = await require_account(request)
     body = await read_json_object(request, 64 * 1024, '{"taskId": "..."}')
@@ -138,7 +131,8 @@ async def cancel(request: Request) -> EnvelopeResponse:
     return envelope(await task_data(request, row))
 
 
-@router.get("/list", summary="The account's tasks, newest first (extension)")
+@router.get("/list", summary="The account's tasks, newest first (extension)",
+            responses={200: {"model": TaskListReply}})
 async def list_tasks(request: Request, state: str | None = None, model: str | None = None,
                      since: int | None = None, limit: int = 20, cursor: str | None = None) -> EnvelopeResponse:
     account_id = await require_account(request)

@@ -9,11 +9,13 @@ from safelight.routing import SANDBOX, Routing
 
 from .auth import admission_of, runtime_of
 from .envelope import EnvelopeResponse, envelope
+from .shapes import ModelsReply
 
 router = APIRouter(tags=["models"])
 
 
-@router.get("/api/v1/models", summary="List models with input schema and price")
+@router.get("/api/v1/models", summary="List models with input schema and price (no key needed)",
+            responses={200: {"model": ModelsReply}})
 async def list_models(request: Request) -> EnvelopeResponse:
     disabled = await admission_of(request).disabled_models()
     overrides = runtime_of(request).settings.prices

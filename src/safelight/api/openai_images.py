@@ -56,6 +56,7 @@ from .envelope import BodyError, parse_json_object, read_body
 from .jobs import wait_for_end
 from .middleware import BodyTimeout
 from .ratelimit import RateLimiter
+from .shapes import OPENAI_ERRORS, OpenAIImages, OpenAIModel, OpenAIModelList
 
 router = APIRouter(tags=["openai"])
 
@@ -611,7 +612,6 @@ async def answer(request: Request, account_id: int, task_ids: list[str], respons
 # --- the routes -----------------------------------------------------------------------------------
 
 GENERATIONS_DOC = {
-    "security": [{"bearer": []}],
     "requestBody": {"required": True, "content": {"application/json": {"schema": {
         "type": "object", "required": ["model", "prompt"],
         "properties": {"model": {"type": "string", "description": "a model id or an [openai.aliases] name"},
@@ -623,7 +623,6 @@ GENERATIONS_DOC = {
                        "user": {"type": "string"}}}}}},
 }
 EDITS_DOC = {
-    "security": [{"bearer": []}],
     "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": ["image", "prompt", "model"],
         "properties": {"image": {"type": "string", "format": "binary", "description": "or image[] (several)"},
@@ -642,7 +641,8 @@ async def _admitted(request: Request) -> int:
     return account_id
 
 
-@router.post("/v1/images/generations", summary="Create images (OpenAI Images API)", openapi_extra=GENERATIONS_DOC)
+@router.post("/v1/images/generations", summary="Create images (OpenAI Images API)", openapi_extra=GENERATIONS_DOC,
+             responses={200: {"model": OpenAIImages}, **OPENAI_ERRORS})
 @_openai_errors
 async def generations(request: Request) -> Response:
     account_id = await _admitted(request)
@@ -665,7 +665,8 @@ class _Upload:
     data: bytes
 
 
-@router.post("/v1/images/edits", summary="Edit images (OpenAI Images API)", openapi_extra=EDITS_DOC)
+@router.post("/v1/images/edits", summary="Edit images (OpenAI Images API)", openapi_extra=EDITS_DOC,
+             responses={200: {"model": OpenAIImages}, **OPENAI_ERRORS})
 @_openai_errors
 async def edits(request: Request) -> Response:
     account_id = await _admitted(request)
@@ -746,14 +747,19 @@ async def _read_form(request: Request, max_bytes: int) -> tuple[dict[str, str], 
         await form.close()
 
 
-@router.get("/v1/models", summary="List models (OpenAI format)")
+@router.get("/v1/models", summary="List models (OpenAI format)",
+            responses={200: {"model": OpenAIModelList}, 401: OPENAI_ERRORS[401]})
 @_openai_errors
 async def list_models(request: Request) -> Response:
     await require_account(request)
     return JSONResponse({"object": "list", "data": await _served_models(request)})
 
 
-@router.get("/v1/models/{model:path}", summary="Retrieve a model (OpenAI format)")
+@router.get("/v1/models/{model:path}", summary="Retrieve a model (OpenAI format)",
+            responses={200: {"model": OpenAIModel}, 401: OPENAI_ERRORS[401], 404: OPENAI_ERRORS[404]},
+            # read from path_params (it may hold '/'): declared here for the document
+            openapi_extra={"parameters": [{"name": "model", "in": "path", "required": True,
+                                           "schema": {"type": "string"}, "example": "z-image"}]})
 @_openai_errors
 async def retrieve_model(request: Request) -> Response:
     await require_account(request)

@@ -20,14 +20,26 @@ from safelight.kie import TaskState, dumps
 
 from .auth import require_account, runtime_of
 from .jobs import owned_task, record_is_null, task_data
+from .shapes import NullReply
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
 KEEPALIVE_SECONDS = 15
 
 
+EVENTS_DOC = {
+    "description": "Server-sent events: `state` (the record, at once and on every change of state), `progress` "
+                   "(`{\"progress\": n}`) and a last `done` (the final record); then the stream ends. An unknown "
+                   "task, or a refusal, is answered instead with kie's envelope as JSON.",
+    "content": {"text/event-stream": {"schema": {"type": "string"}, "example": (
+        'event: state\ndata: {"taskId": "...", "state": "generating", "progress": 0, ...}\n\n'
+        'event: progress\ndata: {"progress": 50}\n\n'
+        'event: done\ndata: {"taskId": "...", "state": "success", "progress": 100, ...}\n\n')}},
+}
+
+
 @router.get("/stream", summary="A task's state and progress as server-sent events (extension)",
-            response_class=EventSourceResponse)
+            response_class=EventSourceResponse, responses={200: {"model": NullReply, **EVENTS_DOC}})
 async def stream(request: Request, taskId: str = "") -> Response:  # noqa: N803
     account_id = await require_account(request)
     if await owned_task(request, taskId, account_id) is None:

@@ -27,10 +27,33 @@ from safelight.net import FetchError, UnsafeURLError, fetch, sniff_image_type
 from .auth import account_of, runtime_of
 from .envelope import BodyError, EnvelopeResponse, parse_json_object, read_body
 from .middleware import BodyTimeout
+from .openapi import json_body
+from .shapes import UploadReply
 
 router = APIRouter(tags=["files"])
 
 SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+# The bodies are read by hand (kie's own error replies), so they are described here for the OpenAPI document.
+_SEGMENT = SEGMENT.pattern.removeprefix("^").removesuffix("$")
+UPLOAD_PATH = {"type": "string", "pattern": f"^{_SEGMENT}(/{_SEGMENT}){{0,7}}$", "examples": ["images/user-uploads"],
+               "description": "The folder: 1-8 segments of letters, digits, '.', '_' or '-', separated by '/'."}
+FILE_NAME = {"type": "string", "pattern": SEGMENT.pattern,
+             "description": "The stored name (uploading a name again overwrites it); by default the file's own "
+                            "name, or a fresh one."}
+BASE64_BODY = json_body({"type": "object", "required": ["base64Data", "uploadPath"], "properties": {
+    "base64Data": {"type": "string",
+                   "description": "The file as base64, or as a data: URL (data:image/png;base64,...)."},
+    "uploadPath": UPLOAD_PATH, "fileName": FILE_NAME}})
+URL_BODY = json_body({"type": "object", "required": ["fileUrl", "uploadPath"], "properties": {
+    "fileUrl": {"type": "string", "format": "uri", "pattern": "^[hH][tT][tT][pP][sS]?://",
+                "description": "An http or https URL this server fetches (public addresses only)."},
+    "uploadPath": UPLOAD_PATH, "fileName": FILE_NAME}})
+STREAM_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file", "uploadPath"], "properties": {
+        "file": {"type": "string", "format": "binary", "description": "The file (one part with a filename)."},
+        "uploadPath": UPLOAD_PATH, "fileName": FILE_NAME}}}}}
+REPLY: dict[int | str, dict[str, Any]] = {200: {"model": UploadReply}}
 
 
 class UploadError(Exception):
@@ -151,7 +174,8 @@ def _handled(handler: UploadRoute) -> UploadRoute:
     return endpoint
 
 
-@router.post("/api/file-base64-upload", summary="Upload a file as base64 (or a data: URL)")
+@router.post("/api/file-base64-upload", summary="Upload a file as base64 (or a data: URL)", responses=REPLY,
+             openapi_extra={"requestBody": BASE64_BODY})
 @_handled
 async def upload_base64(request: Request) -> EnvelopeResponse:
     account_id = await _account(request)
@@ -171,7 +195,8 @@ async def upload_base64(request: Request) -> EnvelopeResponse:
     return await _store(request, account_id, upload_path, body.get("fileName"), data)
 
 
-@router.post("/api/file-stream-upload", summary="Upload a file as multipart/form-data")
+@router.post("/api/file-stream-upload", summary="Upload a file as multipart/form-data", responses=REPLY,
+             openapi_extra={"requestBody": STREAM_BODY})
 @_handled
 async def upload_stream(request: Request) -> EnvelopeResponse:
     account_id = await _account(request)
@@ -195,7 +220,8 @@ async def upload_stream(request: Request) -> EnvelopeResponse:
     return await _store(request, account_id, upload_path, file_name, data, original)
 
 
-@router.post("/api/file-url-upload", summary="Upload a file by fetching a URL")
+@router.post("/api/file-url-upload", summary="Upload a file by fetching a URL", responses=REPLY,
+             openapi_extra={"requestBody": URL_BODY})
 @_handled
 async def upload_url(request: Request) -> EnvelopeResponse:
     account_id = await _account(request)
