@@ -152,6 +152,8 @@ def test_cli_sets_limits_makes_admin_keys_and_audits(tmp_path, monkeypatch):
     assert admin.exit_code == 0 and re.search(r"sla_[\w-]+", admin.output)
     refused = runner.invoke(cli_app, ["keys", "create", "--name", "ops2", "--admin", "--credits", "5"])
     assert refused.exit_code == 2 and "an admin key has no account" in refused.output
+    assert runner.invoke(cli_app, ["maintenance", "on"]).exit_code == 0
+    assert runner.invoke(cli_app, ["models", "disable", "z-image"]).exit_code == 0
     listed = runner.invoke(cli_app, ["keys", "list"]).output
     assert "10/50/100" in listed and "192.0.2.0/24" in listed and "admin:1" in listed
 
@@ -163,6 +165,7 @@ def test_cli_sets_limits_makes_admin_keys_and_audits(tmp_path, monkeypatch):
             await store.close()
 
     entries = asyncio.run(audit())
-    assert [entry["action"] for entry in entries] == ["key.create", "key.limits", "key.limits", "key.create"]
+    assert [entry["action"] for entry in entries] == ["model.disable", "maintenance.on", "key.create", "key.limits",
+                                                      "key.limits", "key.create"]
     assert all(entry["actor"].startswith("cli (") for entry in entries)
-    assert entries[1]["detail"] == {"hour": 10, "day": 50, "total": 100, "allowedIps": ["192.0.2.0/24"]}
+    assert entries[3]["detail"] == {"hour": 10, "day": 50, "total": 100, "allowedIps": ["192.0.2.0/24"]}

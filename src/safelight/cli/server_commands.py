@@ -423,7 +423,9 @@ def maintenance(mode: Annotated[str, typer.Argument(help="on or off")]) -> None:
     if mode not in ("on", "off"):
         console.print("[red]mode must be on or off[/]")
         raise typer.Exit(2)
-    _run(lambda store: store.state.set_maintenance(mode == "on"))
+    from safelight.store import cli_actor
+
+    _run(lambda store: store.state.set_maintenance(mode == "on", actor=cli_actor()))
     console.print(f"maintenance {mode}")
 
 
@@ -509,11 +511,12 @@ def _breaker_summary(backend: str, live: list[dict[str, dict[str, Any]]]) -> str
 
 def _set_model(model_id: str, enabled: bool) -> None:
     from safelight.catalog import MODELS
+    from safelight.store import cli_actor
 
     if model_id not in MODELS:
         console.print(f"[red]unknown model {escape(repr(model_id))}; models: {', '.join(MODELS)}[/]")
         raise typer.Exit(1)
-    disabled = _run(lambda store: store.state.set_model_enabled(model_id, enabled))
+    disabled = _run(lambda store: store.state.set_model_enabled(model_id, enabled, actor=cli_actor()))
     console.print(f"{model_id} {'enabled' if enabled else 'disabled'}; disabled now: {sorted(disabled) or 'none'}")
 
 
