@@ -20,7 +20,7 @@ from safelight.admission import CreateRequest, cancel_after_seconds, idempotency
 from safelight.kie import RECORD_IS_NULL, Code, KieError, TaskState
 from safelight.store import TaskNotCancellable
 
-from .auth import admission_of, bearer_key, require_account, runtime_of
+from .auth import admission_of, bearer_key, require_account, require_key, runtime_of
 from .envelope import EnvelopeResponse, envelope, read_json_object
 from .openapi import CREATE_TASK_BODY, TASK_ID_BODY
 from .ratelimit import RateLimiter
@@ -38,7 +38,8 @@ MAX_LIST_LIMIT = 100
 async def create_task(request: Request) -> EnvelopeResponse:
     # Authentication is called directly rather than through Depends: on the hottest route,
     # FastAPI's dependency solving cost ~15% of the request (bench/api.py).
-    account_id = await require_account(request)
+    caller = await require_key(request)
+    account_id = caller.account_id
     runtime = runtime_of(request)
     settings = runtime.settings
     limiter: RateLimiter | None = request.app.state.rate_limiter
@@ -56,7 +57,7 @@ async def create_task(request: Request) -> EnvelopeResponse:
     if key is not None or deadline is not None:
         create = replace(create, idempotency_key=idempotency_key(key) if key is not None else None,
                          cancel_after_seconds=cancel_after_seconds(deadline) if deadline is not None else None)
-    task_id = await admission.create(account_id, create)
+    task_id = await admission.create(account_id, create, key=caller)
     if wait is None:
         return envelope({"taskId": task_id})
     row = await wait_for_end(request, task_id, account_id, wait)

@@ -51,7 +51,7 @@ from safelight.net import sniff_image_type
 from safelight.routing import Routing
 from safelight.store import TaskNotCancellable
 
-from .auth import admission_of, bearer_key, require_account, runtime_of
+from .auth import admission_of, bearer_key, require_account, require_key, runtime_of
 from .envelope import BodyError, parse_json_object, read_body
 from .jobs import wait_for_end
 from .middleware import BodyTimeout
@@ -104,6 +104,8 @@ STILL_RUNNING = Problem(504, "server_error", "timeout")
 ADMISSION_ERRORS: Mapping[int, Problem] = {
     Code.UNAUTHORIZED: Problem(401, "invalid_request_error", "invalid_api_key"),
     Code.INSUFFICIENT_CREDITS: Problem(429, "insufficient_quota", "insufficient_quota"),
+    # A per-key credit cap: OpenAI's answer to a project over its budget.
+    Code.KEY_LIMIT_EXCEEDED: Problem(429, "insufficient_quota", "insufficient_quota"),
     Code.NOT_FOUND: Problem(404, "invalid_request_error", "not_found"),
     Code.INVALID: INVALID,
     Code.RATE_LIMITED: Problem(429, "requests", "rate_limit_exceeded", retry=True),
@@ -551,6 +553,7 @@ async def create_tasks(request: Request, account_id: int, spec: ModelSpec, built
                              idempotency_key=None if key is None else key if len(built.inputs) == 1 else f"{key}#{i}")
                for i, task_input in enumerate(built.inputs)]
     created: list[str] = []
+    grant = await require_key(request)  # cached since _admitted: the key's credit caps
     try:
         if len(creates) > 1 and key is None:
             # Several tasks: refuse up front what the balance cannot cover in full.
@@ -562,7 +565,7 @@ async def create_tasks(request: Request, account_id: int, spec: ModelSpec, built
                 raise KieError(Code.INSUFFICIENT_CREDITS, f"Credits insufficient: these {len(creates)} tasks cost "
                                                           f"{total} credits, the balance is {balance}")
         for create in creates:
-            created.append(await admission.create(account_id, create))
+            created.append(await admission.create(account_id, create, key=grant))
     except KieError as exc:
         await _cancel(request, account_id, created)
         raise from_refusal(exc, built.params) from None
