@@ -16,7 +16,7 @@ from safelight.config import Settings
 from safelight.metrics import exposition, token_allows
 from safelight.runtime import SERVE_ROLES, Role, Runtime, load_configured_routing, preflight
 
-from . import account, callbacks, files, jobs, models, openai_images, stream, uploads, web
+from . import account, admin, callbacks, files, jobs, models, openai_images, stream, uploads, web
 from .auth import ApiKeys
 from .envelope import EnvelopeResponse, envelope, install_error_handlers
 from .middleware import BodyTimeout, BodyTimeoutMiddleware, RequestLogMiddleware, UnexpectedErrorMiddleware
@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None, *, roles: Iterable[Role] = SERV
                        idle_seconds=settings.body_idle_timeout_seconds)
     app.add_middleware(RequestLogMiddleware)
     # openai_images last: its /v1/{path} catch-all answers OpenAI's 404 for the OpenAI routes it lacks.
-    for module in (jobs, stream, callbacks, account, models, files, uploads, web, openai_images):
+    for module in (jobs, stream, callbacks, account, models, files, uploads, admin, web, openai_images):
         app.include_router(module.router)
     app.mount("/ui", web.web_files(), name="ui")  # the pages' static files (src/safelight/web/)
 
