@@ -74,20 +74,23 @@ def refusal(status: int, msg: str) -> EnvelopeResponse:
 
 def _problem(error: Mapping[str, Any]) -> str:
     loc = [part for part in error.get("loc", ()) if part not in ("body", "query", "path")]
-    kind = error.get("type")
+    where = ".".join(str(part) for part in loc)
+    kind, msg = error.get("type"), str(error.get("msg", ""))
     if kind == "json_invalid":
-        return f"the body is not valid JSON: {(error.get('ctx') or {}).get('error', error.get('msg'))}"
+        return f"the body is not valid JSON: {(error.get('ctx') or {}).get('error', msg)}"
     if kind == "extra_forbidden":
-        return f"{'.'.join(str(part) for part in loc)} is not a field of this request"
-    if kind == "value_error":
-        where = ".".join(str(part) for part in loc)
-        return f"{where}{'' if str(error['msg']).startswith('Value error, [') else ' '}" \
-               f"{str(error['msg']).removeprefix('Value error, ')}"
+        return f"{where} is not a field of this request"
+    if kind == "value_error":  # our validators' messages, after pydantic's "Value error, "
+        detail = msg.removeprefix("Value error, ")
+        return f"{where}{'' if detail.startswith('[') else ' '}{detail}"
     if not loc and kind == "missing":
         return "the body is required: send a JSON object"
-    if not loc and kind in ("model_type", "dict_type", "model_attributes_type"):
-        return "the body must be a JSON object"
-    return describe_error(error, "")  # type: ignore[arg-type]
+    if not loc:
+        return "the body must be a JSON object (Content-Type: application/json)"
+    got = error.get("input")
+    if error.get("loc", ("",))[0] == "query" and isinstance(got, str) and got.lstrip("-").isdigit():
+        got = int(got)  # a number in the query string is shown as the number it is
+    return describe_error({**error, "loc": tuple(loc), "input": got})  # type: ignore[typeddict-item]
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
