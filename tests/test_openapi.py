@@ -313,3 +313,4 @@ async def test_the_docs_pages_load_everything_from_this_server(live_server, page
             assert asset.headers["content-type"].split(";")[0] in CONTENT_TYPES[suffix.group()], url
             if suffix.group() == ".js":
                 assert len(asset.content) > 500_000, f"{url} is not the bundle ({len(asset.content)} bytes)"
+                assert b"cdn.redoc.ly" not in asset.content, f"{url} still loads Redocly's logo from their CDN"

@@ -14,15 +14,17 @@ what every route takes and answers.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, Response
 
 from safelight.admission import MAX_URL_LENGTH
 from safelight.catalog import MODELS, ModelSpec
@@ -50,6 +52,8 @@ class SafelightAPI(FastAPI):
         # badge fetched from validator.swagger.io.
         super().__init__(docs_url=None, redoc_url=None,
                          swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None}, **kwargs)
+        # Before the mount, which would otherwise answer for it.
+        self.add_api_route(REDOC_JS_URL, redoc_script, methods=["GET"], include_in_schema=False)
         self.mount(ASSETS_URL, StaticFiles(directory=ASSETS_DIR), name="docs-assets")
         self.add_api_route(DOCS_URL, self.swagger_ui, methods=["GET"], include_in_schema=False)
         self.add_api_route(REDOC_URL, self.redoc, methods=["GET"], include_in_schema=False)
@@ -67,13 +71,31 @@ class SafelightAPI(FastAPI):
         root = request.scope.get("root_path", "")
         return get_redoc_html(
             openapi_url=f"{root}{self.openapi_url}", title=f"{self.title} - API reference",
-            redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
+            redoc_js_url=f"{root}{REDOC_JS_URL}",
             redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png", with_google_fonts=False)
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is None:
             self.openapi_schema = complete(super().openapi())
         return self.openapi_schema
+
+
+# ReDoc's bundle draws Redocly's logo from their CDN, whatever its options say: served with the logo
+# replaced by an empty image, the page makes no request beyond this server.
+REDOC_JS_URL = f"{ASSETS_URL}/redoc.js"
+REDOC_CDN_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+EMPTY_IMAGE = "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg'/%3E"
+
+
+@functools.cache
+def _redoc_bundle() -> bytes:
+    bundle = Path(ASSETS_DIR, "redoc.standalone.js").read_bytes()
+    return bundle.replace(REDOC_CDN_LOGO.encode(), EMPTY_IMAGE.encode())
+
+
+async def redoc_script() -> Response:
+    return Response(_redoc_bundle(), media_type="text/javascript; charset=utf-8",
+                    headers={"Cache-Control": "public, max-age=86400"})
 
 
 def complete(document: dict[str, Any]) -> dict[str, Any]:
