@@ -36,6 +36,13 @@ MAX_LIST_LIMIT = 100
              # The body is parsed by hand (kie-style error messages): its schema, one per model, is in openapi.py.
              openapi_extra={"requestBody": CREATE_TASK_BODY})
 async def create_task(request: Request) -> EnvelopeResponse:
+    """Queue a task: `model` chooses the schema of `input`, and `data.taskId` names the task. Follow it with
+    recordInfo, the event stream, or the signed POST to `callBackUrl` when it ends.
+
+    Optional headers (extensions; without them every byte is kie's): `Prefer: wait[=N]` holds the answer up to
+    N seconds (60 at most) and answers the whole record if the task ends within them; `Idempotency-Key`
+    makes a retry answer the same task; `Cancel-After: N` (seconds, or `Ns`/`Nm`) cancels the task, refunded,
+    if it has not ended by then."""
     # Authentication is called directly rather than through Depends: on the hottest route,
     # FastAPI's dependency solving cost ~15% of the request (bench/api.py).
     caller = await require_key(request)
