@@ -36,6 +36,7 @@ from safelight.runtime import SERVE_ROLES, Role, Runtime
 from tests.helpers import LiveServer, free_port, start_server
 
 CHROMIUM = os.environ.get("SAFELIGHT_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_INSTALLED = Path(CHROMIUM).exists()
 WEB_TESTS = Path(__file__).resolve().parent
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
@@ -56,7 +57,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def browser() -> AsyncIterator[Browser]:
-    if not Path(CHROMIUM).exists():
+    if not CHROMIUM_INSTALLED:
         message = f"Chromium is not installed at {CHROMIUM} (apt-get install chromium, or `make test`)"
         if os.environ.get("CI"):
             pytest.fail(message)

@@ -138,7 +138,8 @@ async def test_generates_with_each_first_model(web_server, page, tmp_path, model
     assert [unsigned(url) for url in shown] == [unsigned(url) for url in result["resultUrls"]]
     assert await page.locator(".seed").all_inner_texts() == [f"seed {seed}" for seed in result["seeds"]]
     await page.wait_for_function(IMAGES_LOADED)
-    sizes = await page.locator(".result-image").evaluate_all("images => images.map(i => [i.naturalWidth, i.naturalHeight])")
+    sizes = await page.locator(".result-image").evaluate_all(
+        "images => images.map(i => [i.naturalWidth, i.naturalHeight])")
     assert sizes == [list(case["size"])] * case["images"]
 
     # The state was followed on the event stream, not by polling.

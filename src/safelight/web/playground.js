@@ -258,7 +258,7 @@ const BUILDERS = {
     const input = el("input", { id: field.id, name: field.name, type: "url", required: field.required,
                                 placeholder: "https://… or upload a file", maxlength: schema.maxLength ?? null,
                                 inputmode: "url", spellcheck: "false" });
-    const preview = el("img", { class: "thumb", alt: "", hidden: true });
+    const preview = el("img", { class: "thumb", alt: "", hidden: true, on: { error: markBroken } });
     const status = el("p", { class: "hint upload-status", "aria-live": "polite" });
     const picker = filePicker(field, false, async (files) => {
       const [url] = await uploadAll(files, status);
@@ -271,7 +271,10 @@ const BUILDERS = {
     function showPreview() {
       const value = input.value.trim();
       preview.hidden = !URL_PATTERN.test(value);
-      if (!preview.hidden && preview.getAttribute("src") !== value) preview.src = value;
+      if (!preview.hidden && preview.getAttribute("src") !== value) {
+        preview.classList.remove("broken");
+        preview.src = value;
+      }
     }
     input.addEventListener("change", showPreview);
     const control = el("div", { class: "url-field" }, el("div", { class: "row url-row" }, input, picker), preview, status);
@@ -300,7 +303,7 @@ const BUILDERS = {
 
     function render() {
       clear(list, urls.map((url, index) => el("li", { class: "url-item" },
-        el("img", { class: "thumb", src: url, alt: `Image ${index + 1}` }),
+        el("img", { class: "thumb", src: url, alt: `Image ${index + 1}`, on: { error: markBroken } }),
         el("a", { href: url, target: "_blank", rel: "noopener", class: "url-text" }, shortUrl(url)),
         el("button", { class: "button small quiet", type: "button", "aria-label": `Remove image ${index + 1}`,
                        on: { click: () => { urls.splice(index, 1); render(); changed(); add.focus(); } } }, "Remove"))));
@@ -395,6 +398,10 @@ function filePicker(field, multiple, onFiles) {
             multiple ? "Upload images…" : "Upload image…", input);
 }
 
+function markBroken(event) {
+  event.target.classList.add("broken");
+}
+
 function shortUrl(url) {
   try {
     const parsed = new URL(url);
@@ -446,9 +453,13 @@ function stored(name) {
 
 function priceText(model) {
   const entries = Object.entries(model.prices || {});
+  const unit = model.priceUnit || "credits";
   if (!entries.length) return "priced by the operator";
-  if (entries.length === 1) return `${entries[0][1]} ${model.priceUnit || "credits"}`;
-  return `${entries.map(([tier, price]) => `${tier}: ${price}`).join(", ")} ${model.priceUnit || "credits"}`;
+  if (entries.length === 1) {
+    const [[, price]] = entries;
+    return `${price} ${price === 1 ? unit.replace(/^credits\b/, "credit") : unit}`;
+  }
+  return `${entries.map(([tier, price]) => `${tier}: ${price}`).join(", ")} ${unit}`;
 }
 
 function modelLabel(model) {
@@ -492,10 +503,9 @@ function chooseModel(id, input = null) {
   const notices = [];
   if (model.sandbox) {
     notices.push(el("div", { id: "sandbox-notice", class: "notice warn", role: "note" },
-      el("strong", {}, "Sandbox. "),
-      `On this server ${model.id} is served by the sandbox backend: its images are labelled previews `
-      + "(the prompt, size and seed drawn on a plain background), not generations. They show how the API "
-      + "behaves; an operator routes the model to a GPU pipeline or a provider for real images."));
+      el("strong", {}, "Sandbox: "),
+      `on this server, ${model.id} draws labelled previews (prompt, size and seed), not generations. `
+      + "They show how the API behaves; real images need a GPU pipeline or a provider on the model's route."));
   }
   if (model.enabled === false) {
     notices.push(el("div", { class: "notice error", role: "note" },
