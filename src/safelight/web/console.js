@@ -1,7 +1,7 @@
 // The operator console (/admin): a thin page over the admin JSON API (/api/admin/...).
 // Everything shown comes from that API; data goes into the page as text, never as HTML.
 
-import { $, $$, api, ApiError, copyText, el, formatAge, formatTime, keys } from "/ui/common.js";
+import { $, $$, api, ApiError, clear, copyText, el, formatAge, formatTime, keys } from "/ui/common.js";
 
 const KEY_SLOT = "admin"; // localStorage "safelight.admin.key" (common.js keys)
 const QUEUE_REFRESH_MS = 3000;
@@ -162,6 +162,13 @@ function breakerList(breakers) {
   }));
 }
 
+/** A worker's models: a short list as it is, a long one folded under its count. */
+function modelList(models) {
+  if (models.length === 0) return muted("every model");
+  if (models.length <= 4) return models.join(", ");
+  return el("details", {}, el("summary", {}, `${models.length} models`), models.join(", "));
+}
+
 async function loadQueue() {
   let queue;
   try {
@@ -170,34 +177,34 @@ async function loadQueue() {
     $("#queue-updated").textContent = `Could not load the queue: ${error.msg || error.message}`;
     return;
   }
-  $("#queue-states").replaceChildren(...STATES.map((state) =>
+  clear($("#queue-states"), ...STATES.map((state) =>
     el("div", { class: `stat state-${state}`, dataset: { state } },
        el("dt", {}, state), el("dd", {}, String(queue.states[state] ?? 0)))));
 
   const oldest = queue.oldestWaiting;
-  $("#queue-oldest").replaceChildren(oldest
+  clear($("#queue-oldest"), oldest
     ? el("span", {}, el("strong", { id: "oldest-age" }, formatAge(oldest.ageMs)), ` (${oldest.model}) `,
          taskLink(oldest.taskId))
     : "No task is waiting.");
-  $("#queue-callbacks").replaceChildren(`${queue.callbacks.pending} pending, `,
+  clear($("#queue-callbacks"), `${queue.callbacks.pending} pending, `,
     el("span", { class: queue.callbacks.failed ? "warn-text" : null }, `${queue.callbacks.failed} given up`));
 
   const models = $("#queue-models tbody");
-  models.replaceChildren(...queue.unfinishedByModel.map((entry) => el("tr", {},
+  clear(models, ...queue.unfinishedByModel.map((entry) => el("tr", {},
     el("td", {}, entry.model), el("td", {}, stateBadge(entry.state)), el("td", { class: "num" }, String(entry.count)))));
   if (queue.unfinishedByModel.length === 0) emptyRow(models, "No unfinished tasks.");
 
   const workers = $("#queue-workers tbody");
-  workers.replaceChildren(...queue.workers.map((worker) => el("tr", { dataset: { worker: worker.id } },
+  clear(workers, ...queue.workers.map((worker) => el("tr", { dataset: { worker: worker.id } },
     el("td", {}, el("span", { class: "mono" }, worker.id), el("br"), muted(`${worker.host} · pid ${worker.pid}`)),
-    el("td", { class: "wrap" }, worker.models.length ? worker.models.join(", ") : muted("every model")),
+    el("td", { class: "wrap" }, modelList(worker.models)),
     el("td", { class: "num" }, String(worker.inFlight)),
     el("td", {}, breakerList(worker.breakers)),
     el("td", {}, time(worker.startedAt)),
     el("td", {}, time(worker.lastSeen)))));
   if (queue.workers.length === 0) emptyRow(workers, "No live workers: tasks wait until one starts.");
 
-  $("#queue-updated").replaceChildren("Updated ", time(Date.now()));
+  clear($("#queue-updated"), "Updated ", time(Date.now()));
 }
 
 // --- a task's record ------------------------------------------------------------------------------------------
@@ -238,17 +245,17 @@ async function openRecord(taskId) {
   const dialog = $("#record-dialog");
   const body = $("#record-body");
   $("#record-title").textContent = `Task ${taskId}`;
-  body.replaceChildren(muted("Loading…"));
+  clear(body, muted("Loading…"));
   if (!dialog.open) dialog.showModal();
   let detail;
   try {
     detail = await admin(`/api/admin/tasks/${enc(taskId)}`);
   } catch (error) {
-    body.replaceChildren(el("p", { class: "notice error", role: "alert" }, `Could not load the task: ${error.msg || error.message}`));
+    clear(body, el("p", { class: "notice error", role: "alert" }, `Could not load the task: ${error.msg || error.message}`));
     return;
   }
   const { task, record, callbacks } = detail;
-  body.replaceChildren(
+  clear(body,
     facts([
       ["State", stateBadge(task.state)],
       ["Model", task.model],
@@ -364,7 +371,7 @@ async function loadCallbacks() {
       admin("/api/admin/callbacks", { query: { ...query, status, limit: 100 } })));
     if (generation !== table.generation) return;
     const items = lists.flatMap((list) => list.items).sort((a, b) => b.createdAt - a.createdAt || b.id - a.id);
-    table.tbody.replaceChildren(...items.map(deliveryRow));
+    clear(table.tbody, ...items.map(deliveryRow));
     if (items.length === 0) emptyRow(table.tbody, "No callback is pending or given up.");
   } catch (error) {
     if (generation !== table.generation) return;
@@ -603,7 +610,7 @@ function showServerFacts(server) {
   $("#maintenance-switch").checked = server.maintenance;
   for (const select of $$("select[data-models]")) {
     const chosen = select.value;
-    select.replaceChildren(el("option", { value: "" }, "any"),
+    clear(select, el("option", { value: "" }, "any"),
       ...server.models.map((model) => el("option", { value: model.id }, model.id)));
     select.value = chosen;
   }
@@ -629,13 +636,13 @@ async function loadServer() {
     return;
   }
   showServerFacts(server);
-  $("#server-version").replaceChildren("Safelight ", mono(server.version),
+  clear($("#server-version"), "Safelight ", mono(server.version),
     server.sandbox ? " · every model runs on the sandbox (previews, not generations)" : null);
-  $("#models-table tbody").replaceChildren(...server.models.map(modelRow));
-  $("#server-passthrough").replaceChildren(server.passThrough
+  clear($("#models-table tbody"), ...server.models.map(modelRow));
+  clear($("#server-passthrough"), server.passThrough
     ? `Models outside the catalog pass through to: ${server.passThrough.route.join(" → ")}`
     : "No pass-through: a model outside the catalog is refused.");
-  $("#server-backends").replaceChildren(...server.backends.map((backend) =>
+  clear($("#server-backends"), ...server.backends.map((backend) =>
     el("li", {}, el("strong", {}, backend.name), ` (${backend.type})`)));
 }
 
@@ -707,6 +714,7 @@ function selectTab(name, { focus = false } = {}) {
     tab.setAttribute("aria-selected", String(selected));
     tab.tabIndex = selected ? 0 : -1;
     if (selected && focus) tab.focus();
+    if (selected) tab.scrollIntoView({ block: "nearest", inline: "nearest" });
     $(`#${tab.getAttribute("aria-controls")}`).hidden = !selected;
   }
   if (window.location.hash !== `#${name}`) window.history.replaceState(null, "", `#${name}`);
@@ -743,7 +751,7 @@ function showConsole(server) {
   $("#sign-in").hidden = true;
   $("#console").hidden = false;
   $("#signed-in").hidden = false;
-  $("#signed-in-as").replaceChildren("Signed in with ", mono(`${session.key.slice(0, 10)}…`));
+  clear($("#signed-in-as"), "Signed in with ", mono(`${session.key.slice(0, 10)}…`));
   showServerFacts(server);
   const wanted = window.location.hash.slice(1);
   selectTab(wanted in TABS ? wanted : "queue");
