@@ -26,6 +26,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from safelight.api.app import create_app
 from safelight.config import Settings
 from safelight.runtime import Runtime
+from safelight.store.accounts import KeyLimits
 
 CHROMIUM = "/usr/bin/chromium"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -107,7 +108,50 @@ async def playground(browser: Browser, server: Server, docs: Path) -> None:
     await context.close()
 
 
-SHOTS: dict[str, Shot] = {"playground": playground}
+async def console(browser: Browser, server: Server, docs: Path) -> None:
+    """docs/console.png (the queue) and docs/console-keys.png (accounts and keys), signed in with an admin key
+    after some traffic: tasks on two accounts, one failing on an input that is not an image, one whose
+    callback receiver is down, a key with caps."""
+    import httpx
+
+    store = server.runtime.store
+    admin = await store.accounts.create_admin_key("ops")
+    studio = await store.accounts.create_key("studio", credits=400)
+    await store.accounts.set_key_limits(studio.key_id, KeyLimits(hour=100, day=300), ["203.0.113.0/24"],
+                                        actor="cli (ops@studio)")
+    bodies = [
+        (server.api_key, {"model": "z-image", "input": {"prompt": "a lighthouse", "aspect_ratio": "16:9"}}),
+        (server.api_key, {"model": "google/imagen4-fast", "input": {"prompt": "a red fox", "num_images": "2"}}),
+        # Nothing listens on port 9 (discard): the input cannot be fetched, the callback waits to be retried.
+        (server.api_key, {"model": "flux-2/pro-image-to-image",
+                          "input": {"prompt": "make it snow", "input_urls": ["http://127.0.0.1:9/photo.png"],
+                                    "aspect_ratio": "1:1", "resolution": "1K"}}),
+        (server.api_key, {"model": "z-image", "input": {"prompt": "a kite", "aspect_ratio": "1:1"},
+                          "callBackUrl": "http://127.0.0.1:9/hook"}),
+    ]
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+        for key, body in bodies:
+            answer = (await client.post("/api/v1/jobs/createTask", json=body,
+                                        headers={"Authorization": f"Bearer {key}"})).json()
+            assert answer["code"] == 200, answer
+
+    context = await browser.new_context(**DESKTOP)
+    page = await context.new_page()
+    await page.goto(server.base_url + "/admin")
+    await page.get_by_role("textbox", name="Admin key").fill(admin.key)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator('#queue-states [data-state="fail"] dd')).to_have_text("1")
+    await expect(page.locator("#queue-callbacks")).to_contain_text("1 pending")
+    await expect(page.locator("#queue-workers tbody tr")).to_have_count(1)
+    await page.screenshot(path=docs / "console.png", full_page=True)
+    await page.get_by_role("tab", name="Accounts & keys").click()
+    await expect(page.locator('#keys-table tr[data-key-name="studio"] td.caps')).to_contain_text("hour ≤ 100")
+    await page.wait_for_load_state("networkidle")
+    await page.screenshot(path=docs / "console-keys.png", full_page=True)
+    await context.close()
+
+
+SHOTS: dict[str, Shot] = {"playground": playground, "console": console}
 
 
 async def main(names: list[str]) -> None:
