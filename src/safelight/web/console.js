@@ -783,7 +783,7 @@ function signOut(message = "") {
 function signInProblem(error) {
   if (error.code === 403) {
     return "That is a user key, not an admin key: user keys cannot administer the server. Make an admin key " +
-      `with "safelight keys create NAME --admin". (The server said: ${error.msg})`;
+      `with "safelight keys create --name NAME --admin". (The server said: ${error.msg})`;
   }
   if (error.code === 401) return `The admin key was refused: ${error.msg}`;
   return `Could not sign in: ${error.msg || error.message}`;
