@@ -78,10 +78,16 @@ async def generate(page: Page, model: str, prompt: str, **selects: str) -> None:
     await page.get_by_label("Prompt", exact=True).fill(prompt)
     for label, option in selects.items():
         await page.get_by_label(label.replace("_", " "), exact=True).select_option(option)
+    shown = page.locator(".task-id")
+    before = await shown.text_content() if await shown.count() else None
     await page.get_by_role("button", name="Generate").click()
+    # The panel still shows the previous task until the new one opens: wait for the new one first.
+    await page.wait_for_function("(before) => document.querySelector('.task-id')?.textContent !== before", arg=before)
     await expect(page.locator("#task-state")).to_have_text("success", timeout=20_000)
-    await page.wait_for_function("""() => [...document.querySelectorAll('.result-image')]
-        .every((image) => image.complete && image.naturalWidth > 0)""")
+    await page.wait_for_function("""() => {
+        const images = [...document.querySelectorAll('.result-image')];
+        return images.length > 0 && images.every((image) => image.complete && image.naturalWidth > 0);
+    }""")
 
 
 async def playground(browser: Browser, server: Server, docs: Path) -> None:
