@@ -151,6 +151,26 @@ async def test_uploads_report_the_type_of_their_content_and_keep_a_safe_name(liv
         assert image["data"]["mimeType"] == "image/png" and image["data"]["fileName"] == "photo"
 
 
+async def test_an_upload_where_an_earlier_upload_sits_is_refused_naming_it(live_server):
+    """On local storage a file and a folder cannot share a path: uploadPath "a" with fileName "b" makes a
+    file where uploadPath "a/b" needs a folder. The refusal names both; nothing is half-written."""
+    async with live_server.client() as client:
+        def upload(path: str, name: str) -> dict:
+            return {"base64Data": base64.b64encode(png_bytes(2, 2)).decode(), "uploadPath": path, "fileName": name}
+
+        first = (await client.post("/api/file-base64-upload", json=upload("a", "b"))).json()
+        assert first["code"] == 200
+        under_file = (await client.post("/api/file-base64-upload", json=upload("a/b", "c.png"))).json()
+        assert under_file["code"] == 400 and under_file["success"] is False
+        assert under_file["msg"] == ("uploadPath 'a/b' with fileName 'c.png' conflicts with an earlier upload: 'a/b' "
+                                     "is a file, not a folder; choose another uploadPath or fileName")
+        await client.post("/api/file-base64-upload", json=upload("x/y", "z.png"))
+        onto_folder = (await client.post("/api/file-stream-upload", data={"uploadPath": "x", "fileName": "y"},
+                                         files={"file": ("y", png_bytes(2, 2), "image/png")})).json()
+        assert onto_folder["code"] == 400 and "'x/y' is a folder" in onto_folder["msg"]
+        assert (await client.get(first["data"]["downloadUrl"])).content == png_bytes(2, 2)
+
+
 async def test_an_input_url_of_another_accounts_file_is_refused(live_server):
     other = await live_server.runtime.store.accounts.create_key("other", credits=100)
     async with live_server.client(key=other.key) as theirs:

@@ -23,6 +23,7 @@ from starlette.datastructures import UploadFile
 
 from safelight.kie import upload_reply
 from safelight.net import FetchError, UnsafeURLError, fetch, sniff_image_type
+from safelight.storage import StorageKeyConflict
 
 from .auth import account_of, runtime_of
 from .envelope import BodyError, EnvelopeResponse, parse_json_object, read_body
@@ -136,8 +137,16 @@ async def _store(request: Request, account_id: int, upload_path: str, file_name:
     mime = content_type(data)
     name = _clean_name(file_name, original, mime)
     file_path = f"{upload_path}/{name}"
-    key = f"uploads/{account_id}/{file_path}"
-    await runtime.storage.put(key, data)
+    folder = f"uploads/{account_id}/"
+    key = folder + file_path
+    try:
+        await runtime.storage.put(key, data)
+    except StorageKeyConflict as exc:  # local storage: an earlier upload's file sits where a folder must go
+        existing = exc.existing.removeprefix(folder)
+        raise UploadError(400, f"uploadPath {upload_path!r} with fileName {name!r} conflicts with an earlier upload: "
+                               + (f"{existing!r} is a file, not a folder" if existing != file_path
+                                  else f"{file_path!r} is a folder")
+                               + "; choose another uploadPath or fileName") from None
     return _reply(200, "File uploaded successfully", {
         "success": True,
         "fileName": name,

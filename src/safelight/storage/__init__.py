@@ -11,12 +11,13 @@ from pathlib import Path
 
 from safelight.config import Settings
 
-from .base import Presigner, Storage, StorageConfigError, StorageKeyError, StoredFile
+from .base import Presigner, Storage, StorageConfigError, StorageKeyConflict, StorageKeyError, StoredFile
 from .local import LocalStorage
 from .signing import FILES_PREFIX, OwnLink, UrlSigner
 
 __all__ = ["FILES_PREFIX", "LocalStorage", "OwnLink", "Presigner", "Storage", "StorageConfigError",
-           "StorageKeyError", "StoredFile", "UrlSigner", "check_storage", "open_storage", "url_signer"]
+           "StorageKeyConflict", "StorageKeyError", "StoredFile", "UrlSigner", "check_storage", "open_storage",
+           "url_signer"]
 
 
 def open_storage(settings: Settings) -> Storage:

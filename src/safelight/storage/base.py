@@ -21,6 +21,16 @@ class StorageKeyError(ValueError):
     """A key that is not a plain relative path (absolute, empty, or with `..`)."""
 
 
+class StorageKeyConflict(StorageKeyError):
+    """A key that cannot be stored beside the files already there: on a file system, a folder on the
+    key's path is a file (or the key itself is a folder). Object stores have no such conflict."""
+
+    def __init__(self, key: str, existing: str) -> None:
+        super().__init__(f"{existing!r} is already a file, so {key!r} cannot be stored under it"
+                         if existing != key else f"{key!r} is already a folder")
+        self.key, self.existing = key, existing
+
+
 class StorageConfigError(ValueError):
     """SAFELIGHT_STORAGE_URL (or a setting that goes with it) cannot be used; the message says why."""
 

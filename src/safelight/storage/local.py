@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from stat import S_ISREG
 
-from .base import CHUNK_BYTES, Presigner, StorageKeyError, StoredFile, check_key
+from .base import CHUNK_BYTES, Presigner, StorageKeyConflict, StorageKeyError, StoredFile, check_key
 
 __all__ = ["LocalStorage", "StorageKeyError"]
 
@@ -35,7 +35,13 @@ class LocalStorage:
         return self.root.joinpath(*check_key(key).parts)
 
     async def put(self, key: str, data: bytes) -> None:
-        await asyncio.to_thread(self._write_atomically, self.path(key), data)
+        """Write the file; StorageKeyConflict when a folder on its path is a file, or it is a folder."""
+        path = self.path(key)
+        try:
+            await asyncio.to_thread(self._write_atomically, path, data)
+        except (FileExistsError, NotADirectoryError, IsADirectoryError):
+            existing = next((parent for parent in reversed(path.parents) if parent.is_file()), path)
+            raise StorageKeyConflict(key, existing.relative_to(self.root).as_posix()) from None
 
     async def get(self, key: str) -> bytes:
         return await asyncio.to_thread(self.path(key).read_bytes)
