@@ -23,7 +23,7 @@ from starlette.responses import Response
 
 from safelight import __version__
 from safelight.catalog import ANY_MODEL, MODELS
-from safelight.kie import TaskState
+from safelight.kie import KieError, TaskState
 from safelight.routing import SANDBOX
 from safelight.store import AdminKey, InsufficientCredits, NotFound, TaskNotCancellable, now_ms
 from safelight.store.accounts import ADMIN_KEY_ID, KEY_PREFIX, KeyLimits
@@ -41,18 +41,17 @@ AdminAuth = Annotated[AdminKey, Depends(require_admin)]
 Row = Mapping[Any, Any]
 
 
-class AdminError(Exception):
-    """A refusal with its real HTTP status (also the envelope's code)."""
+class AdminError(KieError):
+    """A refusal with its real HTTP status, which is also the envelope's code (the app's KieError
+    handler answers it, as it answers require_admin's 401 and 403)."""
 
     def __init__(self, status: int, msg: str) -> None:
-        super().__init__(msg)
-        self.status, self.msg = status, msg
+        super().__init__(status, msg, http_status=status)
 
 
 class AdminRoute(APIRoute):
-    """Answers the admin API's refusals in the envelope with their real HTTP status: AdminError as it
-    says, and a body or query that does not validate as 400 naming the field (the app's own handler
-    answers kie's 200 with code 422, which is right for the kie routes only)."""
+    """Answers a body or query that does not validate as HTTP 400 naming the field (the app's own
+    handler answers kie's 200 with code 422, which is right for the kie routes only)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -60,8 +59,6 @@ class AdminRoute(APIRoute):
         async def guarded(request: Request) -> Response:
             try:
                 return await handler(request)
-            except AdminError as exc:
-                return refusal(exc.status, exc.msg)
             except RequestValidationError as exc:
                 return refusal(400, "; ".join(_problem(error) for error in exc.errors()) or "invalid request")
 
