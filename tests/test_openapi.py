@@ -132,8 +132,9 @@ async def test_the_body_schema_takes_each_models_valid_input_and_refuses_another
 
 
 async def test_the_documented_security_is_what_the_server_enforces(live_server):
-    """Every operation but the public ones carries the bearer requirement, and refuses a request without a
-    key (kie's code 401 in the envelope, or HTTP 401/403); the public ones carry none and answer."""
+    """Every operation but the public ones carries a key requirement (the admin API its own scheme), and
+    refuses a request without a key (kie's code 401 in the envelope, or HTTP 401/403); the public ones
+    carry none and answer."""
     document = await fetch_document(live_server)
     found = operations(document)
     assert {("get", "/api/v1/models")} <= {(method, path) for method, path, _ in found}
@@ -150,7 +151,8 @@ async def test_the_documented_security_is_what_the_server_enforces(live_server):
                 assert "security" not in operation, where
                 assert response.status_code == 200 and code == 200, where
             else:
-                assert operation["security"] == [{"bearer": []}], where
+                scheme = "adminKey" if path.startswith("/api/admin/") else "bearer"
+                assert operation["security"] == [{scheme: []}], where
                 assert response.status_code in (401, 403) or code in (401, 403), where
 
 

@@ -50,11 +50,13 @@ async def test_swagger_ui_works_offline_and_authorize_sends_the_key(web_server, 
 
     await page.locator("button.authorize").first.click()
     dialog = page.locator(".dialog-ux")
-    await expect(dialog.get_by_text("bearer (http, Bearer)")).to_be_visible()
-    await dialog.locator("input").fill(web_server.api_key)
-    await dialog.locator(".auth-btn-wrapper button.authorize").click()  # its accessible name: "Apply credentials"
-    await expect(dialog.get_by_text("Authorized")).to_be_visible()
-    await dialog.locator(".auth-btn-wrapper button.btn-done").click()
+    # Two kinds of key, each asked for on its own: user keys, and admin keys for /api/admin.
+    await expect(dialog.get_by_text("adminKey (http, Bearer)")).to_be_visible()
+    user_key = dialog.locator(".auth-container").filter(has_text="bearer (http, Bearer)")
+    await user_key.locator("input").fill(web_server.api_key)
+    await user_key.locator("button.authorize").click()  # its accessible name: "Apply credentials"
+    await expect(user_key.get_by_text("Authorized")).to_be_visible()
+    await dialog.locator("button.btn-done").first.click()
 
     async def balance_through_try_it_out() -> dict[str, object]:
         credit = page.locator("#operations-account-credit_api_v1_chat_credit_get")

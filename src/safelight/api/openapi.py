@@ -7,7 +7,8 @@ what every route takes and answers.
   discriminator); each model's `input` schema is a component named `Input_<model id>`.
 - One rule, applied to the finished document, puts the bearer scheme on every operation except the
   public ones (`PUBLIC_OPERATIONS`): a route added later is documented as authenticated without
-  doing anything.
+  doing anything. The admin API (`/api/admin/...`) takes the other kind of key, so it has its own
+  scheme (`adminKey`): Swagger's Authorize then asks for each kind separately.
 - FastAPI's HTTP 422 `HTTPValidationError` is taken out: this app answers a request it cannot parse
   with kie's envelope (HTTP 200, code 422), which each operation's 200 reply describes.
 """
@@ -36,6 +37,8 @@ ASSETS_URL = "/docs/assets"
 ASSETS_DIR = str(files("fastapi_offline") / "static")
 
 BEARER = "bearer"
+ADMIN_KEY = "adminKey"
+ADMIN_PATHS = "/api/admin/"
 # Operations anyone may call, as (method, path); every other documented operation needs a key.
 PUBLIC_OPERATIONS = frozenset({("get", "/api/v1/models")})
 
@@ -110,6 +113,11 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
         "type": "http", "scheme": "bearer",
         "description": "An API key (`safelight keys create`), sent as `Authorization: Bearer <key>`.",
     }
+    components["securitySchemes"][ADMIN_KEY] = {
+        "type": "http", "scheme": "bearer",
+        "description": "An admin key (`safelight keys create --name NAME --admin`, `sla_…`), sent as "
+                       "`Authorization: Bearer <key>`; only the admin API takes it.",
+    }
     for path, item in document.get("paths", {}).items():
         for method, operation in item.items():
             if method not in _METHODS:
@@ -117,7 +125,7 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
             if (method, path) in PUBLIC_OPERATIONS:
                 operation.pop("security", None)
             else:
-                operation["security"] = [{BEARER: []}]
+                operation["security"] = [{ADMIN_KEY if path.startswith(ADMIN_PATHS) else BEARER: []}]
             responses = operation.get("responses", {})
             if _FASTAPI_VALIDATION[0] in json.dumps(responses.get("422", {})):
                 del responses["422"]
