@@ -66,6 +66,9 @@ async def test_an_ip_allow_list_refuses_other_addresses_by_name(live_server):
         assert refused["code"] == 401
         assert "may not be used from 127.0.0.1" in refused["msg"]
         assert (await client.get("/api/v1/chat/credit")).json()["code"] == 401
+        upload = (await client.post("/api/file-base64-upload",
+                                    json={"base64Data": "aGVsbG8=", "uploadPath": "u"})).json()
+        assert upload["success"] is False and upload["code"] == 401 and "127.0.0.1" in upload["msg"]
         await store.accounts.set_key_limits(created.key_id, KeyLimits(), ["127.0.0.1"])
         await asyncio.sleep(2.1)  # the key cache's lifetime
         assert (await client.post("/api/v1/jobs/createTask", json=PROMPT)).json()["code"] == 200

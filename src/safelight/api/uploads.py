@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 
-from safelight.kie import upload_reply
+from safelight.kie import KieError, upload_reply
 from safelight.net import FetchError, UnsafeURLError, fetch, sniff_image_type
 from safelight.storage import StorageKeyConflict
 
@@ -68,7 +68,10 @@ def _reply(code: int, msg: str, data: Any = None) -> EnvelopeResponse:
 
 
 async def _account(request: Request) -> int:
-    account_id = await account_of(request)
+    try:
+        account_id = await account_of(request)
+    except KieError as exc:  # a key used from outside its IP allow-list: said in the upload reply's shape
+        raise UploadError(exc.code, exc.msg) from None
     if account_id is None:
         raise UploadError(401, "Authentication failed: Invalid API Key")
     return account_id
