@@ -43,10 +43,6 @@ class ApiKeys:
             self.cache.put(key, grant)
         return grant
 
-    async def account_for(self, key: str) -> int | None:
-        grant = await self.grant_for(key)
-        return None if grant is None else grant.account_id
-
     async def admin_for(self, key: str) -> AdminKey | None:
         return await self.admins.get_or_load(key, lambda: self.store.accounts.admin_for(key))
 

@@ -49,7 +49,7 @@ from safelight.catalog.base import IMAGE_SIZE_PRESETS
 from safelight.kie import Code, FailCode, KieError, TaskState
 from safelight.net import sniff_image_type
 from safelight.routing import Routing
-from safelight.store import TaskNotCancellable
+from safelight.store import KeyGrant, TaskNotCancellable
 
 from .auth import admission_of, bearer_key, require_account, require_key, runtime_of
 from .envelope import BodyError, parse_json_object, read_body
@@ -537,10 +537,12 @@ def output_format_field(model: str, shape: ModelShape, output_format: str | None
 # --- creating the tasks and waiting for them --------------------------------------------------------
 
 
-async def create_tasks(request: Request, account_id: int, spec: ModelSpec, built: Inputs,
+async def create_tasks(request: Request, caller: KeyGrant, spec: ModelSpec, built: Inputs,
                        key: str | None = None) -> list[str]:
-    """Admit and create one task per input, as createTask does. When a later one is refused, the
-    earlier ones are cancelled (refunded), so a refused request leaves no task running."""
+    """Admit and create one task per input, as createTask does (each counting against the caller's
+    key caps). When a later one is refused, the earlier ones are cancelled (refunded), so a refused
+    request leaves no task running."""
+    account_id = caller.account_id
     limiter: RateLimiter | None = request.app.state.rate_limiter
     if limiter is not None:
         for _ in built.inputs:  # each task counts as one createTask
@@ -553,7 +555,6 @@ async def create_tasks(request: Request, account_id: int, spec: ModelSpec, built
                              idempotency_key=None if key is None else key if len(built.inputs) == 1 else f"{key}#{i}")
                for i, task_input in enumerate(built.inputs)]
     created: list[str] = []
-    grant = await require_key(request)  # cached since _admitted: the key's credit caps
     try:
         if len(creates) > 1 and key is None:
             # Several tasks: refuse up front what the balance cannot cover in full.
@@ -565,7 +566,7 @@ async def create_tasks(request: Request, account_id: int, spec: ModelSpec, built
                 raise KieError(Code.INSUFFICIENT_CREDITS, f"Credits insufficient: these {len(creates)} tasks cost "
                                                           f"{total} credits, the balance is {balance}")
         for create in creates:
-            created.append(await admission.create(account_id, create, key=grant))
+            created.append(await admission.create(account_id, create, key=caller))
     except KieError as exc:
         await _cancel(request, account_id, created)
         raise from_refusal(exc, built.params) from None
@@ -635,20 +636,22 @@ EDITS_DOC = {
 }
 
 
-async def _admitted(request: Request) -> int:
-    account_id = await require_account(request)
+async def _admitted(request: Request) -> KeyGrant:
+    caller = await require_key(request)
+    account_id = caller.account_id
     admission = admission_of(request)
     await admission.ensure_open()
     if request.headers.get("idempotency-key") is None:
         admission.refuse_if_full(account_id)  # before reading the body, as createTask
-    return account_id
+    return caller
 
 
 @router.post("/v1/images/generations", summary="Create images (OpenAI Images API)", openapi_extra=GENERATIONS_DOC,
              responses={200: {"model": OpenAIImages}, **OPENAI_ERRORS})
 @_openai_errors
 async def generations(request: Request) -> Response:
-    account_id = await _admitted(request)
+    caller = await _admitted(request)
+    account_id = caller.account_id
     runtime = runtime_of(request)
     body = parse_json_object(await read_body(request, runtime.settings.max_body_bytes), "{model, prompt, ...}")
     image_request = parse_request(body, runtime.routing, form=False)
@@ -657,7 +660,7 @@ async def generations(request: Request) -> Response:
         raise invalid("model", f"{image_request.spec.id} edits images: send them to POST /v1/images/edits")
     key = request.headers.get("idempotency-key")
     built = build_inputs(image_request)
-    task_ids = await create_tasks(request, account_id, image_request.spec, built,
+    task_ids = await create_tasks(request, caller, image_request.spec, built,
                                   idempotency_key(key) if key is not None else None)
     return await answer(request, account_id, task_ids, image_request.response_format)
 
@@ -672,7 +675,8 @@ class _Upload:
              responses={200: {"model": OpenAIImages}, **OPENAI_ERRORS})
 @_openai_errors
 async def edits(request: Request) -> Response:
-    account_id = await _admitted(request)
+    caller = await _admitted(request)
+    account_id = caller.account_id
     runtime = runtime_of(request)
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise invalid(None, "send multipart/form-data: image (or image[]), prompt, model, and the optional mask, "
@@ -703,7 +707,7 @@ async def edits(request: Request) -> Response:
     for key, upload in zip(keys, [*images, *([mask] if mask else [])], strict=True):
         await runtime.storage.put(key, upload.data)
     try:
-        task_ids = await create_tasks(request, account_id, spec, built)
+        task_ids = await create_tasks(request, caller, spec, built)
     except OpenAIError:
         await runtime.storage.delete_many(keys)  # refused: nothing of it stays
         raise

@@ -364,13 +364,15 @@ def keys_limits(
     from safelight.store import KeyLimits, NotFound, cli_actor
 
     async def change(store: Store) -> dict[str, Any]:
-        current = next((row for row in await store.accounts.list_keys() if row["id"] == key_id), None)
+        current = await store.admin.user_key(key_id)
         if current is None:
             raise NotFound(f"no API key with id {key_id}")
-        caps = {} if clear else dict(current["limits"])
+        caps = {} if clear else {"hour": current["limit_hour"], "day": current["limit_day"],
+                                 "total": current["limit_total"]}
         caps.update({name: value for name, value in (("hour", hour), ("day", day), ("total", total))
                      if value is not None})
-        allowed = None if any_ip else (allow_ip or current["allowed_ips"])
+        stored_ips = None if current["allowed_ips"] is None else json.loads(current["allowed_ips"])
+        allowed = None if any_ip else (allow_ip or stored_ips)
         await store.accounts.set_key_limits(key_id, KeyLimits(caps.get("hour"), caps.get("day"), caps.get("total")),
                                             allowed, actor=cli_actor())
         return {"limits": caps, "allowed": allowed}

@@ -34,11 +34,6 @@ class AuditStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def record(self, conn: AsyncConnection, *, actor: str, action: str, target: str,
-                     detail: dict[str, Any] | None = None) -> None:
-        """Write one entry in the caller's transaction, so the change and its record commit together."""
-        await write_audit(conn, actor=actor, action=action, target=target, detail=detail)
-
     async def list(self, *, action: str | None = None, limit: int = 50,
                    before_id: int | None = None) -> list[dict[str, Any]]:
         """Entries newest first; `before_id` continues a page."""
